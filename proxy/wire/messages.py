@@ -1,0 +1,306 @@
+"""Decoding and encoding of the few messages the proxy looks into.
+
+Bodies are `bytes`/`bytearray`/`memoryview` slices without the 5-byte header. Strings in the
+protocol are NUL-terminated and in the client encoding; SQL text is decoded with
+`surrogateescape` so that re-encoding reproduces the client's exact bytes.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from struct import Struct
+
+from proxy.wire.framing import ProtocolViolation, frame
+
+_I16 = Struct("!h")
+_I32 = Struct("!i")
+_U32 = Struct("!I")
+_FIELD = Struct("!IhIhih")  # table oid, attnum, type oid, typlen, typmod, format
+
+# PostgreSQL encoding names (normalised: upper case, no '_' or '-') -> Python codecs.
+PG_TO_PYTHON_ENCODING = {
+    "UTF8": "utf-8",
+    "UNICODE": "utf-8",
+    "SQLASCII": "latin-1",
+    "LATIN1": "latin-1",
+    "LATIN2": "iso8859-2",
+    "LATIN9": "iso8859-15",
+    "WIN1250": "cp1250",
+    "WIN1251": "cp1251",
+    "WIN1252": "cp1252",
+    "EUCJP": "euc_jp",
+    "SJIS": "shift_jis",
+    "GBK": "gbk",
+    "BIG5": "big5",
+    "KOI8R": "koi8_r",
+}
+
+
+def python_encoding(pg_name: str) -> str:
+    key = pg_name.upper().replace("_", "").replace("-", "")
+    return PG_TO_PYTHON_ENCODING.get(key, "utf-8")
+
+
+def _cstring(body, pos: int) -> tuple[bytes, int]:
+    end = body.find(b"\x00", pos)
+    if end < 0:
+        raise ProtocolViolation("unterminated string in message")
+    return bytes(body[pos:end]), end + 1
+
+
+# ---------------------------------------------------------------- frontend messages
+
+
+def decode_query(body) -> bytes:
+    text, _ = _cstring(body, 0)
+    return text
+
+
+def encode_query(sql: bytes) -> bytes:
+    return frame(b"Q", sql + b"\x00")
+
+
+@dataclass(slots=True)
+class Parse:
+    name: bytes
+    query: bytes
+    param_types: tuple[int, ...]
+
+    def encode(self) -> bytes:
+        types = b"".join(_U32.pack(t) for t in self.param_types)
+        return frame(
+            b"P",
+            self.name + b"\x00" + self.query + b"\x00" + _I16.pack(len(self.param_types)) + types,
+        )
+
+
+def decode_parse(body) -> Parse:
+    name, pos = _cstring(body, 0)
+    query, pos = _cstring(body, pos)
+    (count,) = _I16.unpack_from(body, pos)
+    pos += 2
+    if count < 0 or len(body) < pos + 4 * count:
+        raise ProtocolViolation("Parse message parameter types truncated")
+    types = tuple(_U32.unpack_from(body, pos + 4 * i)[0] for i in range(count))
+    return Parse(name, query, types)
+
+
+@dataclass(slots=True)
+class Bind:
+    portal: bytes
+    statement: bytes
+    param_formats: list[int]
+    params: list[bytes | None]
+    result_formats: list[int]
+
+    def param_format(self, index: int) -> int:
+        f = self.param_formats
+        if not f:
+            return 0
+        return f[0] if len(f) == 1 else f[index]
+
+    def encode(self) -> bytes:
+        out = bytearray(self.portal + b"\x00" + self.statement + b"\x00")
+        out += _I16.pack(len(self.param_formats))
+        for f in self.param_formats:
+            out += _I16.pack(f)
+        out += _I16.pack(len(self.params))
+        for p in self.params:
+            if p is None:
+                out += _I32.pack(-1)
+            else:
+                out += _I32.pack(len(p))
+                out += p
+        out += _I16.pack(len(self.result_formats))
+        for f in self.result_formats:
+            out += _I16.pack(f)
+        return frame(b"B", bytes(out))
+
+
+def decode_bind(body) -> Bind:
+    try:
+        portal, pos = _cstring(body, 0)
+        statement, pos = _cstring(body, pos)
+        (nf,) = _I16.unpack_from(body, pos)
+        pos += 2
+        formats = [_I16.unpack_from(body, pos + 2 * i)[0] for i in range(nf)]
+        pos += 2 * nf
+        (np_,) = _I16.unpack_from(body, pos)
+        pos += 2
+        params: list[bytes | None] = []
+        for _ in range(np_):
+            (length,) = _I32.unpack_from(body, pos)
+            pos += 4
+            if length < 0:
+                params.append(None)
+            else:
+                if pos + length > len(body):
+                    raise ProtocolViolation("Bind parameter value truncated")
+                params.append(bytes(body[pos:pos + length]))
+                pos += length
+        (nr,) = _I16.unpack_from(body, pos)
+        pos += 2
+        results = [_I16.unpack_from(body, pos + 2 * i)[0] for i in range(nr)]
+    except Exception as exc:  # struct.error and friends: the message lies about its shape
+        if isinstance(exc, ProtocolViolation):
+            raise
+        raise ProtocolViolation(f"malformed Bind message: {exc}") from None
+    if nf < 0 or np_ < 0 or nr < 0 or (nf not in (0, 1) and nf != np_):
+        raise ProtocolViolation("Bind message has inconsistent format counts")
+    return Bind(portal, statement, formats, params, results)
+
+
+def decode_describe_or_close(body) -> tuple[bytes, bytes]:
+    """(kind b'S' or b'P', name)."""
+    if len(body) < 2:
+        raise ProtocolViolation("Describe/Close message too short")
+    kind = bytes(body[0:1])
+    if kind not in (b"S", b"P"):
+        raise ProtocolViolation(f"Describe/Close kind must be S or P, not {kind!r}")
+    name, _ = _cstring(body, 1)
+    return kind, name
+
+
+def decode_execute(body) -> tuple[bytes, int]:
+    portal, pos = _cstring(body, 0)
+    if len(body) < pos + 4:
+        raise ProtocolViolation("Execute message truncated")
+    (max_rows,) = _I32.unpack_from(body, pos)
+    return portal, max_rows
+
+
+def encode_describe(kind: bytes, name: bytes) -> bytes:
+    return frame(b"D", kind + name + b"\x00")
+
+
+def encode_execute(portal: bytes, max_rows: int = 0) -> bytes:
+    return frame(b"E", portal + b"\x00" + _I32.pack(max_rows))
+
+
+def encode_close(kind: bytes, name: bytes) -> bytes:
+    return frame(b"C", kind + name + b"\x00")
+
+
+SYNC = frame(b"S", b"")
+FLUSH = frame(b"H", b"")
+TERMINATE = frame(b"X", b"")
+
+# ---------------------------------------------------------------- backend messages
+
+
+@dataclass(slots=True, frozen=True)
+class Field:
+    name: bytes
+    table_oid: int
+    attnum: int
+    type_oid: int
+    typlen: int
+    typmod: int
+    format: int
+
+
+def decode_row_description(body) -> tuple[Field, ...]:
+    (count,) = _I16.unpack_from(body, 0)
+    pos = 2
+    fields = []
+    for _ in range(count):
+        name, pos = _cstring(body, pos)
+        t, a, ty, tl, tm, fm = _FIELD.unpack_from(body, pos)
+        pos += 18
+        fields.append(Field(name, t, a, ty, tl, tm, fm))
+    return tuple(fields)
+
+
+def encode_row_description(fields) -> bytes:
+    out = bytearray(_I16.pack(len(fields)))
+    for f in fields:
+        out += f.name + b"\x00"
+        out += _FIELD.pack(f.table_oid, f.attnum, f.type_oid, f.typlen, f.typmod, f.format)
+    return frame(b"T", bytes(out))
+
+
+def decode_data_row(body) -> list[bytes | None]:
+    (count,) = _I16.unpack_from(body, 0)
+    pos = 2
+    values: list[bytes | None] = []
+    append = values.append
+    for _ in range(count):
+        (length,) = _I32.unpack_from(body, pos)
+        pos += 4
+        if length < 0:
+            append(None)
+        else:
+            append(bytes(body[pos:pos + length]))
+            pos += length
+    return values
+
+
+def encode_data_row(values) -> bytes:
+    out = bytearray(_I16.pack(len(values)))
+    for v in values:
+        if v is None:
+            out += _I32.pack(-1)
+        else:
+            out += _I32.pack(len(v))
+            out += v
+    return frame(b"D", bytes(out))
+
+
+def decode_command_complete(body) -> bytes:
+    tag, _ = _cstring(body, 0)
+    return tag
+
+
+def command_rows(tag: bytes) -> int | None:
+    """Row count of `UPDATE n`, `DELETE n`, `INSERT 0 n`, `SELECT n`...; None if none."""
+    last = tag.rsplit(b" ", 1)[-1]
+    return int(last) if last.isdigit() and b" " in tag else None
+
+
+def decode_fields(body) -> dict[str, str]:
+    """ErrorResponse / NoticeResponse fields keyed by their one-letter code."""
+    fields: dict[str, str] = {}
+    pos = 0
+    n = len(body)
+    while pos < n:
+        code = body[pos]
+        if code == 0:
+            break
+        value, pos = _cstring(body, pos + 1)
+        fields[chr(code)] = value.decode("utf-8", "replace")
+    return fields
+
+
+def encode_fields(mtype: bytes, fields: dict[str, str]) -> bytes:
+    out = bytearray()
+    for code, value in fields.items():
+        out += code.encode("ascii") + value.encode("utf-8", "replace").replace(b"\x00", b"") + b"\x00"
+    out += b"\x00"
+    return frame(mtype, bytes(out))
+
+
+def error_response(sqlstate: str, message: str, *, severity: str = "ERROR",
+                   detail: str | None = None, hint: str | None = None) -> bytes:
+    fields = {"S": severity, "V": severity, "C": sqlstate, "M": message}
+    if detail:
+        fields["D"] = detail
+    if hint:
+        fields["H"] = hint
+    return encode_fields(b"E", fields)
+
+
+def decode_parameter_status(body) -> tuple[str, str]:
+    name, pos = _cstring(body, 0)
+    value, _ = _cstring(body, pos)
+    return name.decode("ascii", "replace"), value.decode("utf-8", "replace")
+
+
+def decode_backend_key(body) -> tuple[int, bytes]:
+    (pid,) = _I32.unpack_from(body, 0)
+    return pid, bytes(body[4:])
+
+
+NO_DATA = frame(b"n", b"")
+
+
+def ready_for_query(status: bytes) -> bytes:
+    return frame(b"Z", status)
