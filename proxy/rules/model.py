@@ -1,0 +1,200 @@
+"""What a DBA's rule files say, once loaded and checked (before the catalog is consulted).
+
+`TableRule` is one `tables:` entry with `defaults:` applied and names folded the way
+PostgreSQL folds them; `RuleSet` is every rule from every file plus what the proxy needs to
+find them. Resolving against the live catalog (`proxy.rules.resolve`) turns rules into
+`ProtectedTable`s.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any, Literal, Mapping
+
+from proxy.rules.protected import Bump, Mode, Policy, Strategy
+
+DEFAULT_SEARCH_PATH: tuple[str, ...] = ("public",)
+
+
+@dataclass(frozen=True)
+class RuleProblem:
+    """One thing wrong with a rule file; `line`/`column` are 1-based, None when unknown."""
+
+    file: str
+    line: int | None
+    column: int | None
+    message: str
+
+    def __str__(self) -> str:
+        where = self.file if self.line is None else f"{self.file}:{self.line}"
+        return f"{where}: error: {self.message}"
+
+
+class RuleError(Exception):
+    """The rule files cannot be used; `problems` says every place that needs fixing."""
+
+    def __init__(self, problems: list[RuleProblem]):
+        self.problems = list(problems)
+        super().__init__("\n".join(str(p) for p in self.problems) or "invalid rules")
+
+
+@dataclass(frozen=True)
+class TableRule:
+    # names are folded like unquoted SQL identifiers (lower case) unless written "quoted"
+    schema: str
+    name: str
+    # False when the file wrote an unqualified name: `schema` is then search_path[0], and
+    # resolution may find the table in a later search_path schema
+    schema_explicit: bool
+    strategy: Strategy
+    # None: the table's primary key
+    key: tuple[str, ...] | None = None
+    version_column: str | None = None
+    bump: Bump = "increment"
+    check: Policy = "changed"
+    # per-column policy overrides, as written (strategy columns only)
+    columns: Mapping[str, Policy] = field(default_factory=lambda: MappingProxyType({}))
+    groups: tuple[tuple[str, ...], ...] = ()
+    sparse_update: bool = False
+    mode: Mode = "enforce"
+    unknown_original: Literal["allow", "reject"] = "allow"
+    scope: Literal["session", "user"] = "session"
+    notify: str | None = None
+    source_file: str = "<memory>"
+    source_line: int = 0
+
+    @property
+    def qualified_name(self) -> str:
+        return f"{self.schema}.{self.name}"
+
+    @property
+    def where(self) -> str:
+        return f"{self.source_file}:{self.source_line}"
+
+    def to_dict(self) -> dict[str, Any]:
+        """The rule as a `tables:` entry that loads back to an equal rule (names quoted
+        where folding would change them)."""
+        out: dict[str, Any] = {
+            "table": f"{quote_ident(self.schema)}.{quote_ident(self.name)}",
+            "strategy": self.strategy,
+        }
+        if self.key is not None:
+            out["key"] = [quote_ident(c) for c in self.key]
+        if self.strategy == "version":
+            out["version_column"] = quote_ident(self.version_column or "")
+            out["bump"] = self.bump
+        else:
+            out["check"] = self.check
+            if self.columns:
+                out["columns"] = {quote_ident(c): p for c, p in self.columns.items()}
+            if self.groups:
+                out["groups"] = [[quote_ident(c) for c in g] for g in self.groups]
+        out.update(sparse_update=self.sparse_update, mode=self.mode,
+                   unknown_original=self.unknown_original, scope=self.scope)
+        if self.notify is not None:
+            out["notify"] = self.notify
+        return out
+
+
+@dataclass(frozen=True)
+class RuleSet:
+    rules: tuple[TableRule, ...]
+    search_path: tuple[str, ...] = DEFAULT_SEARCH_PATH
+    # short sha256 of the files' contents: tells which rules a running proxy has loaded
+    version: str = ""
+    loaded_at: float = 0.0
+    sources: tuple[str, ...] = ()
+    _by_name: dict[tuple[str, str], TableRule] = field(
+        init=False, repr=False, compare=False, default_factory=dict)
+
+    def __post_init__(self) -> None:
+        for rule in self.rules:
+            self._by_name[(rule.schema, rule.name)] = rule
+
+    def lookup(self, schema: str | None, name: str) -> TableRule | None:
+        """The rule for a table named as the catalog names it (already folded: pass what
+        the SQL identifier means, e.g. `accounts` for `Accounts`, `Accounts` for
+        `"Accounts"`). Without a schema, search_path decides, as in PostgreSQL."""
+        if schema is not None:
+            return self._by_name.get((schema, name))
+        for candidate in self.search_path:
+            rule = self._by_name.get((candidate, name))
+            if rule is not None:
+                return rule
+        return None
+
+
+# --- SQL identifiers ------------------------------------------------------------------
+
+_ASCII_LOWER = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz")
+
+
+def _is_plain_start(ch: str) -> bool:
+    return ch == "_" or ch.isalpha()
+
+
+def _is_plain_char(ch: str) -> bool:
+    return ch in "_$" or ch.isalnum()
+
+
+def split_identifiers(text: str) -> list[str]:
+    """`Public."My Table"` -> ['public', 'My Table']; ValueError saying what is wrong.
+
+    PostgreSQL folds unquoted names to lower case (ASCII letters only) and keeps quoted
+    names exactly; rules follow the same convention so they name what SQL names.
+    """
+    parts: list[str] = []
+    i, n = 0, len(text)
+    while True:
+        if i < n and text[i] == '"':
+            j, buf = i + 1, []
+            while True:
+                if j >= n:
+                    raise ValueError(f"unterminated quoted name in {text!r}")
+                if text[j] == '"':
+                    if j + 1 < n and text[j + 1] == '"':
+                        buf.append('"')
+                        j += 2
+                        continue
+                    break
+                buf.append(text[j])
+                j += 1
+            if not buf:
+                raise ValueError(f'empty quoted name "" in {text!r}')
+            parts.append("".join(buf))
+            i = j + 1
+        else:
+            j = i
+            if j < n and _is_plain_start(text[j]):
+                j += 1
+                while j < n and _is_plain_char(text[j]):
+                    j += 1
+            if j == i:
+                raise ValueError(
+                    f"{text!r} is not a valid name: use letters, digits and _, or quote it "
+                    f"in double quotes (inside YAML quotes: '\"{text}\"')")
+            parts.append(text[i:j].translate(_ASCII_LOWER))
+            i = j
+        if i == n:
+            return parts
+        if text[i] != ".":
+            raise ValueError(
+                f"{text!r} is not a valid name: unexpected {text[i]!r}; quote it in double "
+                f"quotes (inside YAML quotes: '\"{text}\"')")
+        i += 1
+
+
+def fold_identifier(text: str) -> str:
+    """One name (a column, a schema): folded like SQL, ValueError if it is not one name."""
+    parts = split_identifiers(text)
+    if len(parts) != 1:
+        raise ValueError(f"{text!r} must be a single name, not a dotted one")
+    return parts[0]
+
+
+def quote_ident(name: str) -> str:
+    """The spelling that folds back to `name` (quoted only when it has to be)."""
+    plain = (bool(name) and _is_plain_start(name[0]) and all(_is_plain_char(c) for c in name)
+             and name == name.translate(_ASCII_LOWER))
+    return name if plain else '"' + name.replace('"', '""') + '"'
