@@ -1,0 +1,145 @@
+"""`optimist` command line: serve, demo, check, explain."""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import sys
+from pathlib import Path
+
+from proxy import __version__
+from proxy.config import ConfigError, Settings, load_settings
+
+log = logging.getLogger("optimist")
+
+SERVE_HELP = """\
+Run the proxy. Point applications at --listen instead of PostgreSQL.
+
+Every option can also be set with an OPTIMIST_<NAME> environment variable
+(e.g. OPTIMIST_UPSTREAM, OPTIMIST_RULES with paths separated by ':') or in a
+TOML file given with --config (keys as the long option names, '-' or '_').
+Precedence: command line, then environment, then config file.
+
+Without --upstream, optimist starts a PostgreSQL server of its own (data kept
+in a per-user directory, stopped on exit) and proxies to it.
+"""
+
+
+def _add_common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", metavar="FILE", help="TOML file with settings")
+    p.add_argument("--rules", metavar="PATH", action="append",
+                   help="rule file or directory of rule files (repeatable)")
+    p.add_argument("--upstream", metavar="URL",
+                   help="PostgreSQL server: postgresql://host:port or host:port")
+    p.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+    p.add_argument("--log-format", choices=["text", "json"])
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="optimist",
+        description="A PostgreSQL proxy that turns lost updates into conflict errors.")
+    parser.add_argument("--version", action="version", version=f"optimist {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    serve = sub.add_parser("serve", help="run the proxy", description=SERVE_HELP,
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
+    _add_common(serve)
+    serve.add_argument("--listen", metavar="HOST:PORT", help="where clients connect "
+                       "(default 127.0.0.1:6432)")
+    serve.add_argument("--metrics", metavar="HOST:PORT",
+                       help="serve /metrics, /healthz and /readyz here")
+    serve.add_argument("--drain-timeout", type=float, metavar="SECONDS",
+                       help="on SIGTERM/SIGINT, how long open transactions may finish "
+                            "(default 30)")
+    serve.add_argument("--conflict-sqlstate", metavar="CODE",
+                       help="SQLSTATE of conflict errors (default 40001)")
+    serve.add_argument("--data-dir", metavar="DIR",
+                       help="data directory of the embedded PostgreSQL")
+
+    demo = sub.add_parser("demo", help="run the proxy on an embedded PostgreSQL with a "
+                          "sample schema and the example rules")
+    demo.add_argument("--listen", metavar="HOST:PORT")
+    demo.add_argument("--data-dir", metavar="DIR")
+
+    check = sub.add_parser("check", help="validate rule files (and against a live database)")
+    check.add_argument("--rules", metavar="PATH", action="append", required=True)
+    check.add_argument("--upstream", metavar="URL",
+                       help="also check tables, keys, columns and types in this database")
+
+    explain = sub.add_parser("explain", help="show what the proxy would do with a statement")
+    explain.add_argument("--rules", metavar="PATH", action="append", required=True)
+    explain.add_argument("--upstream", metavar="URL")
+    explain.add_argument("sql")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 2
+    from proxy.logs import setup_logging
+    try:
+        settings = load_settings(vars(args))
+    except ConfigError as exc:
+        print(f"optimist: {exc}", file=sys.stderr)
+        return 2
+    setup_logging(settings.log_level, settings.log_format)
+    if args.command == "serve":
+        return serve(settings)
+    if args.command == "demo":
+        return demo(settings)
+    if args.command == "check":
+        from proxy.check import check
+        code, lines = check(settings.rules, settings.upstream)
+        for line in lines:
+            print(line)
+        return code
+    if args.command == "explain":
+        from proxy.explain import explain
+        code, lines = explain(settings.rules, settings.upstream, args.sql)
+        for line in lines:
+            print(line)
+        return code
+    return 2
+
+
+def _run(coro) -> None:
+    try:
+        import uvloop
+        uvloop.run(coro)
+    except ImportError:  # pragma: no cover - platforms without uvloop
+        asyncio.run(coro)
+
+
+def serve(settings: Settings, *, on_ready=None) -> int:
+    from proxy.app import ProxyApp
+    embedded = None
+    if settings.upstream is None:
+        from proxy.embedded import EmbeddedPostgres
+        embedded = EmbeddedPostgres(settings.data_dir, reuse_running=True)
+        log.info("starting the embedded PostgreSQL in %s", embedded.data_dir)
+        embedded.start()
+        settings.upstream = f"{embedded.host}:{embedded.port}"
+    try:
+        app = ProxyApp(settings)
+        _run(app.run(on_ready=on_ready))
+    except ConfigError as exc:
+        log.error("%s", exc)
+        return 2
+    finally:
+        if embedded is not None:
+            embedded.stop()
+    return 0
+
+
+def demo(settings: Settings) -> int:
+    from proxy.demo import prepare_demo
+    return prepare_demo(settings)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

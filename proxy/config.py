@@ -1,0 +1,116 @@
+"""Settings: command line over environment (OPTIMIST_*) over config file (TOML) over defaults."""
+from __future__ import annotations
+
+import os
+import tomllib
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from urllib.parse import unquote, urlparse
+
+
+class ConfigError(Exception):
+    pass
+
+
+@dataclass
+class Endpoint:
+    host: str
+    port: int
+    unix_socket: str | None = None  # a directory holding .s.PGSQL.<port>
+
+    def __str__(self) -> str:
+        return self.unix_socket and f"{self.unix_socket}/.s.PGSQL.{self.port}" or f"{self.host}:{self.port}"
+
+
+def parse_hostport(value: str, default_port: int) -> Endpoint:
+    value = value.strip()
+    if value.startswith(("postgresql://", "postgres://")):
+        url = urlparse(value)
+        host = unquote(url.hostname or "127.0.0.1")
+        port = url.port or default_port
+        if host.startswith("/"):
+            return Endpoint(host, port, unix_socket=host)
+        return Endpoint(host, port)
+    if value.startswith("/"):
+        return Endpoint(value, default_port, unix_socket=value)
+    host, sep, port = value.rpartition(":")
+    if not sep:
+        return Endpoint(value, default_port)
+    host = host.strip("[]") or "127.0.0.1"
+    try:
+        return Endpoint(host, int(port))
+    except ValueError:
+        raise ConfigError(f"invalid port in {value!r}") from None
+
+
+@dataclass
+class Settings:
+    listen: str = "127.0.0.1:6432"
+    upstream: str | None = None
+    rules: list[str] = field(default_factory=list)
+    metrics: str | None = None
+    log_level: str = "info"
+    log_format: str = "text"
+    drain_timeout: float = 30.0
+    conflict_sqlstate: str = "40001"
+    snapshot_rows_per_session: int = 10000
+    snapshot_rows_total: int = 1000000
+    rewrite_cache_size: int = 10000
+    data_dir: str | None = None
+    workers: int = 1
+
+    @property
+    def listen_endpoint(self) -> Endpoint:
+        return parse_hostport(self.listen, 6432)
+
+    @property
+    def upstream_endpoint(self) -> Endpoint | None:
+        return parse_hostport(self.upstream, 5432) if self.upstream else None
+
+
+_LIST_FIELDS = {"rules"}
+
+
+def _coerce(name: str, raw):
+    kind = {f.name: f.type for f in fields(Settings)}[name]
+    if name in _LIST_FIELDS:
+        if isinstance(raw, str):
+            return [p for p in raw.split(os.pathsep) if p]
+        return [str(p) for p in raw]
+    try:
+        if "float" in str(kind):
+            return float(raw)
+        if "int" in str(kind) and "str" not in str(kind):
+            return int(raw)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{name}: expected a number, got {raw!r}") from None
+    return None if raw is None else str(raw)
+
+
+def load_settings(cli: dict, environ=os.environ) -> Settings:
+    """Merge the config file (`--config`/OPTIMIST_CONFIG), OPTIMIST_* variables and flags."""
+    settings = Settings()
+    names = {f.name for f in fields(Settings)}
+    config_path = cli.get("config") or environ.get("OPTIMIST_CONFIG")
+    if config_path:
+        try:
+            data = tomllib.loads(Path(config_path).read_text())
+        except OSError as exc:
+            raise ConfigError(f"cannot read config file {config_path}: {exc.strerror}") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{config_path}: {exc}") from None
+        for key, value in data.items():
+            name = key.replace("-", "_")
+            if name not in names:
+                raise ConfigError(f"{config_path}: unknown setting {key!r}")
+            setattr(settings, name, _coerce(name, value))
+    for name in names:
+        value = environ.get(f"OPTIMIST_{name.upper()}")
+        if value not in (None, ""):
+            setattr(settings, name, _coerce(name, value))
+    for name, value in cli.items():
+        if name in names and value not in (None, [], ()):
+            setattr(settings, name, _coerce(name, value))
+    if settings.log_format not in ("text", "json"):
+        raise ConfigError("log_format must be 'text' or 'json'")
+    return settings

@@ -1,0 +1,353 @@
+"""The asyncio layer: accept clients, open one server connection each, move bytes.
+
+All protocol knowledge lives in `proxy.session`; this module only feeds it bytes, writes what it
+returns, applies back-pressure (a side whose peer cannot keep up stops being read) and handles
+connection life cycles.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import socket
+from collections.abc import Callable
+
+from proxy.config import Endpoint
+from proxy.session import Session
+from proxy.wire import messages as m
+from proxy.wire.framing import ProtocolViolation
+from proxy.wire.startup import (GSSENC_REQUEST, SSL_REQUEST, CancelRequest, StartupPacket,
+                                packet_length, parse_startup)
+
+log = logging.getLogger("optimist.server")
+
+CONNECT_TIMEOUT = 10.0
+
+
+class Relay:
+    """One client connection and its server connection."""
+
+    def __init__(self, proxy: "ProxyServer") -> None:
+        self.proxy = proxy
+        self.client: asyncio.Transport | None = None
+        self.server: asyncio.Transport | None = None
+        self.session: Session | None = None
+        self.startup_buffer = bytearray()
+        self.closed = False
+        self.peer = ""
+
+    # ---------------------------------------------------------------- startup phase
+
+    def startup_bytes(self, data: bytes) -> None:
+        buf = self.startup_buffer
+        buf += data
+        while True:
+            try:
+                length = packet_length(buf)
+            except ProtocolViolation as exc:
+                self.fail(str(exc))
+                return
+            if length is None or len(buf) < length:
+                return
+            packet = bytes(buf[:length])
+            del buf[:length]
+            try:
+                parsed = parse_startup(packet)
+            except ProtocolViolation as exc:
+                self.fail(str(exc))
+                return
+            if isinstance(parsed, CancelRequest):
+                self.proxy.forward_cancel(parsed)
+                self.close()
+                return
+            if parsed.code in (SSL_REQUEST, GSSENC_REQUEST):
+                self.client.write(b"N")  # TLS is not offered; the client may go on in plaintext
+                continue
+            rest = bytes(buf)
+            buf.clear()
+            self.begin(parsed, rest)
+            return
+
+    def begin(self, startup: StartupPacket, rest: bytes) -> None:
+        self.session = Session(startup, enforcer=self.proxy.make_enforcer(startup))
+        self.client.pause_reading()
+        self.proxy.spawn(self.connect(startup, rest))
+
+    async def connect(self, startup: StartupPacket, rest: bytes) -> None:
+        loop = asyncio.get_running_loop()
+        target = self.proxy.upstream
+        try:
+            factory = lambda: UpstreamProtocol(self)  # noqa: E731
+            if target.unix_socket:
+                path = f"{target.unix_socket}/.s.PGSQL.{target.port}"
+                coro = loop.create_unix_connection(factory, path)
+            else:
+                coro = loop.create_connection(factory, target.host, target.port)
+            await asyncio.wait_for(coro, CONNECT_TIMEOUT)
+        except (OSError, asyncio.TimeoutError) as exc:
+            log.warning("upstream %s unreachable: %s", target, exc or "timeout")
+            self.proxy.upstream_reachable = False
+            self.fail(f"optimist: could not connect to the PostgreSQL server at {target}",
+                      sqlstate="08006")
+            return
+        if self.closed:
+            self.server.close()
+            return
+        self.proxy.upstream_reachable = True
+        self.server.write(startup.raw)
+        if rest:
+            self.from_client(rest)
+        self.client.resume_reading()
+
+    # ---------------------------------------------------------------- relaying
+
+    def from_client(self, data: bytes) -> None:
+        session = self.session
+        try:
+            session.client_data(data)
+        except ProtocolViolation as exc:
+            self.fail(f"invalid frontend message: {exc}", sqlstate="08P01")
+            return
+        except Exception:
+            log.exception("internal error handling client data")
+            self.fail("optimist: internal error", sqlstate="XX000")
+            return
+        self.flush()
+        if session.closing:
+            self.close()
+
+    def from_server(self, data: bytes) -> None:
+        try:
+            self.session.server_data(data)
+        except ProtocolViolation as exc:
+            log.error("invalid message from the server: %s", exc)
+            self.fail("optimist: invalid message from the server", sqlstate="08P01")
+            return
+        except Exception:
+            log.exception("internal error handling server data")
+            self.fail("optimist: internal error", sqlstate="XX000")
+            return
+        self.flush()
+
+    def flush(self) -> None:
+        to_server, to_client = self.session.take_output()
+        if to_server and self.server is not None:
+            self.server.writelines(to_server)
+            self.proxy.stats_bytes(to_server, "client_to_server")
+        if to_client and self.client is not None:
+            self.client.writelines(to_client)
+            self.proxy.stats_bytes(to_client, "server_to_client")
+
+    # ---------------------------------------------------------------- endings
+
+    def fail(self, message: str, sqlstate: str = "08P01") -> None:
+        """Tell the client why (FATAL, as PostgreSQL does) and close both sides."""
+        if self.client is not None and not self.client.is_closing():
+            self.client.write(m.error_response(sqlstate, message, severity="FATAL"))
+        self.close()
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        if self.client is not None:
+            self.client.close()
+        if self.server is not None:
+            session = self.session
+            if session is not None and session.pending and session.backend_pid:
+                # a query may still run server-side: cancel it so the backend notices at once
+                self.proxy.cancel_backend(session.backend_pid, session.backend_secret)
+            if not self.server.is_closing():
+                self.server.write(m.TERMINATE)
+            self.server.close()
+        self.proxy.relay_closed(self)
+
+    def idle(self) -> bool:
+        session = self.session
+        if session is None:
+            return self.server is None
+        return session.authenticated and session.status == b"I" and not session.pending \
+            and not session.client_reader.pending_bytes()
+
+    def client_lost(self) -> None:
+        self.client = None
+        self.close()
+
+    def server_lost(self, exc: Exception | None) -> None:
+        self.server = None
+        if not self.closed:
+            self.fail("optimist: the connection to the PostgreSQL server was lost",
+                      sqlstate="08006")
+
+
+class ClientProtocol(asyncio.Protocol):
+    def __init__(self, proxy: "ProxyServer") -> None:
+        self.relay = Relay(proxy)
+
+    def connection_made(self, transport) -> None:
+        relay = self.relay
+        relay.client = transport
+        peer = transport.get_extra_info("peername")
+        relay.peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
+        sock = transport.get_extra_info("socket")
+        if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        relay.proxy.relay_opened(relay)
+
+    def data_received(self, data: bytes) -> None:
+        relay = self.relay
+        if relay.session is None:
+            relay.startup_bytes(data)
+        else:
+            relay.from_client(data)
+
+    def connection_lost(self, exc) -> None:
+        self.relay.client_lost()
+
+    def pause_writing(self) -> None:
+        if self.relay.server is not None:
+            self.relay.server.pause_reading()
+
+    def resume_writing(self) -> None:
+        if self.relay.server is not None and not self.relay.server.is_closing():
+            self.relay.server.resume_reading()
+
+
+class UpstreamProtocol(asyncio.Protocol):
+    def __init__(self, relay: Relay) -> None:
+        self.relay = relay
+
+    def connection_made(self, transport) -> None:
+        self.relay.server = transport
+        sock = transport.get_extra_info("socket")
+        if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+    def data_received(self, data: bytes) -> None:
+        self.relay.from_server(data)
+
+    def connection_lost(self, exc) -> None:
+        self.relay.server_lost(exc)
+
+    def pause_writing(self) -> None:
+        if self.relay.client is not None:
+            self.relay.client.pause_reading()
+
+    def resume_writing(self) -> None:
+        if self.relay.client is not None and not self.relay.client.is_closing():
+            self.relay.client.resume_reading()
+
+
+class ProxyServer:
+    def __init__(self, listen: Endpoint, upstream: Endpoint, *,
+                 enforcer_factory: Callable[[StartupPacket], object] | None = None,
+                 drain_timeout: float = 30.0, metrics=None) -> None:
+        self.listen = listen
+        self.upstream = upstream
+        self.enforcer_factory = enforcer_factory
+        self.drain_timeout = drain_timeout
+        self.metrics = metrics
+        self.relays: set[Relay] = set()
+        self.tasks: set[asyncio.Task] = set()
+        self.server: asyncio.AbstractServer | None = None
+        self.upstream_reachable = True
+        self.stopping = asyncio.Event()
+
+    def make_enforcer(self, startup: StartupPacket):
+        return self.enforcer_factory(startup) if self.enforcer_factory else None
+
+    def spawn(self, coro) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+
+    def relay_opened(self, relay: Relay) -> None:
+        self.relays.add(relay)
+        if self.metrics:
+            self.metrics.client_connected()
+
+    def relay_closed(self, relay: Relay) -> None:
+        if relay in self.relays:
+            self.relays.discard(relay)
+            if self.metrics:
+                self.metrics.client_disconnected()
+
+    def stats_bytes(self, chunks, direction: str) -> None:
+        if self.metrics:
+            self.metrics.bytes(direction, sum(map(len, chunks)))
+
+    # ---------------------------------------------------------------- cancel
+
+    def forward_cancel(self, request: CancelRequest) -> None:
+        """Keys are the server's own (BackendKeyData is relayed unchanged), so the request goes
+        straight to the server, whichever proxy process received it."""
+        self.spawn(self._send_cancel(request.raw))
+
+    def cancel_backend(self, pid: int, secret: bytes | None) -> None:
+        if secret is None:
+            return
+        import struct
+        body = struct.pack("!ii", 80877102, pid) + secret
+        self.spawn(self._send_cancel(struct.pack("!i", len(body) + 4) + body))
+
+    async def _send_cancel(self, packet: bytes) -> None:
+        target = self.upstream
+        try:
+            if target.unix_socket:
+                reader, writer = await asyncio.wait_for(asyncio.open_unix_connection(
+                    f"{target.unix_socket}/.s.PGSQL.{target.port}"), CONNECT_TIMEOUT)
+            else:
+                reader, writer = await asyncio.wait_for(
+                    asyncio.open_connection(target.host, target.port), CONNECT_TIMEOUT)
+            writer.write(packet)
+            await writer.drain()
+            await asyncio.wait_for(reader.read(), CONNECT_TIMEOUT)  # the server just closes
+            writer.close()
+        except (OSError, asyncio.TimeoutError) as exc:
+            log.warning("could not forward a cancel request: %s", exc)
+
+    # ---------------------------------------------------------------- life cycle
+
+    async def start(self, sock: socket.socket | None = None) -> None:
+        loop = asyncio.get_running_loop()
+        factory = lambda: ClientProtocol(self)  # noqa: E731
+        if sock is not None:
+            self.server = await loop.create_server(factory, sock=sock, backlog=1024)
+        else:
+            self.server = await loop.create_server(
+                factory, self.listen.host, self.listen.port, reuse_address=True, backlog=1024)
+
+    async def serve_until_stopped(self) -> None:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            try:
+                loop.add_signal_handler(sig, self.stopping.set)
+            except (NotImplementedError, RuntimeError):
+                pass
+        await self.stopping.wait()
+        await self.drain()
+
+    async def drain(self) -> None:
+        """Stop accepting, give open sessions `drain_timeout` seconds to finish, then close."""
+        if self.server is not None:
+            self.server.close()
+        if self.relays:
+            log.info("draining %d session(s) for up to %.0fs", len(self.relays), self.drain_timeout)
+        deadline = asyncio.get_running_loop().time() + self.drain_timeout
+        while self.relays and asyncio.get_running_loop().time() < deadline:
+            # a session between transactions has finished its work: close it now rather than
+            # wait for a connection pool that never lets go
+            for relay in list(self.relays):
+                if relay.idle():
+                    relay.fail("terminating connection due to administrator command",
+                               sqlstate="57P01")
+            await asyncio.sleep(0.05)
+        for relay in list(self.relays):
+            relay.fail("terminating connection due to administrator command", sqlstate="57P01")
+        for task in list(self.tasks):
+            task.cancel()
+        if self.server is not None:
+            try:
+                await asyncio.wait_for(self.server.wait_closed(), 1.0)
+            except asyncio.TimeoutError:
+                pass

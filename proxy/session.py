@@ -1,0 +1,287 @@
+"""The per-connection state machine (sans-IO).
+
+Fed the bytes each side sends, it returns what to send where. It tracks what later stages need:
+the transaction status, the client's prepared statements and portals, and the in-flight
+pipeline (`proxy.pending`). Locking work is delegated to an `Enforcer` (proxy.enforcement);
+with no rules the session is a relay that looks only at message headers and a few messages.
+"""
+from __future__ import annotations
+
+import logging
+from collections import deque
+
+from proxy.pending import Pending
+from proxy.wire import messages as m
+from proxy.wire.framing import DEFAULT_MAX_MESSAGE, MessageReader, ProtocolViolation
+from proxy.wire.startup import StartupPacket
+
+log = logging.getLogger("optimist.session")
+
+# client message types that produce a response entry
+_CLIENT_KINDS = {
+    b"Q": Pending.QUERY,
+    b"P": Pending.PARSE,
+    b"B": Pending.BIND,
+    b"D": Pending.DESCRIBE,
+    b"E": Pending.EXECUTE,
+    b"C": Pending.CLOSE,
+    b"S": Pending.SYNC,
+    b"F": Pending.CALL,
+}
+# server messages that end the response of the entry at the head of the queue
+_ENDS = {
+    b"1": (Pending.PARSE,),
+    b"2": (Pending.BIND,),
+    b"3": (Pending.CLOSE,),
+    b"n": (Pending.DESCRIBE,),
+    b"s": (Pending.EXECUTE,),
+}
+
+
+class Session:
+    """One client connection and its server connection."""
+
+    def __init__(self, startup: StartupPacket, *, enforcer=None,
+                 max_message: int = DEFAULT_MAX_MESSAGE) -> None:
+        self.startup = startup
+        self.user = startup.user
+        self.database = startup.database
+        self.application_name = startup.params.get("application_name", "")
+        self.client_reader = MessageReader(max_message)
+        self.server_reader = MessageReader(max_message)
+        self.to_server: list[bytes] = []
+        self.to_client: list[bytes] = []
+        self.pending: deque[Pending] = deque()
+        self.status = b"I"
+        self.authenticated = False
+        self.backend_pid: int | None = None
+        self.backend_secret: bytes | None = None
+        self.parameters: dict[str, str] = {}
+        self.closing = False
+        # client messages held back while the proxy's own setup query runs
+        self.held: list[bytes] = []
+        self.enforcer = enforcer
+        if enforcer is not None:
+            enforcer.attach(self)
+
+    # ------------------------------------------------------------------ helpers
+
+    @property
+    def encoding(self) -> str:
+        return m.python_encoding(self.parameters.get("client_encoding", "UTF8"))
+
+    @property
+    def standard_conforming_strings(self) -> bool:
+        return self.parameters.get("standard_conforming_strings", "on") == "on"
+
+    def take_output(self) -> tuple[list[bytes], list[bytes]]:
+        to_server, to_client = self.to_server, self.to_client
+        self.to_server, self.to_client = [], []
+        return to_server, to_client
+
+    def inject(self, data: bytes, item: Pending) -> None:
+        """Send the proxy's own request to the server; its responses are consumed."""
+        item.hidden = True
+        self.pending.append(item)
+        self.to_server.append(data)
+
+    # ------------------------------------------------------------------ client -> server
+
+    def client_data(self, data: bytes) -> None:
+        if self.held or (self.enforcer is not None and self.enforcer.holding()):
+            self.held.append(data)
+            return
+        self._client_bytes(data)
+
+    def release_held(self) -> None:
+        held, self.held = self.held, []
+        for chunk in held:
+            self._client_bytes(chunk)
+
+    def _client_bytes(self, data: bytes) -> None:
+        reader = self.client_reader
+        reader.feed(data)
+        buf = reader.buffer
+        run_start = 0
+        pos = 0
+        enforcer = self.enforcer
+        for mtype, start, end in reader.messages():
+            kind = _CLIENT_KINDS.get(mtype)
+            if kind is None:
+                if mtype == b"X":
+                    self.closing = True
+                pos = end
+                continue
+            replacement = None
+            if enforcer is not None and self.authenticated:
+                replacement = enforcer.client_message(mtype, buf, start, end)
+            if replacement is None:
+                self.pending.append(self._pending_for(kind, mtype, buf, start, end))
+            else:
+                # the enforcer queued its own entries and bytes; send what came before first
+                if start - 5 > run_start:
+                    self.to_server.append(bytes(buf[run_start:start - 5]))
+                self.to_server.extend(replacement)
+                run_start = end
+            pos = end
+        if pos > run_start:
+            self.to_server.append(bytes(buf[run_start:pos]))
+        reader.consume(pos)
+        # an incomplete message stays buffered; it is forwarded once complete
+
+    def _pending_for(self, kind: int, mtype: bytes, buf, start: int, end: int) -> Pending:
+        if kind == Pending.QUERY:
+            return Pending(kind, statements=None)
+        if kind == Pending.EXECUTE or kind == Pending.DESCRIBE or kind == Pending.CLOSE:
+            return Pending(kind, name=bytes(buf[start:end]))
+        return Pending(kind)
+
+    # ------------------------------------------------------------------ server -> client
+
+    def server_data(self, data: bytes) -> None:
+        reader = self.server_reader
+        reader.feed(data)
+        buf = reader.buffer
+        out = self.to_client
+        run_start = 0
+        pos = 0
+        pending = self.pending
+        enforcer = self.enforcer
+        for mtype, start, end in reader.messages():
+            head = pending[0] if pending else None
+            # None: forward the message unchanged; bytes: send these instead (b"" drops it)
+            replacement = None
+            if head is not None and head.hidden:
+                replacement = self._hidden_response(head, mtype, buf, start, end)
+            elif mtype == b"D":
+                if head is not None and (head.capture is not None or head.strip):
+                    replacement = enforcer.data_row(head, buf, start, end)
+            elif mtype == b"C":
+                replacement = self._command_complete(head, buf, start, end)
+            elif mtype == b"Z":
+                self._ready(head, bytes(buf[start:end]))
+            elif mtype == b"E":
+                replacement = self._error(head, buf, start, end)
+            elif mtype in _ENDS:
+                if head is not None and head.kind in _ENDS[mtype]:
+                    pending.popleft()
+                    if mtype == b"n" and head.strip:
+                        replacement = m.NO_DATA
+            elif mtype == b"T":
+                replacement = self._row_description(head, buf, start, end)
+            elif mtype == b"I":
+                self._statement_done(head)
+            elif mtype == b"S":
+                name, value = m.decode_parameter_status(buf[start:end])
+                self.parameters[name] = value
+            elif mtype == b"N":
+                if enforcer is not None:
+                    replacement = enforcer.notice(m.decode_fields(buf[start:end]))
+            elif mtype == b"K":
+                self.backend_pid, self.backend_secret = m.decode_backend_key(buf[start:end])
+            if replacement is not None:
+                if start - 5 > run_start:
+                    out.append(bytes(buf[run_start:start - 5]))
+                if replacement:
+                    out.append(replacement)
+                run_start = end
+            pos = end
+        if pos > run_start:
+            out.append(bytes(buf[run_start:pos]))
+        reader.consume(pos)
+
+    def _statement_done(self, head: Pending | None) -> None:
+        if head is None:
+            return
+        if head.kind == Pending.EXECUTE:
+            self.pending.popleft()
+        elif head.kind == Pending.QUERY:
+            head.index += 1
+
+    def _command_complete(self, head: Pending | None, buf, start: int, end: int) -> bytes | None:
+        if head is None:
+            return None
+        replacement = None
+        if self.enforcer is not None:
+            replacement = self.enforcer.command_complete(
+                head, m.decode_command_complete(buf[start:end]))
+        self._statement_done(head)
+        return replacement
+
+    def _row_description(self, head: Pending | None, buf, start: int, end: int) -> bytes | None:
+        replacement = None
+        if self.enforcer is not None and head is not None:
+            replacement = self.enforcer.row_description(head, buf, start, end)
+        if head is not None and head.kind == Pending.DESCRIBE:
+            self.pending.popleft()
+        return replacement
+
+    def _ready(self, head: Pending | None, status: bytes) -> None:
+        self.status = status
+        if not self.authenticated:
+            self.authenticated = True
+            if self.enforcer is not None:
+                self.enforcer.authenticated()
+            return
+        if head is not None and head.ends_with_ready():
+            self.pending.popleft()
+        if self.enforcer is not None:
+            self.enforcer.ready(head, status)
+
+    def _error(self, head: Pending | None, buf, start: int, end: int) -> bytes | None:
+        replacement = None
+        if self.enforcer is not None:
+            replacement = self.enforcer.error(head, buf, start, end)
+        if head is None:
+            return replacement
+        if head.kind == Pending.QUERY or head.kind == Pending.CALL:
+            head.failed = True
+        else:
+            # extended protocol: the server skips everything up to the next Sync
+            pending = self.pending
+            while pending and pending[0].kind != Pending.SYNC:
+                pending.popleft()
+            if pending:
+                pending[0].failed = True
+        return replacement
+
+    def _hidden_response(self, head: Pending, mtype: bytes, buf, start: int, end: int) -> bytes:
+        """Responses to the proxy's own requests: consumed, handed to their callback."""
+        if mtype == b"D":
+            head.rows.append(m.decode_data_row(buf[start:end]))
+            return b""
+        if mtype in (b"N", b"A"):  # asynchronous: still the client's business
+            return None
+        if mtype == b"E":
+            head.failed = True
+            fields = m.decode_fields(buf[start:end])
+            log.warning("internal query failed: %s (%s)", fields.get("M"), fields.get("C"))
+            if head.kind not in (Pending.QUERY, Pending.SYNC):
+                pending = self.pending
+                while pending and pending[0].kind != Pending.SYNC:
+                    done = pending.popleft()
+                    if done.on_done is not None:
+                        done.on_done(done)
+            return b""
+        if mtype == b"S":
+            name, value = m.decode_parameter_status(buf[start:end])
+            self.parameters[name] = value
+            return None
+        finished = False
+        if mtype == b"Z":
+            self.status = bytes(buf[start:end])
+            finished = head.ends_with_ready()
+        elif mtype == b"C" or mtype == b"I":
+            finished = head.kind == Pending.EXECUTE
+        elif mtype in _ENDS:
+            finished = head.kind in _ENDS[mtype]
+        elif mtype == b"T":
+            finished = head.kind == Pending.DESCRIBE
+        if finished:
+            self.pending.popleft()
+            if head.on_done is not None:
+                head.on_done(head)
+        return b""
+
+
+__all__ = ["Session", "ProtocolViolation"]
