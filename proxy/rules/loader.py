@@ -102,6 +102,11 @@ class _File:
     def problem(self, path: Path_, message: str, *, at_key: bool = False) -> None:
         self.bad_paths.add(tuple(path))
         where = self.marks.key(path) if at_key else self.marks.value(path)
+        key = self.marks.keys.get(tuple(path))
+        if key and where and where[0] != key[0]:
+            # a block list/mapping starts on the line after its key: the key is what a
+            # reader looks for ("tables must be a list" -> the `tables:` line)
+            where = key
         line, column = where if where else (None, None)
         self.problems.append(RuleProblem(self.name, line, column, message))
 
@@ -118,9 +123,13 @@ def _parse(f: _File) -> bool:
         finally:
             loader.dispose()
     except yaml.MarkedYAMLError as exc:
-        mark = exc.problem_mark or exc.context_mark
+        # "while parsing a flow sequence ... expected ']'": the problem is often found at the
+        # end of the file; where the unfinished construct started is what needs fixing
+        mark = exc.context_mark or exc.problem_mark
         line, column = (mark.line + 1, mark.column + 1) if mark else (None, None)
         what = " ".join(x for x in (exc.context, exc.problem) if x)
+        if exc.context_mark and exc.problem_mark and exc.problem_mark.line != exc.context_mark.line:
+            what += f" (at line {exc.problem_mark.line + 1})"
         f.problems.append(RuleProblem(f.name, line, column, f"YAML syntax: {what}"))
         return False
     except yaml.YAMLError as exc:

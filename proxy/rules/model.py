@@ -75,10 +75,10 @@ class TableRule:
     def to_dict(self) -> dict[str, Any]:
         """The rule as a `tables:` entry that loads back to an equal rule (names quoted
         where folding would change them)."""
-        out: dict[str, Any] = {
-            "table": f"{quote_ident(self.schema)}.{quote_ident(self.name)}",
-            "strategy": self.strategy,
-        }
+        table = quote_ident(self.name)
+        if self.schema_explicit:
+            table = f"{quote_ident(self.schema)}.{table}"
+        out: dict[str, Any] = {"table": table, "strategy": self.strategy}
         if self.key is not None:
             out["key"] = [quote_ident(c) for c in self.key]
         if self.strategy == "version":
