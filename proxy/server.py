@@ -70,6 +70,7 @@ class Relay:
 
     def begin(self, startup: StartupPacket, rest: bytes) -> None:
         self.session = Session(startup, enforcer=self.proxy.make_enforcer(startup))
+        self.session.peer = self.peer
         self.client.pause_reading()
         self.proxy.spawn(self.connect(startup, rest))
 
@@ -150,6 +151,8 @@ class Relay:
         if self.closed:
             return
         self.closed = True
+        if self.session is not None and self.session.enforcer is not None:
+            self.session.enforcer.close()
         if self.client is not None:
             self.client.close()
         if self.server is not None:

@@ -58,6 +58,7 @@ class Session:
         self.backend_secret: bytes | None = None
         self.parameters: dict[str, str] = {}
         self.closing = False
+        self.peer = ""
         # client messages held back while the proxy's own setup query runs
         self.held: list[bytes] = []
         self.enforcer = enforcer
@@ -115,6 +116,14 @@ class Session:
             replacement = None
             if enforcer is not None and self.authenticated:
                 replacement = enforcer.client_message(mtype, buf, start, end)
+                if replacement == "hold":
+                    # the enforcer must learn the catalog first: keep this message and all
+                    # after it until it has
+                    if start - 5 > run_start:
+                        self.to_server.append(bytes(buf[run_start:start - 5]))
+                    self.held.append(bytes(buf[start - 5:]))
+                    reader.consume(len(buf))
+                    return
             if replacement is None:
                 self.pending.append(self._pending_for(kind, mtype, buf, start, end))
             else:
@@ -165,8 +174,6 @@ class Session:
             elif mtype in _ENDS:
                 if head is not None and head.kind in _ENDS[mtype]:
                     pending.popleft()
-                    if mtype == b"n" and head.strip:
-                        replacement = m.NO_DATA
             elif mtype == b"T":
                 replacement = self._row_description(head, buf, start, end)
             elif mtype == b"I":

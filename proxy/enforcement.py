@@ -1,0 +1,169 @@
+"""Process-wide enforcement state: the rules in force, what each database has, shared caches.
+
+Rules are swapped atomically on reload: a session picks up the new `Generation` at its next
+statement; statements already planned keep the generation they were planned with.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import time
+from dataclasses import dataclass, field
+
+from proxy.catalog import Catalog, catalog_query
+from proxy.config import ConfigError, Settings
+from proxy.rewrite.cache import RewriteCache
+from proxy.rules.loader import load_rules
+from proxy.rules.model import RuleError, RuleSet
+from proxy.rules.protected import ProtectedTable
+from proxy.rules.resolve import resolve, wanted_tables
+from proxy.snapshots import Budget, SnapshotStore
+
+log = logging.getLogger("optimist.rules")
+
+
+@dataclass
+class DatabaseTables:
+    """The protected tables of one database under one rules generation."""
+    by_oid: dict[int, ProtectedTable]
+    by_name: dict[tuple[str, str], ProtectedTable]
+    attnames: dict[int, dict[int, str]]
+    capture_plans: dict[bytes, object] = field(default_factory=dict)
+
+
+@dataclass
+class Generation:
+    """One loaded rule set and what it resolved to, per database."""
+    ruleset: RuleSet
+    databases: dict[str, DatabaseTables] = field(default_factory=dict)
+
+    @property
+    def version(self) -> str:
+        return self.ruleset.version
+
+    def setup_sql(self) -> str:
+        return catalog_query(wanted_tables(self.ruleset))
+
+    def learn_catalog(self, database: str, rows) -> DatabaseTables:
+        catalog = Catalog.from_rows(rows)
+        protected, problems = resolve(self.ruleset, catalog)
+        for problem in problems:
+            log.warning("database %s: %s", database, problem)
+        tables = DatabaseTables(
+            by_oid=protected,
+            by_name={(t.schema, t.name): t for t in protected.values()},
+            attnames={oid: {c.attnum: c.name for c in catalog.tables_by_oid[oid].columns.values()}
+                      for oid in protected})
+        self.databases[database] = tables
+        return tables
+
+    def table_for(self, tables: DatabaseTables, schema: str | None, name: str):
+        rule = self.ruleset.lookup(schema, name)
+        if rule is None:
+            return None
+        if schema is not None:
+            return tables.by_name.get((schema, name))
+        for candidate in self.ruleset.search_path:
+            found = tables.by_name.get((candidate, name))
+            if found is not None:
+                return found
+        return None
+
+
+class Enforcement:
+    def __init__(self, settings: Settings, ruleset: RuleSet, metrics=None) -> None:
+        self.settings = settings
+        self.generation = Generation(ruleset)
+        self.metrics = metrics
+        self.cache = RewriteCache(settings.rewrite_cache_size)
+        self.budget = Budget(settings.snapshot_rows_total)
+        self.role_stores: dict[tuple[str, str], SnapshotStore] = {}
+        self._mtimes = self._source_mtimes()
+        if metrics is not None:
+            metrics.rules_loaded(ruleset, ok=True)
+
+    @classmethod
+    def from_settings(cls, settings: Settings, metrics=None) -> "Enforcement":
+        try:
+            ruleset = load_rules(settings.rules)
+        except RuleError as exc:
+            raise ConfigError("rule files refused:\n" + "\n".join(map(str, exc.problems))) from None
+        log.info("loaded %d rule(s) from %s (version %s)", len(ruleset.rules),
+                 ", ".join(ruleset.sources) or "-", ruleset.version)
+        return cls(settings, ruleset, metrics)
+
+    def enforcer_for(self, startup):
+        from proxy.enforcer import Enforcer
+        return Enforcer(self, startup)
+
+    def role_store(self, database: str, role: str) -> SnapshotStore:
+        key = (database, role)
+        store = self.role_stores.get(key)
+        if store is None:
+            store = SnapshotStore(self.settings.snapshot_rows_per_session, self.budget)
+            self.role_stores[key] = store
+        return store
+
+    # ---------------------------------------------------------------- reload
+
+    def reload(self, reason: str = "signal") -> bool:
+        """Load the rule files again; a broken file keeps the old rules in force."""
+        self._mtimes = self._source_mtimes()  # one attempt per change, good or bad
+        try:
+            ruleset = load_rules(self.settings.rules)
+        except RuleError as exc:
+            log.error("rules reload (%s) refused, keeping version %s:\n%s", reason,
+                      self.generation.version, "\n".join(map(str, exc.problems)))
+            if self.metrics is not None:
+                self.metrics.rules_loaded(None, ok=False)
+            return False
+        except Exception:  # never let a reload take the proxy down
+            log.exception("rules reload (%s) failed, keeping version %s", reason,
+                          self.generation.version)
+            if self.metrics is not None:
+                self.metrics.rules_loaded(None, ok=False)
+            return False
+        if ruleset.version == self.generation.version:
+            log.info("rules reload (%s): unchanged (version %s)", reason, ruleset.version)
+        else:
+            self.generation = Generation(ruleset)
+            log.info("rules reloaded (%s): %d rule(s), version %s", reason, len(ruleset.rules),
+                     ruleset.version)
+        if self.metrics is not None:
+            self.metrics.rules_loaded(ruleset, ok=True)
+        return True
+
+    def _source_mtimes(self) -> dict[str, float]:
+        found: dict[str, float] = {}
+        for path in self.settings.rules:
+            try:
+                if os.path.isdir(path):
+                    found[path] = os.stat(path).st_mtime
+                    for entry in os.scandir(path):
+                        if entry.name.endswith((".yaml", ".yml")):
+                            found[entry.path] = entry.stat().st_mtime
+                else:
+                    found[path] = os.stat(path).st_mtime
+            except OSError:
+                found[path] = -1.0
+        return found
+
+    def start_watching(self, interval: float = 1.0) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            loop.add_signal_handler(signal.SIGHUP, self.reload, "SIGHUP")
+        except (NotImplementedError, RuntimeError):
+            pass
+
+        async def watch() -> None:
+            while True:
+                await asyncio.sleep(interval)
+                if self._source_mtimes() != self._mtimes:
+                    self.reload("file change")
+        self._watcher = loop.create_task(watch())
+
+
+def now() -> float:
+    return time.time()

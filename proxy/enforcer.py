@@ -1,0 +1,592 @@
+"""Per-session enforcement: capture reads, check writes, learn results, report conflicts.
+
+The session (proxy.session) calls these hooks as messages pass; every hook is sans-IO. A hook
+returns None to let the message through unchanged, or what to send instead.
+"""
+from __future__ import annotations
+
+import logging
+import re
+
+from proxy import conflicts
+from proxy.capture import capture_row, plan_capture
+from proxy.pending import Pending
+from proxy.rewrite import lexer
+from proxy.rewrite.planner import InsertPlan, Unverified, WritePlan, plan_insert, plan_write
+from proxy.snapshots import SnapshotStore, TransactionLog
+from proxy.values import ReadValue, normalize_key, normalize_text_key
+from proxy.wire import messages as m
+
+log = logging.getLogger("optimist.enforcer")
+conflict_log = logging.getLogger("optimist.conflicts")
+
+HOLD = "hold"  # returned by client_message: keep this message until the catalog is known
+_PARAM = re.compile(rb"\$(\d+)")
+
+
+class Unchecked(Exception):
+    """A write that cannot be checked; the reason is a metric label."""
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+
+
+class StatementWork:
+    """What the proxy does around one client statement it rewrote."""
+
+    __slots__ = ("table", "kind", "sql", "strip", "keys", "expected", "extras", "formats",
+                 "reject")
+
+    def __init__(self, table, kind: str, sql: str, extras: tuple[str, ...],
+                 client_returning: bool, keys=(), formats=None) -> None:
+        self.table = table
+        self.kind = kind
+        self.sql = sql
+        self.extras = extras
+        # trailing columns to remove from results; -1: the client expects no rows at all
+        self.strip = len(extras) if client_returning else -1
+        self.keys = keys
+        self.expected = len(set(keys))
+        self.formats = formats  # result formats of the extra columns (None: text)
+        self.reject = False
+
+
+class PreparedInfo:
+    __slots__ = ("text", "param_types", "target", "fields", "rendered")
+
+    def __init__(self, text: str, param_types, target) -> None:
+        self.text = text
+        self.param_types = param_types
+        self.target = target    # (table, plan) for writes to protected tables, else None
+        self.fields = None      # RowDescription fields from a Describe of the statement
+        self.rendered = {}      # n_params -> RenderedSql
+
+
+class PortalInfo:
+    __slots__ = ("statement", "work", "capture")
+
+    def __init__(self, statement: PreparedInfo | None, work=None, capture=None) -> None:
+        self.statement = statement
+        self.work = work
+        self.capture = capture
+
+
+class Enforcer:
+    def __init__(self, enforcement, startup) -> None:
+        self.enforcement = enforcement
+        self.metrics = enforcement.metrics
+        self.database = startup.database
+        self.role = startup.user
+        self.generation = None
+        self.tables = None
+        self.session = None
+        self.store = SnapshotStore(enforcement.settings.snapshot_rows_per_session,
+                                   enforcement.budget)
+        self.txlog = TransactionLog()
+        self.waiting = False
+        self.guards = False
+        self.in_batch = False
+        self.statements: dict[bytes, PreparedInfo] = {}
+        self.portals: dict[bytes, PortalInfo] = {}
+        self.hidden_statements: dict[tuple, bytes] = {}
+        self.counter = 0
+
+    # ---------------------------------------------------------------- life cycle
+
+    def attach(self, session) -> None:
+        self.session = session
+
+    def close(self) -> None:
+        self.store.close()
+
+    def holding(self) -> bool:
+        return self.waiting
+
+    def authenticated(self) -> None:
+        self._refresh(install_guards=True)
+
+    def _refresh(self, install_guards: bool = False) -> bool:
+        """Pick up the current rules generation. True when the session must wait for the
+        catalog query this injected."""
+        generation = self.enforcement.generation
+        if generation is self.generation and not install_guards:
+            return False
+        tables = generation.databases.get(self.database)
+        parts = []
+        if tables is None:
+            parts.append(generation.setup_sql())
+        want_guards = not self.guards and (tables is None or tables.by_oid)
+        if want_guards:
+            parts.append(conflicts.guard_functions_sql(self.enforcement.settings.conflict_sqlstate))
+        if not parts:
+            self.generation, self.tables = generation, tables
+            return False
+        sql = ";\n".join(parts)
+
+        def done(item: Pending) -> None:
+            if tables is None:
+                rows = [[None if v is None else v.decode("utf-8", "replace") for v in row]
+                        for row in item.rows]
+                learned = generation.learn_catalog(self.database, rows) if (
+                    rows or not item.failed) else None
+                if learned is not None:
+                    self.generation, self.tables = generation, learned
+            else:
+                self.generation, self.tables = generation, tables
+            if want_guards:
+                self.guards = not item.failed
+                if self.guards and self.session.status == b"T":
+                    self.txlog.on_rollback(self._guards_lost)
+            if self.waiting:
+                self.waiting = False
+                self.session.release_held()
+
+        self.session.inject(m.encode_query(sql.encode()), Pending(Pending.QUERY, on_done=done))
+        if tables is None:
+            self.waiting = True
+        else:
+            self.generation, self.tables = generation, tables
+        return self.waiting
+
+    def _guards_lost(self) -> None:
+        self.guards = False
+
+    def _store_for(self, table) -> SnapshotStore:
+        if table.scope == "user":
+            return self.enforcement.role_store(self.database, self.role)
+        return self.store
+
+    # ---------------------------------------------------------------- client messages
+
+    def client_message(self, mtype: bytes, buf, start: int, end: int):
+        if mtype == b"S":
+            self.in_batch = False
+            return None
+        if mtype == b"Q" or (mtype == b"P" and not self.in_batch):
+            if self.generation is not self.enforcement.generation or not self.guards:
+                if self._refresh() and self.waiting:
+                    return HOLD
+        tables = self.tables
+        if mtype == b"Q":
+            if tables is None or not tables.by_oid:
+                return None
+            return self._query(m.decode_query(buf[start:end]))
+        self.in_batch = True
+        if mtype == b"P":
+            return self._parse(buf, start, end)
+        if mtype == b"B":
+            return self._bind(buf, start, end)
+        if mtype == b"E":
+            return self._execute(buf, start, end)
+        if mtype == b"C":
+            kind, name = m.decode_describe_or_close(buf[start:end])
+            (self.statements if kind == b"S" else self.portals).pop(name, None)
+        return None
+
+    # ---- simple protocol
+
+    def _query(self, raw: bytes):
+        session = self.session
+        sql = raw.decode(session.encoding, "surrogateescape")
+        stripped = sql.strip().rstrip(";")
+        stmts = lexer.split_statements(sql) if ";" in stripped else [sql]
+        works = []
+        changed = False
+        for stmt in stmts:
+            work = self._plan_simple(stmt)
+            works.append(work)
+            changed = changed or work is not None
+        item = Pending(Pending.QUERY, statements=(stmts, works))
+        session.pending.append(item)
+        if not changed:
+            return [m.encode_query(raw)]
+        text = ";\n".join(w.sql if w is not None else s for s, w in zip(stmts, works))
+        return [m.encode_query(text.encode(session.encoding, "surrogateescape"))]
+
+    def _target(self, text: str):
+        target = lexer.write_target(text)
+        if target is None:
+            return None
+        schema, name = target
+        if schema == "*":
+            return None
+        return self.generation.table_for(self.tables, schema, name)
+
+    def _plan(self, text: str, table):
+        template, literals = lexer.normalize(text)
+        kind = lexer.classify(text).keyword
+        planner = plan_insert if kind == "INSERT" else plan_write
+        plan = self.enforcement.cache.get(
+            (self.generation.version, template),
+            lambda: planner(template, table, 0))
+        return plan, literals
+
+    def _plan_simple(self, stmt: str):
+        table = self._target(stmt)
+        if table is None:
+            return None
+        plan, literals = self._plan(stmt, table)
+        session = self.session
+        scs = session.standard_conforming_strings
+        if isinstance(plan, Unverified):
+            self._unverified(table, plan.reason)
+            return None
+        if isinstance(plan, InsertPlan):
+            sql = plan.render_simple(literals, scs)
+            return StatementWork(table, "insert", sql, plan.extra_returning, plan.client_returning)
+        try:
+            keys = [tuple(self._literal_key(table, ref, literals) for ref in row)
+                    for row in plan.pinned_rows]
+            reads = [self._reads(table, key, plan.checked_columns) for key in keys]
+            texts = [{c: v.as_text(session.encoding) for c, v in r.items()} for r in reads]
+        except Unchecked as exc:
+            return self._unchecked(table, exc.reason, plan, stmt)
+        except ValueError:
+            return self._unchecked(table, "binary_read", plan, stmt)
+        sql = plan.render_simple(literals, texts, scs)
+        self._count_checked(table)
+        return StatementWork(table, plan.kind, sql, plan.extra_returning, plan.client_returning,
+                             keys)
+
+    def _literal_key(self, table, ref, literals):
+        if ref.literal_slot is None:
+            raise Unchecked("no_key_pin")
+        text = lexer.literal_text(literals[ref.literal_slot],
+                                  self.session.standard_conforming_strings)
+        if text is None:
+            raise Unchecked("no_key_pin")
+        return normalize_text_key(table.column_type_oids[ref.column], text)
+
+    def _reads(self, table, key, columns):
+        row = self._store_for(table).get((table.oid, key))
+        if row is None:
+            raise Unchecked("not_read")
+        try:
+            return {c: row[c] for c in columns}
+        except KeyError:
+            raise Unchecked("column_not_read") from None
+
+    def _unchecked(self, table, reason: str, plan, stmt: str):
+        self._unverified(table, reason)
+        if reason in ("not_read", "column_not_read") and table.unknown_original == "reject":
+            work = StatementWork(table, plan.kind, conflicts.reject_sql(table, reason), (), True)
+            work.reject = True
+            return work
+        return None
+
+    def _unverified(self, table, reason: str) -> None:
+        if self.metrics is not None:
+            self.metrics.unverified(table.qualified_name, reason)
+        log.debug("unverified write to %s: %s", table.qualified_name, reason)
+
+    def _count_checked(self, table) -> None:
+        if self.metrics is not None:
+            self.metrics.checked(table.qualified_name)
+
+    # ---- extended protocol
+
+    def _parse(self, buf, start, end):
+        parse = m.decode_parse(buf[start:end])
+        text = parse.query.decode(self.session.encoding, "surrogateescape")
+        target = None
+        if self.tables is not None and self.tables.by_oid:
+            table = self._target(text)
+            if table is not None:
+                plan, literals = self._plan(text, table)
+                if isinstance(plan, Unverified):
+                    self._unverified(table, plan.reason)
+                else:
+                    target = (table, plan, literals)
+        self.statements[parse.name] = PreparedInfo(text, parse.param_types, target)
+        return None
+
+    def _bind(self, buf, start, end):
+        bind = m.decode_bind(buf[start:end])
+        info = self.statements.get(bind.statement)
+        if info is None or info.target is None:
+            self.portals[bind.portal] = PortalInfo(info, capture=self._statement_capture(
+                info, bind.result_formats))
+            return None
+        table, plan, literals = info.target
+        try:
+            work, hidden = self._checked_bind(info, table, plan, literals, bind)
+        except Unchecked as exc:
+            self._unverified(table, exc.reason)
+            self.portals[bind.portal] = PortalInfo(info, capture=self._statement_capture(
+                info, bind.result_formats))
+            return None
+        out = []
+        if hidden is not None:
+            out.append(hidden)
+        self.portals[bind.portal] = PortalInfo(info, work=work)
+        self.session.pending.append(Pending(Pending.BIND))
+        out.append(bind.encode())
+        return out
+
+    def _checked_bind(self, info, table, plan, literals, bind):
+        n = len(bind.params)
+        session = self.session
+        scs = session.standard_conforming_strings
+        if isinstance(plan, InsertPlan):
+            rendered = info.rendered.get(n)
+            if rendered is None:
+                rendered = info.rendered[n] = plan.render_extended(literals, n, scs)
+            extra_values = []
+            extra_types = []
+            keys = ()
+        else:
+            keys = [tuple(self._param_key(table, ref, literals, bind) for ref in row)
+                    for row in plan.pinned_rows]
+            reads = [self._reads(table, key, plan.checked_columns) for key in keys]
+            rendered = info.rendered.get(n)
+            if rendered is None:
+                rendered = info.rendered[n] = plan.render_extended(literals, n, scs)
+            extra_values = [reads[row][column] for row, column in rendered.extra_params]
+            extra_types = [table.column_type_oids[column] for _, column in rendered.extra_params]
+            self._count_checked(table)
+        types = tuple(info.param_types) + (0,) * (n - len(info.param_types))
+        hidden_key = (rendered.sql, types + tuple(extra_types))
+        name = self.hidden_statements.get(hidden_key)
+        parse_bytes = None
+        if name is None:
+            self.counter += 1
+            name = b"optimist_%d" % self.counter
+            self.hidden_statements[hidden_key] = name
+            parse = m.Parse(name, rendered.sql.encode(session.encoding, "surrogateescape"),
+                            hidden_key[1])
+            item = Pending(Pending.PARSE)
+            item.hidden = True
+            session.pending.append(item)
+            parse_bytes = parse.encode()
+        formats = [bind.param_format(i) for i in range(n)] + [v.format for v in extra_values]
+        bind.param_formats = formats
+        bind.params = list(bind.params) + [v.data for v in extra_values]
+        extras = plan.extra_returning
+        result_formats = list(bind.result_formats)
+        if len(result_formats) > 1:
+            result_formats += [0] * len(extras)
+            extra_formats = (0,) * len(extras)
+        else:
+            extra_formats = ((result_formats[0] if result_formats else 0),) * len(extras)
+        bind.result_formats = result_formats
+        bind.statement = name
+        work = StatementWork(table, "insert" if isinstance(plan, InsertPlan) else plan.kind,
+                             rendered.sql, extras, plan.client_returning, keys, extra_formats)
+        return work, parse_bytes
+
+    def _param_key(self, table, ref, literals, bind):
+        type_oid = table.column_type_oids[ref.column]
+        if ref.param is not None:
+            index = ref.param - 1
+            if index >= len(bind.params):
+                raise Unchecked("no_key_pin")
+            return normalize_key(type_oid, bind.param_format(index), bind.params[index],
+                                 self.session.encoding)
+        return self._literal_key(table, ref, literals)
+
+    def _statement_capture(self, info, result_formats):
+        if info is None or info.fields is None or self.tables is None:
+            return None
+        plan = self._capture_plan(info.fields)
+        if plan is None:
+            return None
+        return plan.with_formats(result_formats, len(info.fields))
+
+    def _execute(self, buf, start, end):
+        portal_name, _ = m.decode_execute(buf[start:end])
+        portal = self.portals.get(portal_name)
+        item = Pending(Pending.EXECUTE)
+        if portal is not None:
+            text = portal.statement.text if portal.statement is not None else ""
+            item.statements = (text, portal.work)
+            if portal.work is not None:
+                item.strip = portal.work.strip
+            else:
+                item.capture = portal.capture
+        self.session.pending.append(item)
+        return [bytes(buf[start - 5:end])]
+
+    # ---------------------------------------------------------------- server messages
+
+    def _capture_plan(self, fields):
+        tables = self.tables
+        return plan_capture(fields, tables.by_oid, tables.attnames)
+
+    def _work_of(self, head: Pending):
+        if head.kind == Pending.QUERY:
+            if head.statements is None:
+                return None
+            works = head.statements[1]
+            return works[head.index] if head.index < len(works) else None
+        if head.kind == Pending.EXECUTE and head.statements is not None:
+            return head.statements[1]
+        return None
+
+    def row_description(self, head: Pending, buf, start: int, end: int):
+        if self.tables is None or not self.tables.by_oid:
+            return None
+        if head.kind == Pending.DESCRIBE:
+            return self._describe_result(head, buf, start, end)
+        work = self._work_of(head)
+        if work is not None:
+            head.strip = work.strip
+            if work.strip == -1:
+                return b""
+            fields = m.decode_row_description(buf[start:end])
+            return m.encode_row_description(fields[:-work.strip] if work.strip else fields)
+        key = bytes(buf[start:end])
+        cache = self.tables.capture_plans
+        plan = cache.get(key, False)
+        if plan is False:
+            plan = self._capture_plan(m.decode_row_description(buf[start:end]))
+            if len(cache) < 10000:
+                cache[key] = plan
+        head.capture = plan
+        return None
+
+    def _describe_result(self, head: Pending, buf, start: int, end: int):
+        body = head.name
+        kind, name = bytes(body[0:1]), bytes(body[1:-1])
+        fields = m.decode_row_description(buf[start:end])
+        if kind == b"S":
+            info = self.statements.get(name)
+            if info is not None:
+                info.fields = fields
+            return None
+        portal = self.portals.get(name)
+        if portal is None:
+            return None
+        if portal.work is not None:
+            if portal.work.strip == -1:
+                return m.NO_DATA
+            return m.encode_row_description(fields[:-portal.work.strip])
+        portal.capture = self._capture_plan(fields)
+        return None
+
+    def data_row(self, head: Pending, buf, start: int, end: int):
+        values = m.decode_data_row(buf[start:end])
+        if head.strip:
+            work = self._work_of(head)
+            if work is not None and work.extras:
+                self._learn(work, values[-len(work.extras):])
+            if head.strip == -1:
+                return b""
+            return m.encode_data_row(values[:-head.strip])
+        encoding = self.session.encoding
+        for table, key, row in capture_row(head.capture, values, encoding):
+            self._store_for(table).put((table.oid, key), row, self.txlog)
+        return None
+
+    def _learn(self, work: StatementWork, extras) -> None:
+        table = work.table
+        types = table.column_type_oids
+        formats = work.formats or (0,) * len(extras)
+        nkey = len(table.key)
+        encoding = self.session.encoding
+        key = tuple(normalize_key(types[c], formats[i], extras[i], encoding)
+                    for i, c in enumerate(work.extras[:nkey]))
+        store = self._store_for(table)
+        if work.kind == "delete":
+            store.forget((table.oid, key), self.txlog)
+            return
+        row = {c: ReadValue(formats[nkey + i], types[c], extras[nkey + i])
+               for i, c in enumerate(work.extras[nkey:])}
+        store.put((table.oid, key), row, self.txlog)
+
+    def command_complete(self, head: Pending, tag: bytes):
+        if self.tables is None:
+            return None
+        word = tag.split(b" ", 1)[0]
+        work = self._work_of(head)
+        if word in _TX_TAGS:
+            self._transaction_tag(head, tag, word)
+        elif work is not None:
+            rows = m.command_rows(tag)
+            if work.expected and rows is not None and rows < work.expected:
+                # nothing was raised, so every pinned row existed and matched: a trigger or a
+                # row-level security policy kept the write from applying (not a conflict)
+                if self.metrics is not None:
+                    self.metrics.unapplied(work.table.qualified_name)
+        if head.kind == Pending.QUERY:
+            head.capture = None
+            head.strip = 0
+        return None
+
+    def _statement_text(self, head: Pending) -> str:
+        if head.statements is None:
+            return ""
+        if head.kind == Pending.QUERY:
+            stmts = head.statements[0]
+            return stmts[head.index] if head.index < len(stmts) else ""
+        return head.statements[0]
+
+    def _transaction_tag(self, head: Pending, tag: bytes, word: bytes) -> None:
+        txlog = self.txlog
+        if word in (b"BEGIN", b"START"):
+            txlog.begin()
+        elif word == b"COMMIT" or tag == b"PREPARE TRANSACTION":
+            txlog.commit()
+        elif word == b"ROLLBACK":
+            stmt = lexer.classify(self._statement_text(head)) if head.statements else None
+            if stmt is not None and stmt.rollback_to and stmt.savepoint:
+                txlog.rollback_to(stmt.savepoint)
+            elif self.session.status == b"I" or stmt is None or not stmt.rollback_to:
+                txlog.rollback()
+        elif word == b"SAVEPOINT":
+            stmt = lexer.classify(self._statement_text(head))
+            if stmt.savepoint:
+                txlog.savepoint(stmt.savepoint)
+        elif word == b"RELEASE":
+            stmt = lexer.classify(self._statement_text(head))
+            if stmt.savepoint:
+                txlog.release(stmt.savepoint)
+        elif word == b"DISCARD":
+            if tag in (b"DISCARD ALL", b"DISCARD TEMP"):
+                self.guards = False
+            if tag == b"DISCARD ALL":
+                self.hidden_statements.clear()
+        elif word == b"DEALLOCATE" and tag == b"DEALLOCATE ALL":
+            self.hidden_statements.clear()
+
+    def ready(self, head: Pending | None, status: bytes) -> None:
+        if status == b"I":
+            if self.txlog.open:
+                if head is not None and head.failed:
+                    self.txlog.rollback()
+                else:
+                    self.txlog.commit()
+            if self.portals:
+                self.portals.clear()
+
+    def error(self, head: Pending | None, buf, start: int, end: int):
+        fields = m.decode_fields(buf[start:end])
+        conflict = conflicts.parse_conflict(fields)
+        if conflict is None:
+            return None
+        self._report(conflict)
+        return m.encode_fields(b"E", conflicts.strip_internal_context(fields))
+
+    def notice(self, fields):
+        conflict = conflicts.parse_conflict(fields)
+        if conflict is None:
+            return None
+        self._report(conflict)
+        return b""  # an audit finding is for the operators, not the application
+
+    def _report(self, conflict) -> None:
+        session = self.session
+        if self.metrics is not None:
+            self.metrics.conflict(conflict.table, conflict.kind, audit=conflict.audit)
+        conflict_log.warning(
+            "%s conflict on %s", "would-be" if conflict.audit else "refused", conflict.table,
+            extra={"fields": {
+                "table": conflict.table, "key": conflict.key, "kind": conflict.kind,
+                "audit": conflict.audit, "user": self.role, "database": self.database,
+                "application_name": session.parameters.get("application_name",
+                                                           session.application_name),
+                "client": getattr(session, "peer", ""),
+                "columns": sorted(conflict.columns)}})
+
+
+_TX_TAGS = {b"BEGIN", b"START", b"COMMIT", b"ROLLBACK", b"SAVEPOINT", b"RELEASE", b"PREPARE",
+            b"DISCARD", b"DEALLOCATE"}
