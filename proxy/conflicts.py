@@ -1,0 +1,192 @@
+"""The server-side guard functions, and recognising the conflicts they raise.
+
+A guarded write calls two temporary functions (see docs/ARCHITECTURE.md):
+
+* ``pg_temp.optimist_present(existing jsonb[], wanted jsonb[], info text) -> boolean`` STABLE:
+  ``existing`` holds the keys of the pinned rows that still exist (its InitPlan locked them),
+  ``wanted`` the keys the session read (NULL entries are ignored: rows the session did not
+  read). Raises ``deleted`` for the first wanted key that is gone. STABLE with constant/InitPlan
+  arguments, so the planner evaluates it once as a One-Time Filter before the scan.
+* ``pg_temp.optimist_modified(info text, state jsonb) -> boolean`` VOLATILE (default cost: a
+  huge COST would trigger JIT compilation): only reached through ``<checks> OR ...`` when a
+  pinned row's checked values differ from what was read. ``state`` is
+  ``{"key": {...}, "columns": {col: [read, current, attempted]}}``. Raises ``modified``.
+
+``info`` is a JSON text literal
+``{"table": "schema.name", "schema": .., "name": .., "key": [key columns], "op": ..}``.
+
+The ``_audit`` variants report the same thing as a NOTICE (whatever client_min_messages the
+client chose: the functions SET it locally) and return true, so the write goes through.
+"""
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+__all__ = [
+    "AUDIT_MARKER",
+    "CONFLICT_MESSAGE_PREFIX",
+    "Conflict",
+    "guard_functions_sql",
+    "parse_conflict",
+    "strip_internal_context",
+]
+
+CONFLICT_MESSAGE_PREFIX = "optimistic lock conflict: "
+# Audit notices carry this prefix before the conflict message, so they cannot be mistaken for
+# an application's own notices nor for an enforced conflict.
+AUDIT_MARKER = "optimist audit: "
+HINT = "Re-read the row and retry the transaction."
+
+_FUNCTION_NAMES = ("optimist_modified", "optimist_present")
+
+_SQLSTATE = re.compile(r"[0-9A-Z]{5}\Z")
+
+# Shared PL/pgSQL pieces. %(raise)s becomes the enforce or the audit RAISE statement.
+# "(id, region)=(42, eu)" in the table's key order (info -> 'key' lists the key columns: jsonb
+# objects do not keep their keys in order).
+_KEY_TEXT = (
+    "(SELECT '(' || string_agg(c.col, ', ' ORDER BY c.n) || ')=('"
+    " || string_agg(coalesce(%s ->> c.col, 'null'), ', ' ORDER BY c.n) || ')'"
+    " FROM jsonb_array_elements_text(i -> 'key') WITH ORDINALITY AS c(col, n))"
+)
+
+_MODIFIED = """
+CREATE OR REPLACE FUNCTION pg_temp.%(name)s(info text, state jsonb) RETURNS boolean
+LANGUAGE plpgsql VOLATILE %(set)s AS $optimist$
+DECLARE
+  i jsonb := info::jsonb;
+  changed jsonb := '{}';
+  col text;
+  v jsonb;
+  msg text;
+  detail text;
+BEGIN
+  FOR col, v IN SELECT * FROM jsonb_each(state -> 'columns') LOOP
+    -- report only what another session changed: read vs current
+    IF (v -> 0) IS DISTINCT FROM (v -> 1) THEN
+      changed := changed || jsonb_build_object(col, jsonb_build_object(
+        'read', v -> 0, 'current', v -> 1, 'attempted', v -> 2));
+    END IF;
+  END LOOP;
+  msg := %(prefix)s || 'optimistic lock conflict: row ' || %(key_text)s || ' of '
+         || (i ->> 'table') || ' was modified by another session';
+  detail := jsonb_build_object('table', i ->> 'table', 'key', state -> 'key',
+                               'kind', 'modified', 'columns', changed)::text;
+  %(raise)s
+END
+$optimist$;
+"""
+
+_PRESENT = """
+CREATE OR REPLACE FUNCTION pg_temp.%(name)s(existing jsonb[], wanted jsonb[], info text)
+RETURNS boolean LANGUAGE plpgsql STABLE %(set)s AS $optimist$
+DECLARE
+  i jsonb;
+  missing jsonb;
+  msg text;
+  detail text;
+BEGIN
+  SELECT w INTO missing FROM unnest(wanted) AS w
+   WHERE w IS NOT NULL AND NOT (w = ANY (coalesce(existing, '{}'))) LIMIT 1;
+  IF missing IS NULL THEN
+    RETURN true;
+  END IF;
+  i := info::jsonb;
+  msg := %(prefix)s || 'optimistic lock conflict: row ' || %(key_text_missing)s || ' of '
+         || (i ->> 'table') || ' was deleted by another session';
+  detail := jsonb_build_object('table', i ->> 'table', 'key', missing,
+                               'kind', 'deleted', 'columns', '{}'::jsonb)::text;
+  %(raise)s
+END
+$optimist$;
+"""
+
+_RAISE_ENFORCE = (
+    "RAISE EXCEPTION USING ERRCODE = '%(sqlstate)s', MESSAGE = msg, DETAIL = detail, "
+    "HINT = '" + HINT + "', SCHEMA = coalesce(i ->> 'schema', ''), "
+    "TABLE = coalesce(i ->> 'name', '');"
+)
+_RAISE_AUDIT = "RAISE NOTICE USING MESSAGE = msg, DETAIL = detail, HINT = '" + HINT + "';\n  RETURN true;"
+
+
+def guard_functions_sql(sqlstate: str = "40001") -> str:
+    """One simple-query string (re)creating the four guard functions in pg_temp."""
+    if not _SQLSTATE.match(sqlstate):
+        raise ValueError(f"not a SQLSTATE: {sqlstate!r}")
+    parts = []
+    for audit in (False, True):
+        common = {
+            "set": "SET client_min_messages = notice" if audit else "",
+            "prefix": f"'{AUDIT_MARKER}'" if audit else "''",
+            "raise": _RAISE_AUDIT if audit else _RAISE_ENFORCE % {"sqlstate": sqlstate},
+        }
+        suffix = "_audit" if audit else ""
+        parts.append(
+            _MODIFIED
+            % {**common, "name": "optimist_modified" + suffix,
+               "key_text": _KEY_TEXT % "(state -> 'key')"}
+        )
+        parts.append(
+            _PRESENT
+            % {**common, "name": "optimist_present" + suffix,
+               "key_text_missing": _KEY_TEXT % "missing"}
+        )
+    return "".join(parts).strip()
+
+
+@dataclass(frozen=True)
+class Conflict:
+    table: str  # schema.name
+    key: Mapping[str, Any]  # key column -> value (JSON-decoded)
+    kind: str  # 'modified' | 'deleted'
+    # column -> {"read": .., "current": .., "attempted": ..}: only the columns another
+    # session changed (empty for 'deleted')
+    columns: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    audit: bool = False
+
+
+def parse_conflict(fields: Mapping[str, str]) -> Conflict | None:
+    """Our conflict, from ErrorResponse/NoticeResponse fields keyed by one-letter field codes
+    ('M' message, 'D' detail, ...); None for any other error or notice."""
+    message = fields.get("M", "")
+    audit = message.startswith(AUDIT_MARKER)
+    if audit:
+        message = message[len(AUDIT_MARKER):]
+    if not message.startswith(CONFLICT_MESSAGE_PREFIX):
+        return None
+    try:
+        detail = json.loads(fields.get("D", ""))
+    except ValueError:
+        return None
+    if not isinstance(detail, dict):
+        return None
+    kind = detail.get("kind")
+    table = detail.get("table")
+    key = detail.get("key")
+    columns = detail.get("columns", {})
+    if kind not in ("modified", "deleted") or not isinstance(table, str):
+        return None
+    if not isinstance(key, dict) or not isinstance(columns, dict):
+        return None
+    return Conflict(table=table, key=key, kind=kind, columns=columns, audit=audit)
+
+
+def strip_internal_context(fields: Mapping[str, str]) -> dict[str, str]:
+    """fields without the CONTEXT ('W') lines that show our pg_temp functions: the client must
+    see the conflict as its own statement's error, not our plumbing."""
+    out = dict(fields)
+    context = out.get("W")
+    if context is None:
+        return out
+    kept = [
+        line for line in context.split("\n")
+        if not any(name in line for name in _FUNCTION_NAMES)
+    ]
+    if kept:
+        out["W"] = "\n".join(kept)
+    else:
+        del out["W"]
+    return out
