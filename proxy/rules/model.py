@@ -107,22 +107,33 @@ class RuleSet:
     sources: tuple[str, ...] = ()
     _by_name: dict[tuple[str, str], TableRule] = field(
         init=False, repr=False, compare=False, default_factory=dict)
+    _unqualified: dict[str, TableRule] = field(
+        init=False, repr=False, compare=False, default_factory=dict)
 
     def __post_init__(self) -> None:
         for rule in self.rules:
             self._by_name[(rule.schema, rule.name)] = rule
+            if not rule.schema_explicit:
+                self._unqualified[rule.name] = rule
 
     def lookup(self, schema: str | None, name: str) -> TableRule | None:
-        """The rule for a table named as the catalog names it (already folded: pass what
-        the SQL identifier means, e.g. `accounts` for `Accounts`, `Accounts` for
-        `"Accounts"`). Without a schema, search_path decides, as in PostgreSQL."""
+        """The rule that may apply to a table, named as the catalog names it (already
+        folded: `accounts` for SQL's Accounts, `Accounts` for "Accounts").
+
+        Without a schema, search_path decides, as in PostgreSQL. With one, an exact rule
+        wins; else a rule written without schema matches in any search_path schema (only
+        the catalog knows which one it resolved to: resolve() says, by oid).
+        """
         if schema is not None:
-            return self._by_name.get((schema, name))
+            found = self._by_name.get((schema, name))
+            if found is None and schema in self.search_path:
+                found = self._unqualified.get(name)
+            return found
         for candidate in self.search_path:
             rule = self._by_name.get((candidate, name))
             if rule is not None:
                 return rule
-        return None
+        return self._unqualified.get(name)
 
 
 # --- SQL identifiers ------------------------------------------------------------------

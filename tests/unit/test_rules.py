@@ -427,7 +427,9 @@ def test_names_fold_like_sql_and_quotes_keep_case(tmp_path):
     assert ruleset.lookup("Sales", "Q1 Orders") is orders
     assert ruleset.lookup("sales", "q1 orders") is None
     assert ruleset.lookup(None, "Q1 Orders") is None  # not on the search_path
-    assert ruleset.lookup("public", "accounts") is None
+    # `Accounts` was written unqualified: it may be the table in any search_path schema
+    assert ruleset.lookup("public", "accounts") is accounts
+    assert ruleset.lookup("other", "accounts") is None
 
 
 def test_lookup_follows_search_path_order():
@@ -436,6 +438,12 @@ def test_lookup_follows_search_path_order():
     ruleset = RuleSet(rules=(second, first), search_path=("app", "public"))
     assert ruleset.lookup(None, "t") is first
     assert ruleset.lookup("public", "t") is second
+    assert ruleset.lookup("other", "t") is None
+    unqualified = TableRule(schema="app", name="u", schema_explicit=False, strategy="columns")
+    ruleset = RuleSet(rules=(unqualified,), search_path=("app", "public"))
+    assert ruleset.lookup("public", "u") is unqualified  # resolve may have found it there
+    assert ruleset.lookup(None, "u") is unqualified
+    assert ruleset.lookup("other", "u") is None
 
 
 def test_directory_loading_version_and_sources(tmp_path):
