@@ -7,6 +7,7 @@ protocol are NUL-terminated and in the client encoding; SQL text is decoded with
 from __future__ import annotations
 
 from dataclasses import dataclass
+import struct
 from struct import Struct
 
 from proxy.wire.framing import ProtocolViolation, frame
@@ -40,6 +41,20 @@ def python_encoding(pg_name: str) -> str:
     return PG_TO_PYTHON_ENCODING.get(key, "utf-8")
 
 
+def _strict(decoder):
+    """Malformed bodies raise ProtocolViolation, never struct.error or IndexError."""
+    def wrapper(body, *args):
+        try:
+            return decoder(body, *args)
+        except ProtocolViolation:
+            raise
+        except (struct.error, IndexError, ValueError) as exc:
+            raise ProtocolViolation(f"malformed message: {exc}") from None
+    wrapper.__name__ = decoder.__name__
+    wrapper.__doc__ = decoder.__doc__
+    return wrapper
+
+
 def _cstring(body, pos: int) -> tuple[bytes, int]:
     end = body.find(b"\x00", pos)
     if end < 0:
@@ -50,6 +65,7 @@ def _cstring(body, pos: int) -> tuple[bytes, int]:
 # ---------------------------------------------------------------- frontend messages
 
 
+@_strict
 def decode_query(body) -> bytes:
     text, _ = _cstring(body, 0)
     return text
@@ -73,6 +89,7 @@ class Parse:
         )
 
 
+@_strict
 def decode_parse(body) -> Parse:
     name, pos = _cstring(body, 0)
     query, pos = _cstring(body, pos)
@@ -116,6 +133,7 @@ class Bind:
         return frame(b"B", bytes(out))
 
 
+@_strict
 def decode_bind(body) -> Bind:
     try:
         portal, pos = _cstring(body, 0)
@@ -149,6 +167,7 @@ def decode_bind(body) -> Bind:
     return Bind(portal, statement, formats, params, results)
 
 
+@_strict
 def decode_describe_or_close(body) -> tuple[bytes, bytes]:
     """(kind b'S' or b'P', name)."""
     if len(body) < 2:
@@ -160,6 +179,7 @@ def decode_describe_or_close(body) -> tuple[bytes, bytes]:
     return kind, name
 
 
+@_strict
 def decode_execute(body) -> tuple[bytes, int]:
     portal, pos = _cstring(body, 0)
     if len(body) < pos + 4:
@@ -198,6 +218,7 @@ class Field:
     format: int
 
 
+@_strict
 def decode_row_description(body) -> tuple[Field, ...]:
     (count,) = _I16.unpack_from(body, 0)
     pos = 2
@@ -218,6 +239,7 @@ def encode_row_description(fields) -> bytes:
     return frame(b"T", bytes(out))
 
 
+@_strict
 def decode_data_row(body) -> list[bytes | None]:
     (count,) = _I16.unpack_from(body, 0)
     pos = 2
@@ -245,6 +267,7 @@ def encode_data_row(values) -> bytes:
     return frame(b"D", bytes(out))
 
 
+@_strict
 def decode_command_complete(body) -> bytes:
     tag, _ = _cstring(body, 0)
     return tag
@@ -256,6 +279,7 @@ def command_rows(tag: bytes) -> int | None:
     return int(last) if last.isdigit() and b" " in tag else None
 
 
+@_strict
 def decode_fields(body) -> dict[str, str]:
     """ErrorResponse / NoticeResponse fields keyed by their one-letter code."""
     fields: dict[str, str] = {}
@@ -288,12 +312,14 @@ def error_response(sqlstate: str, message: str, *, severity: str = "ERROR",
     return encode_fields(b"E", fields)
 
 
+@_strict
 def decode_parameter_status(body) -> tuple[str, str]:
     name, pos = _cstring(body, 0)
     value, _ = _cstring(body, pos)
     return name.decode("ascii", "replace"), value.decode("utf-8", "replace")
 
 
+@_strict
 def decode_backend_key(body) -> tuple[int, bytes]:
     (pid,) = _I32.unpack_from(body, 0)
     return pid, bytes(body[4:])

@@ -1,0 +1,130 @@
+"""Prometheus metrics and the small HTTP endpoint serving them with health probes.
+
+Labels are bounded: table names come from the rule files, reasons and kinds from fixed sets;
+no keys, values or SQL text ever become labels.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+
+from prometheus_client import (CollectorRegistry, Counter, Gauge, Histogram, Info,
+                               generate_latest, CONTENT_TYPE_LATEST)
+
+log = logging.getLogger("optimist.metrics")
+
+
+class Metrics:
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        r = self.registry = registry or CollectorRegistry()
+        self.conflicts = Counter("optimist_conflicts", "Writes refused because the row changed "
+                                 "since this session read it", ["table", "kind"], registry=r)
+        self.audit_conflicts = Counter("optimist_audit_conflicts", "Conflicts audit-mode rules "
+                                       "let through", ["table", "kind"], registry=r)
+        self.checked_writes = Counter("optimist_checked_writes", "Writes sent with an "
+                                      "optimistic check", ["table"], registry=r)
+        self.unverified_writes = Counter("optimist_unverified_writes", "Writes to protected "
+                                         "tables that passed without a check", ["table", "reason"],
+                                         registry=r)
+        self.unapplied_writes = Counter("optimist_unapplied_writes", "Checked writes that matched "
+                                        "no row without a conflict (a trigger or row-level "
+                                        "security kept them out)", ["table"], registry=r)
+        self.client_connections = Gauge("optimist_client_connections", "Open client connections",
+                                        registry=r)
+        self.client_connections_total = Counter("optimist_client_connections_opened",
+                                                "Client connections accepted", registry=r)
+        self.bytes_total = Counter("optimist_bytes", "Bytes relayed", ["direction"], registry=r)
+        self.rule_reloads = Counter("optimist_rule_reloads", "Rule loads by result", ["result"],
+                                    registry=r)
+        self.rules_info = Info("optimist_rules", "The rules in force", registry=r)
+        self.rules_loaded_at = Gauge("optimist_rules_loaded_timestamp_seconds",
+                                     "When the rules in force were loaded", registry=r)
+        self.rules_count = Gauge("optimist_rules", "Number of table rules in force", registry=r)
+        self.snapshot_entries = Gauge("optimist_snapshot_entries", "Row snapshots held",
+                                      registry=r)
+        self.snapshot_evictions = Gauge("optimist_snapshot_evictions",
+                                        "Row snapshots evicted by the memory bounds (cumulative)",
+                                        registry=r)
+        self.rewrite_cache = Counter("optimist_rewrite_cache_lookups", "Rewrite cache lookups",
+                                     ["result"], registry=r)
+        self.query_duration = Histogram(
+            "optimist_query_duration_seconds", "Time from a client's request to the server's "
+            "ReadyForQuery", registry=r,
+            buckets=(.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 10))
+
+    # ---- called from the hot paths: keep them trivial
+
+    def conflict(self, table: str, kind: str, audit: bool = False) -> None:
+        (self.audit_conflicts if audit else self.conflicts).labels(table, kind).inc()
+
+    def checked(self, table: str) -> None:
+        self.checked_writes.labels(table).inc()
+
+    def unverified(self, table: str, reason: str) -> None:
+        self.unverified_writes.labels(table, reason).inc()
+
+    def unapplied(self, table: str) -> None:
+        self.unapplied_writes.labels(table).inc()
+
+    def client_connected(self) -> None:
+        self.client_connections.inc()
+        self.client_connections_total.inc()
+
+    def client_disconnected(self) -> None:
+        self.client_connections.dec()
+
+    def bytes(self, direction: str, count: int) -> None:
+        self.bytes_total.labels(direction).inc(count)
+
+    def rules_loaded(self, ruleset, ok: bool) -> None:
+        self.rule_reloads.labels("success" if ok else "failure").inc()
+        if ok and ruleset is not None:
+            self.rules_info.info({"version": ruleset.version})
+            self.rules_loaded_at.set(ruleset.loaded_at or time.time())
+            self.rules_count.set(len(ruleset.rules))
+
+
+class MetricsServer:
+    """/metrics, /healthz (the process is up) and /readyz (the upstream answers)."""
+
+    def __init__(self, metrics: Metrics, ready_check, before_scrape=None) -> None:
+        self.metrics = metrics
+        self.ready_check = ready_check
+        self.before_scrape = before_scrape
+        self.server = None
+
+    async def start(self, host: str, port: int) -> None:
+        self.server = await asyncio.start_server(self._handle, host, port)
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            request = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+            path = request.split(b" ", 2)[1].decode("latin-1") if b" " in request else "/"
+            path = path.split("?", 1)[0]
+            if path == "/metrics":
+                if self.before_scrape is not None:
+                    self.before_scrape()
+                status, ctype, body = "200 OK", CONTENT_TYPE_LATEST, generate_latest(
+                    self.metrics.registry)
+            elif path == "/healthz":
+                status, ctype, body = "200 OK", "text/plain", b"ok\n"
+            elif path == "/readyz":
+                ok, why = await self.ready_check()
+                status = "200 OK" if ok else "503 Service Unavailable"
+                ctype, body = "text/plain", (why + "\n").encode()
+            else:
+                status, ctype, body = "404 Not Found", "text/plain", b"not found\n"
+            writer.write(f"HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: "
+                         f"{len(body)}\r\nConnection: close\r\n\r\n".encode() + body)
+            await writer.drain()
+        except (asyncio.TimeoutError, asyncio.IncompleteReadError, ConnectionError):
+            pass
+        except Exception:
+            log.exception("metrics request failed")
+        finally:
+            writer.close()
+
+    async def close(self) -> None:
+        if self.server is not None:
+            self.server.close()
