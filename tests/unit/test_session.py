@@ -1,0 +1,95 @@
+"""The session state machine, fed bytes directly: no sockets, no server."""
+import struct
+
+from proxy.pending import Pending
+from proxy.session import Session
+from proxy.wire import messages as m
+from proxy.wire.framing import frame
+from proxy.wire.startup import parse_startup
+
+
+def startup():
+    body = struct.pack("!I", 196608) + b"user\x00alice\x00database\x00shop\x00\x00"
+    return parse_startup(struct.pack("!I", len(body) + 4) + body)
+
+
+def ready(status=b"I"):
+    return frame(b"Z", status)
+
+
+def authed_session():
+    s = Session(startup())
+    s.server_data(frame(b"R", struct.pack("!i", 0)) + frame(b"S", b"client_encoding\x00UTF8\x00")
+                  + frame(b"K", struct.pack("!i", 77) + b"secr") + ready())
+    s.take_output()
+    return s
+
+
+def test_authentication_phase_is_relayed_and_tracked():
+    s = Session(startup())
+    assert not s.authenticated
+    auth = frame(b"R", struct.pack("!i", 0)) + frame(b"K", struct.pack("!i", 77) + b"secr") + ready()
+    s.server_data(auth)
+    to_server, to_client = s.take_output()
+    assert b"".join(to_client) == auth
+    assert s.authenticated and s.backend_pid == 77 and s.backend_secret == b"secr"
+    assert s.parameters == {}
+
+
+def test_simple_query_status_and_queue():
+    s = authed_session()
+    q = m.encode_query(b"begin; select 1")
+    s.client_data(q)
+    to_server, _ = s.take_output()
+    assert b"".join(to_server) == q
+    assert [p.kind for p in s.pending] == [Pending.QUERY]
+    s.server_data(frame(b"C", b"BEGIN\x00") + frame(b"T", b"\x00\x00") + frame(b"C", b"SELECT 1\x00"))
+    assert len(s.pending) == 1 and s.pending[0].index == 2
+    s.server_data(ready(b"T"))
+    assert not s.pending and s.status == b"T"
+
+
+def test_error_in_pipeline_skips_to_sync():
+    s = authed_session()
+    msgs = (m.Parse(b"", b"select 1/0", ()).encode() + m.Bind(b"", b"", [], [], []).encode()
+            + m.encode_execute(b"") + m.SYNC
+            + m.Parse(b"", b"select 1", ()).encode() + m.SYNC)
+    s.client_data(msgs)
+    assert [p.kind for p in s.pending] == [Pending.PARSE, Pending.BIND, Pending.EXECUTE,
+                                           Pending.SYNC, Pending.PARSE, Pending.SYNC]
+    s.server_data(frame(b"1", b"") + frame(b"2", b"") + m.error_response("22012", "division by zero"))
+    assert [p.kind for p in s.pending] == [Pending.SYNC, Pending.PARSE, Pending.SYNC]
+    s.server_data(ready() + frame(b"1", b"") + ready())
+    assert not s.pending
+
+
+def test_partial_messages_are_buffered_not_lost():
+    s = authed_session()
+    q = m.encode_query(b"select 42")
+    s.client_data(q[:3])
+    assert s.take_output()[0] == []
+    s.client_data(q[3:])
+    assert b"".join(s.take_output()[0]) == q
+    reply = frame(b"C", b"SELECT 1\x00") + ready()
+    s.server_data(reply[:4])
+    s.server_data(reply[4:])
+    assert b"".join(s.take_output()[1]) == reply
+    assert not s.pending
+
+
+def test_hidden_query_responses_are_consumed():
+    s = authed_session()
+    seen = []
+    s.inject(m.encode_query(b"select 1"), Pending(Pending.QUERY, on_done=seen.append))
+    s.client_data(m.encode_query(b"select 2"))
+    s.server_data(frame(b"T", b"\x00\x00") + m.encode_data_row([b"1"]) + frame(b"C", b"SELECT 1\x00")
+                  + ready() + frame(b"C", b"SELECT 1\x00") + ready())
+    _, to_client = s.take_output()
+    assert b"".join(to_client) == frame(b"C", b"SELECT 1\x00") + ready()
+    assert seen and seen[0].rows == [[b"1"]]
+
+
+def test_terminate_marks_closing():
+    s = authed_session()
+    s.client_data(m.TERMINATE)
+    assert s.closing
