@@ -37,10 +37,10 @@ class Metrics:
         self.bytes_total = Counter("optimist_bytes", "Bytes relayed", ["direction"], registry=r)
         self.rule_reloads = Counter("optimist_rule_reloads", "Rule loads by result", ["result"],
                                     registry=r)
-        self.rules_info = Info("optimist_rules", "The rules in force", registry=r)
+        self.rules_info = Info("optimist_rules_version", "The rules in force", registry=r)
         self.rules_loaded_at = Gauge("optimist_rules_loaded_timestamp_seconds",
                                      "When the rules in force were loaded", registry=r)
-        self.rules_count = Gauge("optimist_rules", "Number of table rules in force", registry=r)
+        self.rules_count = Gauge("optimist_rule_tables", "Number of table rules in force", registry=r)
         self.snapshot_entries = Gauge("optimist_snapshot_entries", "Row snapshots held",
                                       registry=r)
         self.snapshot_evictions = Gauge("optimist_snapshot_evictions",
