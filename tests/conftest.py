@@ -131,8 +131,12 @@ class _ProxyFactory:
         host, port = upstream or (self.pg.host, self.pg.port)
         p = ProxyProcess(host, port, rules=rules, metrics=metrics, drain_timeout=drain_timeout,
                          extra_args=extra_args, env=env)
+        if not start:
+            self.made.append(p)
+            return p
+        p.start()  # raises with the proxy's stderr if it does not come up
         self.made.append(p)
-        return p.start() if start else p
+        return p
 
     def close(self) -> list[str]:
         problems = []
