@@ -70,23 +70,26 @@ def _mark(node: yaml.Node) -> tuple[int, int]:
     return node.start_mark.line + 1, node.start_mark.column + 1
 
 
-def _index_nodes(node: yaml.Node, path: Path_, marks: _Marks, dup: list[tuple[Path_, str]]):
+def _index_nodes(loader: yaml.SafeLoader, node: yaml.Node, path: Path_, marks: _Marks,
+                 dup: list[tuple[Path_, Any]]) -> None:
     marks.values[path] = _mark(node)
     if isinstance(node, yaml.MappingNode):
-        seen: set[str] = set()
+        seen: set[Any] = set()
         for key_node, value_node in node.value:
-            key = key_node.value if isinstance(key_node, yaml.ScalarNode) else None
-            if key is None:
+            if not isinstance(key_node, yaml.ScalarNode):
                 continue
+            # the key as the data will hold it (`1:` is 1, `null:` is None), so paths from
+            # jsonschema errors find their mark
+            key = loader.construct_object(key_node)
             child = path + (key,)
             if key in seen:
                 dup.append((child, key))
             seen.add(key)
             marks.keys[child] = _mark(key_node)
-            _index_nodes(value_node, child, marks, dup)
+            _index_nodes(loader, value_node, child, marks, dup)
     elif isinstance(node, yaml.SequenceNode):
         for i, item in enumerate(node.value):
-            _index_nodes(item, path + (i,), marks, dup)
+            _index_nodes(loader, item, path + (i,), marks, dup)
 
 
 @dataclass
@@ -116,9 +119,9 @@ def _parse(f: _File) -> bool:
         loader = _RuleYamlLoader(f.text)
         try:
             node = loader.get_single_node()
-            duplicates: list[tuple[Path_, str]] = []
+            duplicates: list[tuple[Path_, Any]] = []
             if node is not None:
-                _index_nodes(node, (), f.marks, duplicates)
+                _index_nodes(loader, node, (), f.marks, duplicates)
                 f.data = loader.construct_document(node)
         finally:
             loader.dispose()
@@ -202,6 +205,11 @@ def _schema_problems(f: _File) -> None:
                     what = "setting" if path else "top-level key"
                     hint = _did_you_mean(key, allowed) or f"; allowed: {', '.join(allowed)}"
                     f.problem(path + (key,), f"unknown {what} {key!r}{hint}", at_key=True)
+            continue
+        if "propertyNames" in error.relative_schema_path:
+            # a mapping key that is not text (YAML reads `1:` or `null:` as a number/null)
+            f.problem(path + (error.instance,), f"{error.instance!r} in {_setting_name(path)} "
+                      "is not a column name; quote it as text", at_key=True)
             continue
         if (path, kind) in seen:
             continue

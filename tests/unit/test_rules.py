@@ -262,6 +262,13 @@ ERROR_CASES = {
             groups:
               - [id, last_name]   #!
         """, r"column 'id' is part of the key; .* cannot be in a group"),
+    "column name that is not text": ("""
+        version: 1
+        tables:
+          - table: customers
+            columns:
+              2024: any   #!
+        """, r"2024 in columns is not a column name; quote it as text"),
     "bad column name in overrides": ("""
         version: 1
         tables:
@@ -806,3 +813,34 @@ def test_resolve_same_table_through_two_names(tmp_path):
     assert messages(problems) == [(6, f"app.ledger already has a rule at {tmp_path / 'rules.yaml'}:4; "
                                       "one rule per table")]
     assert list(protected) == [1003]
+
+
+# --- whatever a file holds, the loader answers with rules or RuleError, never a crash ------
+
+SCALARS = st.one_of(st.none(), st.booleans(), st.integers(-3, 3), st.floats(allow_nan=False, width=16),
+                    st.sampled_from(["x", "id", "version", "any", "off", "a.b", '"Q"', "", "a b"]))
+KEYS = st.one_of(st.sampled_from(["table", "key", "strategy", "version_column", "bump", "check",
+                                  "columns", "groups", "sparse_update", "mode", "unknown_original",
+                                  "scope", "notify", "version", "tables", "defaults", "search_path",
+                                  "id", "x"]), st.integers(0, 2), st.none(), st.booleans())
+JUNK = st.recursive(SCALARS, lambda inner: st.one_of(
+    st.lists(inner, max_size=3), st.dictionaries(KEYS, inner, max_size=4)), max_leaves=12)
+
+
+ENTRIES = st.lists(st.builds(lambda name, rest: {"table": name, **rest},
+                             st.sampled_from(["a", "s.b", "A"]), st.dictionaries(KEYS, JUNK, max_size=4)),
+                   max_size=3)
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.dictionaries(KEYS, JUNK, max_size=4), st.booleans(), st.one_of(st.none(), ENTRIES))
+def test_any_document_gives_rules_or_rule_error(document, valid_header, entries):
+    if valid_header:
+        document = {**document, "version": 1}
+    if entries is not None:
+        document = {**document, "tables": entries}
+    text = yaml.safe_dump(document, sort_keys=False)
+    try:
+        _load_text(text)
+    except RuleError as exc:
+        assert exc.problems and all(p.message for p in exc.problems)
