@@ -190,3 +190,29 @@ def strip_internal_context(fields: Mapping[str, str]) -> dict[str, str]:
     else:
         del out["W"]
     return out
+
+
+# SQLSTATE of a write refused because the session never read the row (unknown_original:
+# reject): object_not_in_prerequisite_state -- reading first is the prerequisite.
+REJECT_SQLSTATE = "55000"
+
+
+def reject_sql(table: Any, reason: str) -> str:
+    """A statement that fails with a clear error in place of a write the rules refuse to let
+    through unchecked (the session did not read the row: `reason` is 'not_read' or
+    'column_not_read'). Runs in the client's transaction like the write would have."""
+    from proxy.rewrite.lexer import quote_literal_any
+
+    what = {
+        "not_read": "the session has not read the row it writes",
+        "column_not_read": "the session has not read every column the check needs",
+    }.get(reason, reason)
+    message = (f"optimist: write to {table.qualified_name} refused: {what} "
+               f"(unknown_original: reject)")
+    hint = "SELECT the row (with the checked columns) in this session before changing it."
+    return (
+        "DO $optimist$ BEGIN RAISE EXCEPTION USING ERRCODE = '" + REJECT_SQLSTATE + "', "
+        "MESSAGE = " + quote_literal_any(message) + ", HINT = " + quote_literal_any(hint)
+        + ", SCHEMA = " + quote_literal_any(table.schema) + ", TABLE = "
+        + quote_literal_any(table.name) + "; END $optimist$"
+    )

@@ -21,6 +21,7 @@ __all__ = [
     "normalize",
     "quote_ident",
     "quote_literal",
+    "quote_literal_any",
     "split_statements",
     "write_target",
 ]
