@@ -8,7 +8,6 @@ find them. Resolving against the live catalog (`proxy.rules.resolve`) turns rule
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Literal, Mapping
 

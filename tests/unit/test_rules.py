@@ -11,7 +11,7 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from proxy.catalog import Catalog, CatalogColumn, CatalogTable
+from proxy.catalog import Catalog
 from proxy.rules import RuleError, load_rules, resolve, wanted_tables
 from proxy.rules.model import RuleSet, TableRule, fold_identifier, quote_ident, split_identifiers
 
