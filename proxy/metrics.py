@@ -34,6 +34,13 @@ class Metrics:
                                         registry=r)
         self.client_connections_total = Counter("optimist_client_connections_opened",
                                                 "Client connections accepted", registry=r)
+        self.server_connections = Gauge("optimist_server_connections",
+                                        "Open connections to PostgreSQL", registry=r)
+        self.server_connections_total = Counter("optimist_server_connections_opened",
+                                                "Connections opened to PostgreSQL", registry=r)
+        self.upstream_up = Gauge("optimist_upstream_up", "1 if the last connection attempt to "
+                                 "PostgreSQL succeeded", registry=r)
+        self.upstream_up.set(1)
         self.bytes_total = Counter("optimist_bytes", "Bytes relayed", ["direction"], registry=r)
         self.rule_reloads = Counter("optimist_rule_reloads", "Rule loads by result", ["result"],
                                     registry=r)

@@ -10,6 +10,7 @@ import asyncio
 import logging
 import signal
 import socket
+import time
 from collections.abc import Callable
 
 from proxy.config import Endpoint
@@ -35,6 +36,7 @@ class Relay:
         self.startup_buffer = bytearray()
         self.closed = False
         self.peer = ""
+        self.busy_since = 0.0
 
     # ---------------------------------------------------------------- startup phase
 
@@ -87,14 +89,15 @@ class Relay:
             await asyncio.wait_for(coro, CONNECT_TIMEOUT)
         except (OSError, asyncio.TimeoutError) as exc:
             log.warning("upstream %s unreachable: %s", target, exc or "timeout")
-            self.proxy.upstream_reachable = False
+            self.proxy.set_upstream_reachable(False)
             self.fail(f"optimist: could not connect to the PostgreSQL server at {target}",
                       sqlstate="08006")
             return
         if self.closed:
             self.server.close()
             return
-        self.proxy.upstream_reachable = True
+        self.proxy.set_upstream_reachable(True)
+        self.proxy.server_connected()
         self.server.write(startup.raw)
         if rest:
             self.from_client(rest)
@@ -104,6 +107,7 @@ class Relay:
 
     def from_client(self, data: bytes) -> None:
         session = self.session
+        was_idle = not session.pending
         try:
             session.client_data(data)
         except ProtocolViolation as exc:
@@ -113,13 +117,17 @@ class Relay:
             log.exception("internal error handling client data")
             self.fail("optimist: internal error", sqlstate="XX000")
             return
+        if was_idle and session.pending:
+            self.busy_since = time.perf_counter()
         self.flush()
         if session.closing:
             self.close()
 
     def from_server(self, data: bytes) -> None:
+        session = self.session
+        busy = bool(session.pending)
         try:
-            self.session.server_data(data)
+            session.server_data(data)
         except ProtocolViolation as exc:
             log.error("invalid message from the server: %s", exc)
             self.fail("optimist: invalid message from the server", sqlstate="08P01")
@@ -128,6 +136,9 @@ class Relay:
             log.exception("internal error handling server data")
             self.fail("optimist: internal error", sqlstate="XX000")
             return
+        if busy and not session.pending and self.busy_since:
+            self.proxy.observe_latency(time.perf_counter() - self.busy_since)
+            self.busy_since = 0.0
         self.flush()
 
     def flush(self) -> None:
@@ -178,6 +189,7 @@ class Relay:
 
     def server_lost(self, exc: Exception | None) -> None:
         self.server = None
+        self.proxy.server_disconnected()
         if not self.closed:
             self.fail("optimist: the connection to the PostgreSQL server was lost",
                       sqlstate="08006")
@@ -274,6 +286,24 @@ class ProxyServer:
             self.relays.discard(relay)
             if self.metrics:
                 self.metrics.client_disconnected()
+
+    def set_upstream_reachable(self, ok: bool) -> None:
+        self.upstream_reachable = ok
+        if self.metrics:
+            self.metrics.upstream_up.set(1 if ok else 0)
+
+    def server_connected(self) -> None:
+        if self.metrics:
+            self.metrics.server_connections.inc()
+            self.metrics.server_connections_total.inc()
+
+    def server_disconnected(self) -> None:
+        if self.metrics:
+            self.metrics.server_connections.dec()
+
+    def observe_latency(self, seconds: float) -> None:
+        if self.metrics:
+            self.metrics.query_duration.observe(seconds)
 
     def stats_bytes(self, chunks, direction: str) -> None:
         if self.metrics:
