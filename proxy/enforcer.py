@@ -249,10 +249,9 @@ class Enforcer:
                              keys)
 
     def _literal_key(self, table, ref, literals):
-        if ref.literal_slot is None:
-            raise Unchecked("no_key_pin")
-        text = lexer.literal_text(literals[ref.literal_slot],
-                                  self.session.standard_conforming_strings)
+        if ref.param is not None:
+            raise Unchecked("no_key_pin")  # a $n in a simple query: not ours to guess
+        text = ref.value_text(literals, (), self.session.standard_conforming_strings)
         if text is None:
             raise Unchecked("no_key_pin")
         return normalize_text_key(table.column_type_oids[ref.column], text)
