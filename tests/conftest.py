@@ -134,7 +134,11 @@ class _ProxyFactory:
         if not start:
             self.made.append(p)
             return p
-        p.start()  # raises with the proxy's stderr if it does not come up
+        try:
+            p.start()  # raises with the proxy's stderr if it does not come up
+        finally:
+            if not p.alive:
+                p.cleanup()
         self.made.append(p)
         return p
 
@@ -148,6 +152,7 @@ class _ProxyFactory:
             if code != 0:
                 how = f"had already exited with {already}" if already is not None else f"exited with {code} on SIGTERM"
                 problems.append(f"{p!r} {how}\n{p.describe()}")
+            p.cleanup()
         return problems
 
 

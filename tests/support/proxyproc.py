@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -136,6 +137,10 @@ class ProxyProcess:
                 self.kill()
                 return -signal.SIGKILL
         return self.proc.returncode
+
+    def cleanup(self) -> None:
+        """Remove the captured stdout/stderr (call after :meth:`stop`)."""
+        shutil.rmtree(self._logdir, ignore_errors=True)
 
     def kill(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
