@@ -593,12 +593,18 @@ class EmbeddedPostgres:
             time.sleep(0.05)
 
     def stop(self, mode: str = "fast", timeout: float = 30.0) -> None:
-        """Shut down (``smart``/``fast``/``immediate``); escalates to SIGKILL after ``timeout``."""
+        """Shut down (``smart``/``fast``/``immediate``); escalates to SIGKILL after ``timeout``.
+
+        Also stops a server another process left running on this data directory."""
         pid = self.pid
         if pid is None:
             self._proc = None
-            self._adopted_pid = None
-            return
+            # a server left running on this data directory by another process
+            existing = self._existing_postmaster()
+            if existing is None:
+                self._adopted_pid = None
+                return
+            pid = self._adopted_pid = existing[0]
         pgid = pid
         sig = {"smart": signal.SIGTERM, "fast": signal.SIGINT, "immediate": signal.SIGQUIT}[mode]
         self._signal(sig)
