@@ -142,18 +142,22 @@ def _tokens(sql: str, pos: int = 0, scs: bool = True) -> Iterator[_Tok]:
 # split_statements
 # --------------------------------------------------------------------------------------------
 
-# Everything that can hide a ';' or change how the following text is read. Searching for these
-# with one regex lets C skip the uninteresting characters.
-_SPLIT_INTERESTING = re.compile(
-    r"""(?P<semi>;)|(?P<q>['"])|(?P<e>(?<![\w$])[eE]')|(?P<lc>--)|(?P<bc>/\*)"""
-    r"""|(?P<dq>(?<![\w$])\$(?:""" + _IDENT_START + r"""\w*)?\$)"""
-)
+# Characters where something can start that hides a ';' (quotes, comments, dollar quotes).
+# Searching for one of them lets C skip everything else.
+_SPLIT_STOP = re.compile(r"""[;'"$/-]""")
 _DQ_IDENT_BODY = re.compile(r'"(?:[^"]|"")*(?:"|\Z)')
+_E_BODY = re.compile(r"'(?:[^'\\]|\\.|'')*(?:'|\Z)", re.S)
+_IDENT_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_$")
 _LEADING_NOISE = re.compile(r"(?:\s+|--[^\n]*|\(+)+")
+_TRIVIA = re.compile(r"(?:\s+|--[^\n]*)+")
 _CREATE_ROUTINE = re.compile(
     r"create\s+(?:or\s+replace\s+)?(?:function|procedure)\b", re.I
 )
 _BEGIN_ATOMIC = re.compile(r"\bbegin\s+atomic\b", re.I)
+
+
+def _is_ident_char(c: str) -> bool:
+    return c in _IDENT_CHARS or (c > "\x7f" and (c.isalnum() or c == "_"))
 
 
 def split_statements(sql: str, standard_conforming_strings: bool = True) -> list[str]:
@@ -163,45 +167,48 @@ def split_statements(sql: str, standard_conforming_strings: bool = True) -> list
     Re-join with ';\\n' (not ';'): a statement may end with a -- comment.
     """
     if ";" not in sql:  # the common single-statement case
-        return [sql.strip()] if _has_content(sql, standard_conforming_strings) else []
+        return [sql.strip()] if _has_content(sql) else []
     out: list[str] = []
     std_string = _STD_STRING if standard_conforming_strings else _STD_STRING_BACKSLASH
     n = len(sql)
     start = pos = 0
-    search = _SPLIT_INTERESTING.search
+    search = _SPLIT_STOP.search
     while True:
         m = search(sql, pos)
         if m is None:
-            _append_statement(out, sql[start:], standard_conforming_strings)
+            _append_statement(out, sql[start:])
             return out
-        kind = m.lastgroup
-        if kind == "semi":
-            piece = sql[start:m.start()]
+        i = m.start()
+        c = sql[i]
+        if c == ";":
+            piece = sql[start:i]
             if _CREATE_ROUTINE.match(_skip_noise(piece)) and _BEGIN_ATOMIC.search(piece):
                 # SQL-standard routine body: ';' inside BEGIN ATOMIC ... END does not end it
                 end = _atomic_body_end(sql, start, standard_conforming_strings)
                 if end >= n and not sql.endswith(";"):
-                    _append_statement(out, sql[start:], standard_conforming_strings)
+                    _append_statement(out, sql[start:])
                     return out
-                if end > m.end():
+                if end > i + 1:
                     pos = end - 1  # resume at the ';' that really ends the statement
                     continue
-            _append_statement(out, piece, standard_conforming_strings)
-            start = pos = m.end()
-        elif kind == "q":
-            if m.group() == "'":
-                pos = std_string.match(sql, m.start()).end()
+            _append_statement(out, piece)
+            start = pos = i + 1
+        elif c == "'":
+            e_string = i > 0 and sql[i - 1] in "eE" and (i < 2 or not _is_ident_char(sql[i - 2]))
+            pos = (_E_BODY if e_string else std_string).match(sql, i).end()
+        elif c == '"':
+            pos = _DQ_IDENT_BODY.match(sql, i).end()
+        elif c == "-":
+            if sql.startswith("--", i):
+                nl = sql.find("\n", i)
+                pos = n if nl < 0 else nl
             else:
-                pos = _DQ_IDENT_BODY.match(sql, m.start()).end()
-        elif kind == "e":
-            pos = _E_STRING.match(sql, m.start()).end()
-        elif kind == "lc":
-            nl = sql.find("\n", m.end())
-            pos = n if nl < 0 else nl
-        elif kind == "bc":
-            pos = _block_comment_end(sql, m.start())
-        else:  # dollar quote
-            pos = _dollar_end(sql, m.end(), m.group())
+                pos = i + 1
+        elif c == "/":
+            pos = _block_comment_end(sql, i) if sql.startswith("/*", i) else i + 1
+        else:  # '$': a dollar quote unless inside an identifier or a $n parameter
+            dm = None if i > 0 and _is_ident_char(sql[i - 1]) else _DOLLAR_OPEN.match(sql, i)
+            pos = _dollar_end(sql, dm.end(), dm.group()) if dm else i + 1
 
 
 def _skip_noise(piece: str) -> str:
@@ -218,14 +225,23 @@ def _skip_noise(piece: str) -> str:
     return piece[i:]
 
 
-def _has_content(piece: str, scs: bool) -> bool:
-    for _ in _tokens(piece, 0, scs):
-        return True
+def _has_content(piece: str) -> bool:
+    """Anything but whitespace and comments?"""
+    i = 0
+    n = len(piece)
+    while i < n:
+        m = _TRIVIA.match(piece, i)
+        if m:
+            i = m.end()
+        elif piece.startswith("/*", i):
+            i = _block_comment_end(piece, i)
+        else:
+            return True
     return False
 
 
-def _append_statement(out: list[str], piece: str, scs: bool) -> None:
-    if _has_content(piece, scs):
+def _append_statement(out: list[str], piece: str) -> None:
+    if _has_content(piece):
         out.append(piece.strip())
 
 
@@ -397,6 +413,43 @@ _TYPEMOD_WORDS = frozenset(
 _LITERAL_KINDS = frozenset({"number", "string", "estring", "dollar"})
 
 
+_NUMBER_RE = (
+    r"0[xX][0-9A-Fa-f_]+|0[oO][0-7_]+|0[bB][01_]+"
+    r"|(?:\d[\d_]*(?:\.(?!\.)[\d_]*)?|\.\d[\d_]*)(?:[eE][+-]?\d+)?"
+)
+
+
+def _norm_regex(string_body: str) -> re.Pattern[str]:
+    # One match = leading whitespace/-- comments + one significant token, so finditer visits
+    # each token once, in C. Branches in order of frequency (a failing branch still costs);
+    # words must not swallow the prefix of E'', B'', X'', N'', U&'' strings. Block comments
+    # (they nest) send normalize to its slow path.
+    return re.compile(
+        r"\s*(?:--[^\n]*\s*)*(?:"
+        r"(?P<ident>(?![eEbBxXnN]'|[uU]&)[^\W\d][\w$]*)"
+        r"|(?P<op>[-+*/<>=~!@#%^&|`?])(?!\*)"
+        r"|(?P<punct>[(),;\[\]])"
+        r"|(?P<number>" + _NUMBER_RE + r")"
+        r"|(?P<string>" + string_body + r")"
+        r"|(?P<param>\$\d+)"
+        r"|(?P<dcolon>::)"
+        r"|(?P<estring>[eE]'(?:[^'\\]|\\.|'')*(?:'|\Z))"
+        r"|(?P<xstring>(?:[bBxXnN]|[uU]&)'(?:[^']|'')*(?:'|\Z))"
+        r'|(?P<qident>(?:[uU]&)?"(?:[^"]|"")*(?:"|\Z))'
+        r"|(?P<dollar>\$(?P<tag>(?:[^\W\d]\w*)?)\$.*?(?:\$(?P=tag)\$|\Z))"
+        r"|(?P<bc>/\*)"
+        r"|(?P<other>.))",
+        re.S,
+    )
+
+
+_NORM = _norm_regex(r"'(?:[^']|'')*(?:'|\Z)")
+_NORM_BACKSLASH = _norm_regex(r"'(?:[^'\\]|\\.|'')*(?:'|\Z)")
+_MAY_HAVE_LITERAL = re.compile(r"[\d'$]")
+_LITERAL_GROUPS = frozenset({"number", "string", "estring", "dollar"})
+_UPPER_CONTEXT_WORDS = _LITERAL_CONTEXT_WORDS
+
+
 def normalize(
     stmt: str, standard_conforming_strings: bool = True
 ) -> tuple[str, tuple[str, ...]]:
@@ -405,6 +458,84 @@ def normalize(
     `denormalize(template, literals)` gives stmt back exactly. A unary minus directly before a
     number belongs to the literal ('id = -5' -> 'id = $90001', literal '-5').
     """
+    if not _MAY_HAVE_LITERAL.search(stmt):
+        return stmt, ()
+    rx = _NORM if standard_conforming_strings else _NORM_BACKSLASH
+    parts: list[str] = []
+    literals: list[str] = []
+    last = 0
+    ctx = False  # may a parameter stand after the previous token?
+    prev_word = ""  # the previous token when it is a word, lower-cased
+    minus_at = -1  # position of a '-' just before, when it is a unary minus
+    pending = -1  # a literal out of context, replaced only if '::' follows
+    pending_end = 0
+    typemod: list[bool] = []
+    in_typemod = False
+    for m in rx.finditer(stmt):
+        kind = m.lastgroup
+        start = m.start(kind)
+        if kind == "bc":
+            return _normalize_slow(stmt, standard_conforming_strings)
+        if pending >= 0:
+            if kind == "dcolon":
+                parts.append(stmt[last:pending])
+                parts.append("$" + str(PLACEHOLDER_BASE + len(literals)))
+                literals.append(stmt[pending:pending_end])
+                last = pending_end
+            pending = -1
+        if kind in _LITERAL_GROUPS:
+            end = m.end()
+            if not in_typemod:
+                if ctx:
+                    if kind == "number" and minus_at == start - 1:
+                        start = minus_at
+                    parts.append(stmt[last:start])
+                    parts.append("$" + str(PLACEHOLDER_BASE + len(literals)))
+                    literals.append(stmt[start:end])
+                    last = end
+                else:
+                    pending, pending_end = start, end
+            ctx = False
+            prev_word = ""
+            minus_at = -1
+            continue
+        if kind == "op":
+            minus_at = start if stmt[start] == "-" and ctx else -1
+            ctx = True
+            prev_word = ""
+            continue
+        minus_at = -1
+        if kind == "ident":
+            word = stmt[start:m.end()]
+            ctx = word.upper() in _UPPER_CONTEXT_WORDS
+            prev_word = word.lower()
+            continue
+        if kind == "punct":
+            c = stmt[start]
+            if c == "(":
+                in_typemod = prev_word in _TYPEMOD_WORDS
+                typemod.append(in_typemod)
+                ctx = True
+            elif c == ")":
+                if typemod:
+                    typemod.pop()
+                in_typemod = typemod[-1] if typemod else False
+                ctx = False
+            else:
+                ctx = c in ",["
+        else:
+            ctx = False
+        prev_word = ""
+    if not literals:
+        return stmt, ()
+    parts.append(stmt[last:])
+    return "".join(parts), tuple(literals)
+
+
+def _normalize_slow(
+    stmt: str, standard_conforming_strings: bool = True
+) -> tuple[str, tuple[str, ...]]:
+    """normalize() for statements with block comments, one token at a time."""
     parts: list[str] = []
     literals: list[str] = []
     last = 0
@@ -460,7 +591,7 @@ def _literal_context(prev_kind: str, prev_text: str) -> bool:
 
 
 def _unary_context(kind: str, text: str) -> bool:
-    return kind in ("", "op") or _literal_context(kind, text)
+    return kind == "op" or _literal_context(kind, text)
 
 
 _PLACEHOLDER = re.compile(r"\$(\d+)")
