@@ -372,3 +372,18 @@ def test_sigterm_rolls_back_transaction_past_drain_timeout(proxy_factory, upstre
     wait_until(lambda: query_direct(upstream_dsn, f"select count(*) from {table}") == [(0,)], 5,
                what="the unfinished transaction to be rolled back")
     query_direct(upstream_dsn, f"drop table {table}")
+
+
+# --------------------------------------------------------------------------- harness
+
+
+def test_proxy_factory_metrics_and_output(proxy_factory):
+    import urllib.request
+
+    p = proxy_factory(metrics=True)
+    with connect(p.dsn) as c:
+        assert c.execute("select 1").fetchone() == (1,)
+    with urllib.request.urlopen(p.metrics_url, timeout=5) as r:
+        assert r.status == 200
+        assert "optimist" in r.read().decode()
+    assert isinstance(p.stderr_text(), str)
