@@ -197,12 +197,9 @@ def strip_internal_context(fields: Mapping[str, str]) -> dict[str, str]:
 REJECT_SQLSTATE = "55000"
 
 
-def reject_sql(table: Any, reason: str) -> str:
-    """A statement that fails with a clear error in place of a write the rules refuse to let
-    through unchecked (the session did not read the row: `reason` is 'not_read' or
-    'column_not_read'). Runs in the client's transaction like the write would have."""
-    from proxy.rewrite.lexer import quote_literal_any
-
+def reject_message(table: Any, reason: str) -> tuple[str, str]:
+    """(message, hint) of the error refusing a write the rules will not let through unchecked
+    (the session did not read the row: `reason` is 'not_read' or 'column_not_read')."""
     what = {
         "not_read": "the session has not read the row it writes",
         "column_not_read": "the session has not read every column the check needs",
@@ -210,6 +207,15 @@ def reject_sql(table: Any, reason: str) -> str:
     message = (f"optimist: write to {table.qualified_name} refused: {what} "
                f"(unknown_original: reject)")
     hint = "SELECT the row (with the checked columns) in this session before changing it."
+    return message, hint
+
+
+def reject_sql(table: Any, reason: str) -> str:
+    """A statement that fails with the reject error in place of the refused write, so it runs
+    (and fails) in the client's transaction like the write would have."""
+    from proxy.rewrite.lexer import quote_literal_any
+
+    message, hint = reject_message(table, reason)
     return (
         "DO $optimist$ BEGIN RAISE EXCEPTION USING ERRCODE = '" + REJECT_SQLSTATE + "', "
         "MESSAGE = " + quote_literal_any(message) + ", HINT = " + quote_literal_any(hint)

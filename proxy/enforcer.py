@@ -311,6 +311,8 @@ class Enforcer:
             work, hidden = self._checked_bind(info, table, plan, literals, bind)
         except Unchecked as exc:
             self._unverified(table, exc.reason)
+            if exc.reason in ("not_read", "column_not_read") and table.unknown_original == "reject":
+                return self._reject_bind(bind, table, exc.reason)
             self.portals[bind.portal] = PortalInfo(info, capture=self._statement_capture(
                 info, bind.result_formats))
             return None
@@ -321,6 +323,17 @@ class Enforcer:
         self.session.pending.append(Pending(Pending.BIND))
         out.append(bind.encode())
         return out
+
+    def _reject_bind(self, bind, table, reason: str):
+        """Refuse the write in the server's own error flow: a Bind to a statement that cannot
+        exist fails there (skipping to Sync, aborting a transaction block), and the proxy
+        tells the client why instead of the server's words."""
+        bind.statement = b"optimist_refused_write"
+        item = Pending(Pending.BIND)
+        item.statements = ("reject", table, reason)
+        self.session.pending.append(item)
+        self.portals.pop(bind.portal, None)
+        return [bind.encode()]
 
     def _checked_bind(self, info, table, plan, literals, bind):
         n = len(bind.params)
@@ -559,8 +572,19 @@ class Enforcer:
 
     def error(self, head: Pending | None, buf, start: int, end: int):
         fields = m.decode_fields(buf[start:end])
+        if head is not None and head.kind == Pending.BIND and head.statements \
+                and head.statements[0] == "reject":
+            _, table, reason = head.statements
+            message, hint = conflicts.reject_message(table, reason)
+            return m.encode_fields(b"E", {
+                "S": "ERROR", "V": "ERROR", "C": conflicts.REJECT_SQLSTATE, "M": message,
+                "H": hint, "s": table.schema, "t": table.name})
         conflict = conflicts.parse_conflict(fields)
         if conflict is None:
+            if fields.get("C") == conflicts.REJECT_SQLSTATE and "W" in fields \
+                    and fields.get("M", "").startswith("optimist: write to"):
+                del fields["W"]  # the DO block that raised it is our plumbing
+                return m.encode_fields(b"E", fields)
             return None
         self._report(conflict)
         return m.encode_fields(b"E", conflicts.strip_internal_context(fields))

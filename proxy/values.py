@@ -9,6 +9,7 @@ from __future__ import annotations
 import struct
 import uuid
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 from decimal import Decimal, InvalidOperation
 
 INT_TYPES = {20: "!q", 21: "!h", 23: "!i", 26: "!I"}  # int8, int2, int4, oid
@@ -16,6 +17,8 @@ TEXT_TYPES = {25, 1043, 1042, 19}  # text, varchar, bpchar, name
 UUID_TYPE = 2950
 NUMERIC_TYPE = 1700
 BOOL_TYPE = 16
+_EPOCH_2000 = datetime(2000, 1, 1)
+_INFINITY = 0x7FFFFFFFFFFFFFFF
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,6 +53,30 @@ def binary_to_text(type_oid: int, data: bytes) -> str:
         return repr(struct.unpack("!d", data)[0])
     if type_oid == NUMERIC_TYPE:
         return _numeric_from_binary(data)
+    if type_oid in (1114, 1184):  # timestamp, timestamptz: microseconds since 2000-01-01
+        (micros,) = struct.unpack("!q", data)
+        if micros in (_INFINITY, -_INFINITY):
+            return "infinity" if micros > 0 else "-infinity"
+        stamp = _EPOCH_2000 + timedelta(microseconds=micros)
+        return stamp.isoformat(sep=" ") + ("+00" if type_oid == 1184 else "")
+    if type_oid == 1082:  # date: days since 2000-01-01
+        (days,) = struct.unpack("!i", data)
+        if days in (0x7FFFFFFF, -0x80000000):
+            return "infinity" if days > 0 else "-infinity"
+        return (_EPOCH_2000.date() + timedelta(days=days)).isoformat()
+    if type_oid == 1083:  # time: microseconds since midnight
+        (micros,) = struct.unpack("!q", data)
+        return str(timedelta(microseconds=micros)).rjust(8, "0") if micros < 86400 * 10**6 \
+            else "24:00:00"
+    if type_oid == 1186:  # interval: microseconds, days, months
+        micros, days, months = struct.unpack("!qii", data)
+        return f"{months} mons {days} days {micros} microseconds"
+    if type_oid == 17:  # bytea
+        return "\\x" + data.hex()
+    if type_oid in (114, 142):  # json, xml: the text itself
+        return data.decode("utf-8")
+    if type_oid == 3802 and data[:1] == b"\x01":  # jsonb: a version byte, then text
+        return data[1:].decode("utf-8")
     raise ValueError(f"no text form known for binary values of type {type_oid}")
 
 
