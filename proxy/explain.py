@@ -1,0 +1,106 @@
+"""`optimist explain`: what the proxy would do with one statement, for DBAs.
+
+It runs the same code the proxy runs (lexer prefilter, rules lookup, planner, render), with the
+values a session would have read shown as placeholders.
+"""
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+
+from proxy.rewrite import lexer
+from proxy.rewrite.planner import InsertPlan, Unverified, plan_insert, plan_write
+from proxy.rules.loader import load_rules
+from proxy.rules.model import RuleError
+
+REASONS = {
+    "no_key_pin": "its WHERE does not pin the table's key by equality, so the rows it touches "
+                  "cannot be known before it runs (bulk writes pass unchecked and are counted)",
+    "where_current_of": "WHERE CURRENT OF names a cursor position, not a key",
+    "parse_error": "it could not be parsed; it is passed through untouched and counted",
+    "not_target_table": "the protected table is not the statement's target",
+    "unsupported": "this form of statement cannot be checked",
+}
+
+
+def upstream_dsn(value: str) -> str:
+    if "://" in value or "=" in value:
+        return value
+    host, _, port = value.rpartition(":")
+    return f"postgresql://postgres@{host or '127.0.0.1'}:{port or 5432}/postgres"
+
+
+async def _protected_tables(ruleset, dsn: str | None):
+    from proxy.catalog import fetch_catalog
+    from proxy.rules.resolve import resolve, wanted_tables
+    catalog = await fetch_catalog(upstream_dsn(dsn), wanted_tables(ruleset))
+    protected, problems = resolve(ruleset, catalog)
+    return {(t.schema, t.name): t for t in protected.values()}, problems
+
+
+def explain(paths: Sequence[str], dsn: str | None, sql: str) -> tuple[int, list[str]]:
+    try:
+        ruleset = load_rules(paths)
+    except RuleError as exc:
+        return 1, [str(p) for p in exc.problems] + ["rules are invalid"]
+    out = [f"statement: {sql.strip()}"]
+    target = lexer.write_target(sql)
+    if target is None:
+        out.append("action: relayed unchanged (not an UPDATE, DELETE or INSERT; reads are "
+                   "captured from their results when they include a protected table's key)")
+        return 0, out
+    schema, name = target
+    rule = ruleset.lookup(schema, name) if schema != "*" else None
+    if rule is None:
+        out.append(f"action: relayed unchanged (no rule protects {name if schema == '*' else target[1]})")
+        return 0, out
+    out.append(f"rule: {rule.qualified_name} at {rule.where} (strategy {rule.strategy}, "
+               f"mode {rule.mode})")
+    if dsn is None:
+        out.append("error: explain needs --upstream to know the table's key, columns and types")
+        return 2, out
+    try:
+        tables, problems = asyncio.run(_protected_tables(ruleset, dsn))
+    except Exception as exc:  # a CLI: report, do not crash
+        out.append(f"error: cannot read the catalog: {type(exc).__name__}: {exc}")
+        return 2, out
+    table = next((t for (s, n), t in tables.items() if n == rule.name
+                  and (s == rule.schema or not rule.schema_explicit)), None)
+    if table is None:
+        out.extend(str(p) for p in problems)
+        out.append("action: relayed unchanged (the rule does not resolve against this database)")
+        return 1, out
+    template, literals = lexer.normalize(sql)
+    kind = lexer.classify(sql).keyword
+    plan = (plan_insert if kind == "INSERT" else plan_write)(template, table, 0)
+    if isinstance(plan, Unverified):
+        out.append(f"action: passes unverified, reason {plan.reason}: "
+                   f"{REASONS.get(plan.reason, plan.reason)}")
+        if plan.detail:
+            out.append(f"detail: {plan.detail}")
+        return 0, out
+    if isinstance(plan, InsertPlan):
+        out.append("action: insert; the proxy learns the new rows through RETURNING "
+                   f"({', '.join(plan.extra_returning)}), stripped before the client sees them")
+        out.append(f"rewritten: {plan.render_simple(literals)}")
+        return 0, out
+    keys = plan.key_texts(literals)
+    shown = [", ".join(f"{ref.column}={value if value is not None else f'${ref.param}'}"
+                       for ref, value in zip(row, texts))
+             for row, texts in zip(plan.pinned_rows, keys)]
+    out.append(f"action: checked {plan.kind} of {len(keys)} pinned row(s): " + "; ".join(shown))
+    out.append(f"checked columns: {', '.join(plan.checked_columns) or '(none)'}")
+    if table.unknown_original == "reject":
+        out.append("if the session has not read the row: the write is refused (unknown_original: reject)")
+    else:
+        out.append("if the session has not read the row: passes unchecked, counted as not_read")
+    reads = [{c: f"<read {c}>" for c in plan.checked_columns} for _ in keys]
+    out.append("rewritten (simple protocol; <read c> stands for the value the session read):")
+    out.append("  " + plan.render_simple(literals, reads))
+    rendered = plan.render_extended(literals, 0)
+    out.append("rewritten (extended protocol, prepared once per session):")
+    out.append("  " + rendered.sql)
+    for i, (row, column) in enumerate(rendered.extra_params):
+        out.append(f"  extra parameter {i + 1}: the {column} read for pinned row {row + 1}")
+    out.append(f"learned afterwards through RETURNING: {', '.join(plan.extra_returning)}")
+    return 0, out
