@@ -506,13 +506,16 @@ def _set_items(tree: exp.Update, text: _Text, c: _Clauses) -> list[_SetItem] | N
         if name is not None:
             items.append(_SetItem(name, _classify_value(right, text.span(eq + 1, hi), text)))
             continue
+        # partial write of an array element (a[1] = x) or a composite field (a.f = x)
         base = left
         while isinstance(base, (exp.Bracket, exp.Dot)):
             base = base.this
         name = _plain_column(base)
+        if name is None and isinstance(base, exp.Column) and base.args.get("db") is None:
+            name = _fold(base.args.get("table"))
         if name is None:
             return None
-        items.append(_SetItem(name, None))  # partial write of an array element / field
+        items.append(_SetItem(name, None))
     return items
 
 
@@ -545,8 +548,24 @@ def _splice(text: _Text, edits: list[_Edit]) -> tuple[object, ...]:
     return compile_pieces(out)
 
 
-def _returning_edit(text: _Text, c: _Clauses, qualifier: str, columns: Sequence[str]) -> _Edit:
+def _notify_expr(table: ProtectedTable, qualifier: str, op: str) -> str:
+    """pg_notify() as one more RETURNING item: PostgreSQL delivers it at commit, and drops it
+    if the transaction rolls back, which is exactly 'after a protected write commits'."""
+    key = ", ".join(f"{quote_literal_any(k)}, {column_ref(qualifier, k)}" for k in table.key)
+    version = (column_ref(qualifier, table.version_column)
+               if table.strategy == "version" and table.version_column else "NULL")
+    payload = (f"json_build_object('table', {quote_literal_any(table.qualified_name)}, "
+               f"'op', '{op}', 'key', json_build_object({key}), 'version', {version})::text")
+    return f"pg_notify({quote_literal_any(table.notify)}, {payload})"
+
+
+def _returning_edit(text: _Text, c: _Clauses, qualifier: str, columns: Sequence[str],
+                    table: ProtectedTable | None = None, op: str = "update") -> _Edit:
+    """RETURNING grows by the captured columns, then (rules with `notify`) the notification;
+    the proxy strips all of them before the client sees its rows."""
     refs = ", ".join(column_ref(qualifier, col) for col in columns)
+    if table is not None and table.notify:
+        refs += ", " + _notify_expr(table, qualifier, op)
     if c.returning >= 0:
         return _Edit(text.end, text.end, (", " + refs,))
     return _Edit(text.end, text.end, (" RETURNING " + refs,))
@@ -751,7 +770,8 @@ class _GuardBuilder:
                 edits.append(_Edit(after_where, after_where, (" (",)))
                 edits.append(_Edit(where_end, where_end, (")",)))
             edits.append(_Edit(where_end, where_end, tuple(self.guard(rows))))
-        edits.append(_returning_edit(text, c, self.q, self.table.captured_columns))
+        edits.append(_returning_edit(text, c, self.q, self.table.captured_columns, self.table,
+                                     self.kind))
         return _splice(text, edits)
 
     def guard(self, rows: list[int]) -> list[object]:
@@ -814,6 +834,11 @@ def _parse(sql: str):
     try:
         text = _Text(sql)
         tree = sqlglot.parse_one(text.parse_sql, read="postgres")
+        if isinstance(tree, exp.Block):  # "stmt; -- comment" parses as a block
+            stmts = [e for e in tree.expressions if not isinstance(e, exp.Semicolon)]
+            if len(stmts) != 1:
+                return None, None, "several statements"
+            tree = stmts[0]
     except (ParseError, TokenError) as exc:
         return None, None, str(exc).splitlines()[0] if str(exc) else "parse error"
     except Exception as exc:  # sqlglot may fail in other ways on odd input: never crash
@@ -853,6 +878,8 @@ def plan_write(template_sql: str, table: ProtectedTable, n_params: int = 0) -> W
     tree, text, error = _parse(template_sql)
     if tree is None:
         return Unverified("parse_error", error)
+    if isinstance(tree, exp.Insert):
+        return Unverified("not_target_table", "an INSERT: plan_insert's job")
     if not isinstance(tree, (exp.Update, exp.Delete)):
         if _nested_writes(tree, table, None):
             return Unverified("unsupported", f"{type(tree).__name__.upper()} writing {table.qualified_name}")
@@ -999,17 +1026,12 @@ def plan_insert(template_sql: str, table: ProtectedTable, n_params: int = 0) -> 
     conflict = tree.args.get("conflict")
     on_conflict = None
     if conflict is not None:
-        on_conflict = "nothing" if conflict.args.get("action") is None and not conflict.args.get(
-            "expressions") else "update"
-        if conflict.args.get("nothing") or _do_nothing(text):
-            on_conflict = "nothing"
-    pieces = _splice(text, [_returning_edit(text, c, target.qualifier, table.captured_columns)])
+        action = conflict.args.get("action")
+        on_conflict = "nothing" if "NOTHING" in str(getattr(action, "this", action)).upper() \
+            else "update"
+    pieces = _splice(text, [_returning_edit(text, c, target.qualifier, table.captured_columns,
+                                            table, "insert")])
     return InsertPlan(table=table, extra_returning=table.captured_columns,
                       client_returning=c.returning >= 0, on_conflict=on_conflict,
                       _pieces=pieces, _max_param=text.max_param)
 
-
-def _do_nothing(text: _Text) -> bool:
-    toks = text.toks
-    return any(toks[i].text.upper() == "DO" and i + 1 < len(toks)
-               and toks[i + 1].text.upper() == "NOTHING" for i, _ in text.top(0, len(toks), 0))
