@@ -35,7 +35,7 @@ class StatementWork:
     """What the proxy does around one client statement it rewrote."""
 
     __slots__ = ("table", "kind", "sql", "strip", "keys", "expected", "extras", "formats",
-                 "reject")
+                 "reject", "added")
 
     def __init__(self, table, kind: str, sql: str, extras: tuple[str, ...],
                  client_returning: bool, keys=(), formats=None) -> None:
@@ -43,8 +43,10 @@ class StatementWork:
         self.kind = kind
         self.sql = sql
         self.extras = extras
+        # trailing columns the proxy added: the captured columns, then a notification
+        self.added = len(extras) + (1 if table.notify else 0)
         # trailing columns to remove from results; -1: the client expects no rows at all
-        self.strip = len(extras) if client_returning else -1
+        self.strip = self.added if client_returning else -1
         self.keys = keys
         self.expected = len(set(keys))
         self.formats = formats  # result formats of the extra columns (None: text)
@@ -376,7 +378,7 @@ class Enforcer:
         extras = plan.extra_returning
         result_formats = list(bind.result_formats)
         if len(result_formats) > 1:
-            result_formats += [0] * len(extras)
+            result_formats += [0] * (len(extras) + (1 if table.notify else 0))
             extra_formats = (0,) * len(extras)
         else:
             extra_formats = ((result_formats[0] if result_formats else 0),) * len(extras)
@@ -445,7 +447,7 @@ class Enforcer:
             if work.strip == -1:
                 return b""
             fields = m.decode_row_description(buf[start:end])
-            return m.encode_row_description(fields[:-work.strip] if work.strip else fields)
+            return m.encode_row_description(fields[:-work.strip])
         key = bytes(buf[start:end])
         cache = self.tables.capture_plans
         plan = cache.get(key, False)
@@ -480,7 +482,8 @@ class Enforcer:
         if head.strip:
             work = self._work_of(head)
             if work is not None and work.extras:
-                self._learn(work, values[-len(work.extras):])
+                added = values[-work.added:]
+                self._learn(work, added[:len(work.extras)])
             if head.strip == -1:
                 return b""
             return m.encode_data_row(values[:-head.strip])
