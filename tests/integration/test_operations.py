@@ -1,0 +1,145 @@
+"""Operations: metrics that move with the right labels, health probes, hot rule reloads."""
+from __future__ import annotations
+
+import re
+import signal
+import time
+import urllib.error
+import urllib.request
+
+import psycopg
+import pytest
+
+from tests.integration.test_locking_core import Locking
+from tests.support.locking import VERSION_RULES, write_rules
+from tests.support.pgutil import wait_until
+
+
+@pytest.fixture
+def locking(pg, proxy_factory, tmp_path):
+    return Locking(pg, proxy_factory, tmp_path)
+
+
+def scrape(url: str) -> str:
+    with urllib.request.urlopen(url, timeout=5) as resp:
+        return resp.read().decode()
+
+
+def sample(text: str, name: str, **labels) -> float:
+    """The value of one sample in Prometheus text format (0 when absent)."""
+    for line in text.splitlines():
+        if line.startswith("#"):
+            continue
+        m = re.match(r"([a-zA-Z_:][\w:]*)(\{(.*)\})?\s+(\S+)$", line)
+        if not m or m.group(1) != name:
+            continue
+        found = dict(re.findall(r'(\w+)="((?:[^"\\]|\\.)*)"', m.group(3) or ""))
+        if all(found.get(k) == v for k, v in labels.items()):
+            return float(m.group(4))
+    return 0.0
+
+
+def conflict(dsn, sql_read, sql_a, sql_b):
+    with psycopg.connect(dsn, autocommit=True) as a, psycopg.connect(dsn, autocommit=True) as b:
+        a.execute(sql_read).fetchall()
+        b.execute(sql_read).fetchall()
+        a.execute(sql_a)
+        with pytest.raises(psycopg.errors.SerializationFailure):
+            b.execute(sql_b)
+
+
+def test_metrics_count_conflicts_checked_and_unverified_writes(locking):
+    locking.proxy = locking.factory(rules=write_rules(locking.tmp_path, VERSION_RULES), metrics=True)
+    url = locking.proxy.metrics_url
+    conflict(locking.dsn, "SELECT * FROM accounts WHERE id = 1",
+             "UPDATE accounts SET balance = 1 WHERE id = 1",
+             "UPDATE accounts SET balance = 2 WHERE id = 1")
+    with psycopg.connect(locking.dsn, autocommit=True) as a, psycopg.connect(locking.dsn, autocommit=True) as b:
+        b.execute("SELECT * FROM accounts WHERE id = 2").fetchall()
+        a.execute("DELETE FROM accounts WHERE id = 2")
+        with pytest.raises(psycopg.errors.SerializationFailure):
+            b.execute("UPDATE accounts SET balance = 0 WHERE id = 2")
+        a.execute("UPDATE accounts SET balance = balance + 1 WHERE balance > 0")  # no key pin
+        a.execute("UPDATE counters SET n = 1 WHERE id = 1")  # never read
+        # what open sessions read is held (and released when they close)
+        assert sample(scrape(url), "optimist_snapshot_entries") >= 1
+    text = scrape(url)
+    t = "public.accounts"
+    assert sample(text, "optimist_conflicts_total", table=t, kind="modified") == 1
+    assert sample(text, "optimist_conflicts_total", table=t, kind="deleted") == 1
+    assert sample(text, "optimist_checked_writes_total", table=t) >= 3
+    assert sample(text, "optimist_unverified_writes_total", table=t, reason="no_key_pin") == 1
+    assert sample(text, "optimist_unverified_writes_total", table="public.counters",
+                  reason="not_read") == 1
+    assert sample(text, "optimist_client_connections_opened_total") >= 4
+    assert sample(text, "optimist_bytes_total", direction="client_to_server") > 0
+    assert sample(text, "optimist_query_duration_seconds_count") > 0
+    assert sample(text, "optimist_snapshot_entries") == 0
+    assert sample(text, "optimist_rule_reloads_total", result="success") == 1
+    assert sample(text, "optimist_upstream_up") == 1
+    # no key values or SQL in any label
+    assert "UPDATE" not in text and "balance" not in text
+
+
+def test_health_endpoints(locking):
+    locking.proxy = locking.factory(rules=write_rules(locking.tmp_path, VERSION_RULES), metrics=True)
+    base = locking.proxy.metrics_url.rsplit("/", 1)[0]
+    assert scrape(base + "/healthz").strip() == "ok"
+    assert scrape(base + "/readyz").strip() == "ready"
+
+
+def test_readyz_fails_while_upstream_is_unreachable(proxy_factory, tmp_path):
+    from proxy.embedded import free_port
+    dead = proxy_factory(metrics=True, upstream=("127.0.0.1", free_port()))
+    base = dead.metrics_url.rsplit("/", 1)[0]
+    with pytest.raises(urllib.error.HTTPError) as err:
+        scrape(base + "/readyz")
+    assert err.value.code == 503
+    assert scrape(base + "/healthz").strip() == "ok"
+
+
+def test_hot_reload_applies_to_next_statement_and_keeps_sessions(locking):
+    rules = write_rules(locking.tmp_path, VERSION_RULES)
+    locking.proxy = locking.factory(rules=rules, metrics=True)
+    url = locking.proxy.metrics_url
+    with psycopg.connect(locking.dsn, autocommit=True) as a, psycopg.connect(locking.dsn, autocommit=True) as b:
+        # before: customers is unprotected, a lost update goes through
+        a.execute("SELECT * FROM customers WHERE id = 1").fetchall()
+        b.execute("SELECT * FROM customers WHERE id = 1").fetchall()
+        a.execute("UPDATE customers SET credit_limit = 1 WHERE id = 1")
+        b.execute("UPDATE customers SET credit_limit = 2 WHERE id = 1")
+        # the DBA adds a rule; the proxy notices the file change
+        rules.write_text(VERSION_RULES + """
+  - table: customers
+    strategy: columns
+    check: changed
+""")
+        wait_until(lambda: sample(scrape(url), "optimist_rule_reloads_total", result="success") == 2,
+                   timeout=10, what="the reload")
+        # same sessions, next statements: now protected
+        a.execute("SELECT * FROM customers WHERE id = 1").fetchall()
+        b.execute("SELECT * FROM customers WHERE id = 1").fetchall()
+        a.execute("UPDATE customers SET credit_limit = 3 WHERE id = 1")
+        with pytest.raises(psycopg.errors.SerializationFailure):
+            b.execute("UPDATE customers SET credit_limit = 4 WHERE id = 1")
+        # a broken edit is refused, counted, and the rules in force stay
+        version_before = re.search(r'optimist_rules_version_info\{version="(\w+)"', scrape(url)).group(1)
+        rules.write_text("version: 1\ntables:\n  - table: customers\n    strategy: sideways\n")
+        wait_until(lambda: sample(scrape(url), "optimist_rule_reloads_total", result="failure") == 1,
+                   timeout=10, what="the failed reload")
+        assert f'version="{version_before}"' in scrape(url)
+        a.execute("SELECT * FROM customers WHERE id = 1").fetchall()
+        b.execute("SELECT * FROM customers WHERE id = 1").fetchall()
+        a.execute("UPDATE customers SET credit_limit = 5 WHERE id = 1")
+        with pytest.raises(psycopg.errors.SerializationFailure):
+            b.execute("UPDATE customers SET credit_limit = 6 WHERE id = 1")
+    assert "strategy" in locking.proxy.stderr_text() and "refused" in locking.proxy.stderr_text()
+
+
+def test_sighup_reloads(locking):
+    rules = write_rules(locking.tmp_path, VERSION_RULES)
+    locking.proxy = locking.factory(rules=rules, metrics=True)
+    url = locking.proxy.metrics_url
+    locking.proxy.proc.send_signal(signal.SIGHUP)
+    wait_until(lambda: sample(scrape(url), "optimist_rule_reloads_total", result="success") == 2,
+               timeout=10, what="the SIGHUP reload")
