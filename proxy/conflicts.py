@@ -10,7 +10,9 @@ A guarded write calls two temporary functions (see docs/ARCHITECTURE.md):
 * ``pg_temp.optimist_modified(info text, state jsonb) -> boolean`` VOLATILE (default cost: a
   huge COST would trigger JIT compilation): only reached through ``<checks> OR ...`` when a
   pinned row's checked values differ from what was read. ``state`` is
-  ``{"key": {...}, "columns": {col: [read, current, attempted]}}``. Raises ``modified``.
+  ``{"key": {...}, "columns": {col: [read, current, attempted, check passed]}}``. Raises
+  ``modified`` listing the columns whose check failed (so, whose current value differs from
+  the read one).
 
 ``info`` is a JSON text literal
 ``{"table": "schema.name", "schema": .., "name": .., "key": [key columns], "op": ..}``.
@@ -65,8 +67,11 @@ DECLARE
   detail text;
 BEGIN
   FOR col, v IN SELECT * FROM jsonb_each(state -> 'columns') LOOP
-    -- report only what another session changed: read vs current
-    IF (v -> 0) IS DISTINCT FROM (v -> 1) THEN
+    -- report the columns whose check failed (v -> 3); without that flag, those another
+    -- session changed (read vs current)
+    -- (no CASE here: PL/pgSQL ends an IF condition at the first THEN)
+    IF (jsonb_array_length(v) > 3 AND (v ->> 3) = 'false')
+       OR (jsonb_array_length(v) <= 3 AND (v -> 0) IS DISTINCT FROM (v -> 1)) THEN
       changed := changed || jsonb_build_object(col, jsonb_build_object(
         'read', v -> 0, 'current', v -> 1, 'attempted', v -> 2));
     END IF;

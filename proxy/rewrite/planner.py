@@ -736,13 +736,15 @@ class _GuardBuilder:
                 out.append(" AND ")
             out += self.column_check(row, column)
         out.append(")")
+        # [read, current, attempted, passed]: the function reports the columns that failed
         state_columns = []
         for column in columns:
             attempted = self.new_value(column)
             state_columns.append((column, [
                 "jsonb_build_array(to_jsonb(", self.read(row, column), "), to_jsonb(",
                 self.col(column), "), ",
-                *(["to_jsonb(", *attempted, ")"] if attempted is not None else ["NULL"]), ")",
+                *(["to_jsonb(", *attempted, ")"] if attempted is not None else ["NULL"]),
+                ", to_jsonb(", *self.column_check(row, column), "))",
             ]))
         state = jsonb_object([("key", self.key_json_current()), ("columns", jsonb_object(state_columns))])
         return ["(", *out, " OR ", self.f_modified, "(", self.info, ", ", *state, "))"]
