@@ -5,17 +5,22 @@ import asyncio
 import logging
 
 from proxy.config import Settings, parse_hostport
-from proxy.metrics import Metrics, MetricsServer
+from proxy.metrics import Metrics, MetricsServer, upstream_ready
 from proxy.server import ProxyServer
 
 log = logging.getLogger("optimist")
 
 
 class ProxyApp:
-    def __init__(self, settings: Settings) -> None:
+    """One proxy process. `serve_metrics=False` for a worker whose supervisor serves them."""
+
+    def __init__(self, settings: Settings, *, serve_metrics: bool = True,
+                 reuse_port: bool = False) -> None:
         self.settings = settings
         self.listen = settings.listen_endpoint
         self.upstream = settings.upstream_endpoint
+        self.serve_metrics = serve_metrics
+        self.reuse_port = reuse_port
         self.metrics = Metrics()
         self.enforcement = None
         if settings.rules:
@@ -27,36 +32,21 @@ class ProxyApp:
             drain_timeout=settings.drain_timeout, metrics=self.metrics)
         self.metrics_server = None
 
-    async def upstream_ready(self) -> tuple[bool, str]:
-        target = self.upstream
-        try:
-            if target.unix_socket:
-                conn = asyncio.open_unix_connection(f"{target.unix_socket}/.s.PGSQL.{target.port}")
-            else:
-                conn = asyncio.open_connection(target.host, target.port)
-            _, writer = await asyncio.wait_for(conn, 2.0)
-            writer.close()
-        except (OSError, asyncio.TimeoutError) as exc:
-            return False, f"upstream {target} unreachable: {exc or 'timeout'}"
-        return True, "ready"
-
-    def _before_scrape(self) -> None:
-        if self.enforcement is not None:
-            budget = self.enforcement.budget
-            self.metrics.snapshot_entries.set(budget.used)
-            self.metrics.snapshot_evictions.set(budget.evictions)
-            cache = self.enforcement.cache
-            self.metrics.rewrite_cache.labels("hit")._value.set(cache.hits)
-            self.metrics.rewrite_cache.labels("miss")._value.set(cache.misses)
+    async def _sample(self) -> None:
+        while True:
+            if self.enforcement is not None:
+                self.metrics.sample_state(self.enforcement.budget, self.enforcement.cache)
+            await asyncio.sleep(1.0)
 
     async def run(self, on_ready=None) -> None:
-        await self.server.start()
+        await self.server.start(reuse_port=self.reuse_port)
         if self.enforcement is not None:
             self.enforcement.start_watching()
-        if self.settings.metrics:
+        sampler = asyncio.get_running_loop().create_task(self._sample())
+        if self.settings.metrics and self.serve_metrics:
             endpoint = parse_hostport(self.settings.metrics, 9187)
-            self.metrics_server = MetricsServer(self.metrics, self.upstream_ready,
-                                                self._before_scrape)
+            self.metrics_server = MetricsServer(self.metrics.registry,
+                                                lambda: upstream_ready(self.upstream))
             await self.metrics_server.start(endpoint.host, endpoint.port)
             log.info("metrics on http://%s:%d/metrics", endpoint.host, endpoint.port)
         log.info("optimist listening on %s, forwarding to %s", self.listen, self.upstream)
@@ -65,6 +55,7 @@ class ProxyApp:
         if on_ready is not None:
             on_ready(self)
         await self.server.serve_until_stopped()
+        sampler.cancel()
         if self.metrics_server is not None:
             await self.metrics_server.close()
         log.info("optimist stopped")

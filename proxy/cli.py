@@ -57,6 +57,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="SQLSTATE of conflict errors (default 40001)")
     serve.add_argument("--data-dir", metavar="DIR",
                        help="data directory of the embedded PostgreSQL")
+    serve.add_argument("--workers", type=int, metavar="N",
+                       help="run N proxy processes on the listen port (default 1)")
 
     demo = sub.add_parser("demo", help="run the proxy on an embedded PostgreSQL with a "
                           "sample schema and the example rules")
@@ -107,16 +109,16 @@ def main(argv: list[str] | None = None) -> int:
     return 2
 
 
-def _run(coro) -> None:
+def run_loop(coro) -> None:
     try:
         import uvloop
-        uvloop.run(coro)
     except ImportError:  # pragma: no cover - platforms without uvloop
         asyncio.run(coro)
+    else:
+        uvloop.run(coro)
 
 
 def serve(settings: Settings, *, on_ready=None) -> int:
-    from proxy.app import ProxyApp
     embedded = None
     if settings.upstream is None:
         from proxy.embedded import EmbeddedPostgres
@@ -124,9 +126,24 @@ def serve(settings: Settings, *, on_ready=None) -> int:
         log.info("starting the embedded PostgreSQL in %s", embedded.data_dir)
         embedded.start()
         settings.upstream = f"{embedded.host}:{embedded.port}"
+    if settings.rules:
+        # refuse broken rule files before forking workers or binding the port
+        from proxy.rules.loader import load_rules
+        from proxy.rules.model import RuleError
+        try:
+            load_rules(settings.rules)
+        except RuleError as exc:
+            log.error("rule files refused:\n%s", "\n".join(map(str, exc.problems)))
+            if embedded is not None:
+                embedded.stop()
+            return 2
     try:
+        if settings.workers > 1:
+            from proxy.workers import run_workers
+            return run_workers(settings, settings.workers)
+        from proxy.app import ProxyApp
         app = ProxyApp(settings)
-        _run(app.run(on_ready=on_ready))
+        run_loop(app.run(on_ready=on_ready))
     except ConfigError as exc:
         log.error("%s", exc)
         return 2

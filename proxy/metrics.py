@@ -9,13 +9,20 @@ import asyncio
 import logging
 import time
 
-from prometheus_client import (CollectorRegistry, Counter, Gauge, Histogram, Info,
-                               generate_latest, CONTENT_TYPE_LATEST)
+from prometheus_client import (CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge,
+                               Histogram, generate_latest)
 
 log = logging.getLogger("optimist.metrics")
 
 
 class Metrics:
+    """Every metric of one proxy process.
+
+    With `--workers N` each worker process keeps its own values in prometheus-client's
+    multiprocess files and the supervisor serves their aggregate; gauges then say how they
+    combine across processes.
+    """
+
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         r = self.registry = registry or CollectorRegistry()
         self.conflicts = Counter("optimist_conflicts", "Writes refused because the row changed "
@@ -31,30 +38,37 @@ class Metrics:
                                         "no row without a conflict (a trigger or row-level "
                                         "security kept them out)", ["table"], registry=r)
         self.client_connections = Gauge("optimist_client_connections", "Open client connections",
-                                        registry=r)
+                                        registry=r, multiprocess_mode="livesum")
         self.client_connections_total = Counter("optimist_client_connections_opened",
                                                 "Client connections accepted", registry=r)
         self.server_connections = Gauge("optimist_server_connections",
-                                        "Open connections to PostgreSQL", registry=r)
+                                        "Open connections to PostgreSQL", registry=r,
+                                        multiprocess_mode="livesum")
         self.server_connections_total = Counter("optimist_server_connections_opened",
                                                 "Connections opened to PostgreSQL", registry=r)
         self.upstream_up = Gauge("optimist_upstream_up", "1 if the last connection attempt to "
-                                 "PostgreSQL succeeded", registry=r)
+                                 "PostgreSQL succeeded", registry=r, multiprocess_mode="livemin")
         self.upstream_up.set(1)
         self.bytes_total = Counter("optimist_bytes", "Bytes relayed", ["direction"], registry=r)
         self.rule_reloads = Counter("optimist_rule_reloads", "Rule loads by result", ["result"],
                                     registry=r)
-        self.rules_info = Info("optimist_rules_version", "The rules in force", registry=r)
+        # an info-style gauge (1 for the version in force) rather than Info, which
+        # prometheus-client cannot aggregate across worker processes
+        self.rules_version = Gauge("optimist_rules_version_info", "The rules in force",
+                                   ["version"], registry=r, multiprocess_mode="livemax")
         self.rules_loaded_at = Gauge("optimist_rules_loaded_timestamp_seconds",
-                                     "When the rules in force were loaded", registry=r)
-        self.rules_count = Gauge("optimist_rule_tables", "Number of table rules in force", registry=r)
+                                     "When the rules in force were loaded", registry=r,
+                                     multiprocess_mode="livemax")
+        self.rules_count = Gauge("optimist_rule_tables", "Number of table rules in force",
+                                 registry=r, multiprocess_mode="livemax")
         self.snapshot_entries = Gauge("optimist_snapshot_entries", "Row snapshots held",
-                                      registry=r)
-        self.snapshot_evictions = Gauge("optimist_snapshot_evictions",
-                                        "Row snapshots evicted by the memory bounds (cumulative)",
-                                        registry=r)
+                                      registry=r, multiprocess_mode="livesum")
+        self.snapshot_evictions = Counter("optimist_snapshot_evictions",
+                                          "Row snapshots evicted by the memory bounds", registry=r)
         self.rewrite_cache = Counter("optimist_rewrite_cache_lookups", "Rewrite cache lookups",
                                      ["result"], registry=r)
+        self._version = None
+        self._seen = {"evictions": 0, "hit": 0, "miss": 0}
         self.query_duration = Histogram(
             "optimist_query_duration_seconds", "Time from a client's request to the server's "
             "ReadyForQuery", registry=r,
@@ -87,18 +101,31 @@ class Metrics:
     def rules_loaded(self, ruleset, ok: bool) -> None:
         self.rule_reloads.labels("success" if ok else "failure").inc()
         if ok and ruleset is not None:
-            self.rules_info.info({"version": ruleset.version})
+            if self._version is not None and self._version != ruleset.version:
+                self.rules_version.labels(self._version).set(0)
+            self._version = ruleset.version
+            self.rules_version.labels(ruleset.version).set(1)
             self.rules_loaded_at.set(ruleset.loaded_at or time.time())
             self.rules_count.set(len(ruleset.rules))
+
+    def sample_state(self, budget, cache) -> None:
+        """Copy the enforcement's own counters into metrics (called once a second)."""
+        self.snapshot_entries.set(budget.used)
+        seen = self._seen
+        for key, now, counter in (("evictions", budget.evictions, self.snapshot_evictions),
+                                  ("hit", cache.hits, self.rewrite_cache.labels("hit")),
+                                  ("miss", cache.misses, self.rewrite_cache.labels("miss"))):
+            if now > seen[key]:
+                counter.inc(now - seen[key])
+                seen[key] = now
 
 
 class MetricsServer:
     """/metrics, /healthz (the process is up) and /readyz (the upstream answers)."""
 
-    def __init__(self, metrics: Metrics, ready_check, before_scrape=None) -> None:
-        self.metrics = metrics
+    def __init__(self, registry, ready_check) -> None:
+        self.registry = registry
         self.ready_check = ready_check
-        self.before_scrape = before_scrape
         self.server = None
 
     async def start(self, host: str, port: int) -> None:
@@ -110,10 +137,8 @@ class MetricsServer:
             path = request.split(b" ", 2)[1].decode("latin-1") if b" " in request else "/"
             path = path.split("?", 1)[0]
             if path == "/metrics":
-                if self.before_scrape is not None:
-                    self.before_scrape()
                 status, ctype, body = "200 OK", CONTENT_TYPE_LATEST, generate_latest(
-                    self.metrics.registry)
+                    self.registry)
             elif path == "/healthz":
                 status, ctype, body = "200 OK", "text/plain", b"ok\n"
             elif path == "/readyz":
@@ -135,3 +160,25 @@ class MetricsServer:
     async def close(self) -> None:
         if self.server is not None:
             self.server.close()
+
+
+def multiprocess_registry() -> CollectorRegistry:
+    """The aggregate of every worker's metrics (PROMETHEUS_MULTIPROC_DIR must be set)."""
+    from prometheus_client import multiprocess
+    registry = CollectorRegistry()
+    multiprocess.MultiProcessCollector(registry)
+    return registry
+
+
+async def upstream_ready(target) -> tuple[bool, str]:
+    """Can a TCP (or Unix socket) connection to PostgreSQL be opened right now?"""
+    try:
+        if target.unix_socket:
+            conn = asyncio.open_unix_connection(f"{target.unix_socket}/.s.PGSQL.{target.port}")
+        else:
+            conn = asyncio.open_connection(target.host, target.port)
+        _, writer = await asyncio.wait_for(conn, 2.0)
+        writer.close()
+    except (OSError, asyncio.TimeoutError) as exc:
+        return False, f"upstream {target} unreachable: {exc or 'timeout'}"
+    return True, "ready"

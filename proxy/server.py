@@ -341,14 +341,14 @@ class ProxyServer:
 
     # ---------------------------------------------------------------- life cycle
 
-    async def start(self, sock: socket.socket | None = None) -> None:
+    async def start(self, reuse_port: bool = False) -> None:
+        """Listen. `reuse_port`: several worker processes bind the same port and the kernel
+        spreads new connections across them (SO_REUSEPORT)."""
         loop = asyncio.get_running_loop()
         factory = lambda: ClientProtocol(self)  # noqa: E731
-        if sock is not None:
-            self.server = await loop.create_server(factory, sock=sock, backlog=1024)
-        else:
-            self.server = await loop.create_server(
-                factory, self.listen.host, self.listen.port, reuse_address=True, backlog=1024)
+        self.server = await loop.create_server(
+            factory, self.listen.host, self.listen.port, reuse_address=True,
+            reuse_port=reuse_port or None, backlog=1024)
 
     async def serve_until_stopped(self) -> None:
         loop = asyncio.get_running_loop()
