@@ -287,14 +287,18 @@ ALERT_CASES = {
          _series("optimist_query_duration_seconds_count", "0+200x20",
                  instance="optimist-1:9187")],
         [("18m", "OptimistHighQueryLatency", [{"instance": "optimist-0:9187"}])]),
-    "instances on different rule versions": (
-        [_series("optimist_rules_version_info", "1x40", version="aaaa"),
-         _series("optimist_rules_version_info", "1x40", version="bbbb",
+    "instances on different rule versions; a replaced version (0) does not count": (
+        [_series("optimist_rules_version_info", "1x10 0x60", version="aaaa"),
+         _series("optimist_rules_version_info", "_x10 1x60", version="bbbb"),
+         _series("optimist_rules_version_info", "1x40 0x30", version="aaaa",
+                 instance="optimist-1:9187"),
+         _series("optimist_rules_version_info", "_x40 1x30", version="bbbb",
                  instance="optimist-1:9187")],
-        [("10m", "OptimistRulesDiverged", []),
-         ("20m", "OptimistRulesDiverged", [{}])]),
+        [("5m", "OptimistRulesDiverged", []),
+         ("35m", "OptimistRulesDiverged", [{}]),
+         ("60m", "OptimistRulesDiverged", [])]),
     "snapshot evictions": (
-        [_series("optimist_snapshot_evictions", "0x10 0+50x30")],
+        [_series("optimist_snapshot_evictions_total", "0x10 0+50x30")],
         [("8m", "OptimistSnapshotEvictions", []),
          ("35m", "OptimistSnapshotEvictions", [INSTANCE])]),
 }
@@ -407,7 +411,7 @@ def test_dashboard_shows_what_operators_need():
                 "optimist_query_duration_seconds_bucket", "optimist_client_connections",
                 "optimist_bytes_total", "optimist_rule_reloads_total",
                 "optimist_rules_version_info", "optimist_snapshot_entries",
-                "optimist_snapshot_evictions"}
+                "optimist_snapshot_evictions_total"}
     assert not required - used, f"no panel shows {sorted(required - used)}"
     quantiles = {m.group(1) for _, e in dashboard_exprs(dashboard())
                  for m in re.finditer(r"histogram_quantile\(\s*([\d.]+)", e)}
