@@ -875,6 +875,13 @@ def written_tables(sql: str) -> list[tuple[str | None, str]] | None:
 def plan_write(template_sql: str, table: ProtectedTable, n_params: int = 0) -> WritePlan | Unverified:
     """Plan the guard of an UPDATE or DELETE on `table` (template_sql may hold normalize()
     placeholders and client $n parameters)."""
+    try:
+        return _plan_write(template_sql, table, n_params)
+    except Exception as exc:  # a planner bug must cost one unchecked write, not the session
+        return Unverified("unsupported", f"planner error: {type(exc).__name__}: {exc}")
+
+
+def _plan_write(template_sql: str, table: ProtectedTable, n_params: int) -> WritePlan | Unverified:
     if _CURRENT_OF.search(template_sql):
         return Unverified("where_current_of")
     tree, text, error = _parse(template_sql)
@@ -1012,6 +1019,13 @@ def _checks(table: ProtectedTable, kind: str, items: list[_SetItem]) -> tuple[di
 
 def plan_insert(template_sql: str, table: ProtectedTable, n_params: int = 0) -> InsertPlan | Unverified:
     """An INSERT on `table`: RETURNING the captured columns, nothing else changes."""
+    try:
+        return _plan_insert(template_sql, table)
+    except Exception as exc:  # see plan_write
+        return Unverified("unsupported", f"planner error: {type(exc).__name__}: {exc}")
+
+
+def _plan_insert(template_sql: str, table: ProtectedTable) -> InsertPlan | Unverified:
     tree, text, error = _parse(template_sql)
     if tree is None:
         return Unverified("parse_error", error)

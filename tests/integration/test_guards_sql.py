@@ -679,3 +679,83 @@ def test_reject_sql_raises_in_the_clients_transaction(upstream_dsn):
     assert exc.sqlstate == "55000"
     assert "refused: the session has not read the row it writes" in exc.message
     assert parse_conflict(error_fields(exc)) is None
+
+
+# ============================================================================ random shapes
+
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+_targets = st.sampled_from(["{t}", "{t} AS q", "ONLY {t}", "public.{t}", "{t} q"])
+_set_items = st.lists(st.sampled_from([
+    "owner = 'a'", "owner = NULL", "balance = balance + 1", "balance = 5.5", "note = DEFAULT",
+    "note = (SELECT 'x')", "version = 7", "(owner, note) = ('p', 'q')",
+    "updated = now()", "balance = '12'::numeric",
+]), min_size=1, max_size=3).filter(lambda items: _distinct_targets(items))
+
+
+def _distinct_targets(items: list[str]) -> bool:
+    written = [c.strip() for item in items for c in item.split("=")[0].strip("( )").split(",")]
+    return len(written) == len(set(written))
+_pins = st.sampled_from(["id = 1", "{q}.id = 2", "1 = id", "id IN (1, 2)", "id = '3'::int",
+                         "id IN (3,2,1)", "(id = 1)"])
+_others = st.lists(st.sampled_from([
+    "note IS NULL", "balance BETWEEN 1 AND 100", "(owner = 'x' OR owner = 'y')",
+    "owner LIKE 'o%'", "NOT (balance < 0)", "version > 0"]), max_size=2)
+_tails = st.sampled_from(["", " RETURNING *", " RETURNING owner", " -- done", " ;",
+                          " RETURNING id /* c */"])
+_tables = st.sampled_from([
+    dict(),
+    dict(bump="timestamp", version_column="updated"),
+    dict(mode="audit"),
+    dict(strategy="columns", version_column=None,
+         policies={"owner": "differing", "balance": "any", "note": "never"}),
+    dict(strategy="columns", version_column=None, sparse_update=True,
+         policies={"owner": "changed", "balance": "differing", "note": "changed"},
+         groups=(frozenset({"owner", "note"}),)),
+])
+
+
+@pytest.fixture(scope="module")
+def shape_db(upstream_dsn):
+    name = "optimist_shapes_" + uuid.uuid4().hex[:8]
+    with psycopg.connect(upstream_dsn, autocommit=True) as conn:
+        conn.execute(f"CREATE TABLE {name} (id integer PRIMARY KEY, owner text, "
+                     f"balance numeric(10,2), note text, version integer NOT NULL DEFAULT 1, "
+                     f"updated timestamptz NOT NULL DEFAULT now())")
+        conn.execute(guard_functions_sql())
+        try:
+            yield conn, name
+        finally:
+            conn.execute(f"DROP TABLE {name}")
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(kind=st.sampled_from(["update", "delete"]), target=_targets, items=_set_items,
+       pin=_pins, others=_others, tail=_tails, spec=_tables, data=st.data())
+def test_random_statement_shapes_render_to_valid_sql(shape_db, kind, target, items, pin, others,
+                                                     tail, spec, data):
+    conn, name = shape_db
+    alias = "q" if target.endswith(" q") else name
+    where = " AND ".join(data.draw(st.permutations([pin.replace("{q}", alias), *others])))
+    head = f"UPDATE {target} SET {', '.join(items)}" if kind == "update" else \
+        f"DELETE FROM {target}"
+    client = f"{head} WHERE {where}{tail}".replace("{t}", name)
+    env = Env(None, None, None)  # type: ignore[arg-type]
+    table = env.protect(name=name, **spec)
+    template, literals = normalize(client)
+    plan = plan_write(template, table, 0)
+    assert isinstance(plan, WritePlan), (client, plan)
+    reads = [{c: {"integer": "1", "text": "x", "numeric(10,2)": "1.50",
+                  "timestamp with time zone": "2024-01-01 00:00:00+00"}[TYPES[c]]
+              for c in plan.checked_columns} for _ in plan.pinned_rows]
+    for sql in (plan.render_simple(literals, reads, True),
+                plan.render_simple(literals, reads[:1] + [None] * (len(reads) - 1), True)):
+        explained = conn.execute("EXPLAIN " + sql.rstrip(" ;")).fetchall()
+        assert explained
+        if table.mode != "off" and reads:
+            assert any("One-Time Filter: pg_temp.optimist_present" in r[0] for r in explained)
+    rendered = plan.render_extended(literals, 0)
+    with conn.transaction():
+        conn.execute("PREPARE shape AS " + rendered.sql.rstrip(" ;"))
+        conn.execute("DEALLOCATE shape")
