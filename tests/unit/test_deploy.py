@@ -816,3 +816,40 @@ def test_checks_can_fail(tmp_path: Path):
     broken = tmp_path / "Dockerfile"
     broken.write_text("FROM a AS b\nUSER 1000\nFROM c\nCMD [\"x\"]\n")
     assert "USER" not in dockerfile_instructions(broken)
+
+
+# --------------------------------------------------------------------------- settings names
+
+
+def settings_variables() -> set[str]:
+    from dataclasses import fields
+    from proxy.config import Settings
+    return {f"OPTIMIST_{f.name.upper()}" for f in fields(Settings)} | {"OPTIMIST_CONFIG"}
+
+
+# variables the deployment itself defines (not read by optimist)
+DEPLOY_VARIABLES = {"OPTIMIST_HEALTHCHECK_URL"}
+
+
+def test_every_optimist_variable_is_a_setting():
+    """A misspelt OPTIMIST_* variable is silently ignored by optimist: catch it here."""
+    known = settings_variables() | DEPLOY_VARIABLES
+    sources = [DOCKERFILE, DEPLOY / "compose.yaml", UNIT_ENV, OPERATIONS,
+               *sorted(K8S.glob("*.yaml"))]
+    for path in sources:
+        for name in re.findall(r"\bOPTIMIST_[A-Z_]+\b", path.read_text()):
+            assert name in known, f"{path.relative_to(REPO)}: {name} is not an optimist setting"
+
+
+def test_serve_options_in_the_docs_exist():
+    from proxy.cli import build_parser
+    parser = build_parser()
+    options = set()
+    for action in parser._subparsers._group_actions:   # the sub-commands
+        for sub in action.choices.values():
+            for a in sub._actions:
+                options.update(a.option_strings)
+    for path in (OPERATIONS, DOCKERFILE, UNIT, K8S / "deployment.yaml"):
+        for flag in re.findall(r"`(--[a-z][a-z-]*)", path.read_text()) + \
+                re.findall(r'"(--[a-z][a-z-]*)"', path.read_text()):
+            assert flag in options, f"{path.relative_to(REPO)}: optimist has no option {flag}"
