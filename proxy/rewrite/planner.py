@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import re
+from bisect import bisect_left
 from dataclasses import dataclass, field
 from typing import Mapping, NamedTuple, Sequence
 
@@ -127,7 +128,8 @@ class _Text:
                 inserted.append(tok.end)
         parts.append(sql[last:])
         self.parse_sql = "".join(parts)
-        self._inserted = inserted
+        # the k-th extra space sits at parse offset inserted[k] + k
+        self._inserted_at = [at + k for k, at in enumerate(inserted)]
         toks = [
             _Tok(t.token_type, t.text, self.orig(t.start), self.orig(t.end))
             for t in _TOKENIZER().tokenize(self.parse_sql)
@@ -162,21 +164,13 @@ class _Text:
                 else:
                     max_param = max(max_param, n)
         self.holes = holes
+        self._hole_starts = [h[0] for h in holes]
         self.max_param = max_param
         self.end = toks[-1].end + 1 if toks else 0
 
     def orig(self, parse_pos: int) -> int:
         """A parse_sql offset as a template offset."""
-        if not self._inserted:
-            return parse_pos
-        # the k-th insertion sits at parse offset inserted[k] + k
-        shift = 0
-        for k, at in enumerate(self._inserted):
-            if at + k < parse_pos:
-                shift += 1
-            else:
-                break
-        return parse_pos - shift
+        return parse_pos - bisect_left(self._inserted_at, parse_pos)
 
     def start_of(self, i: int) -> int:
         return self.toks[i].start if i < len(self.toks) else self.end
@@ -189,9 +183,9 @@ class _Text:
         """The client's text[start:end] with placeholders as Lit holes."""
         out: list[object] = []
         pos = start
-        for hs, he, slot in self.holes:
-            if he <= start or hs >= end:
-                continue
+        for hs, he, slot in self.holes[bisect_left(self._hole_starts, start):]:
+            if hs >= end:
+                break
             out.append(self.sql[pos:hs])
             out.append(Lit(slot))
             pos = he
