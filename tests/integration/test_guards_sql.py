@@ -708,6 +708,7 @@ _tables = st.sampled_from([
     dict(),
     dict(bump="timestamp", version_column="updated"),
     dict(mode="audit"),
+    dict(notify="optimist_shapes"),
     dict(strategy="columns", version_column=None,
          policies={"owner": "differing", "balance": "any", "note": "never"}),
     dict(strategy="columns", version_column=None, sparse_update=True,

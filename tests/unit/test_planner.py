@@ -483,6 +483,16 @@ def test_client_returning_is_extended():
     assert not p.client_returning
 
 
+def test_notify_is_one_more_returning_item_after_the_captured_columns():
+    sql = simple("DELETE FROM accounts a WHERE a.id = 1", table(notify="changes"))
+    assert sql.endswith(
+        "RETURNING a.id, a.version, pg_notify('changes', json_build_object('table', "
+        "'public.accounts', 'op', 'delete', 'key', json_build_object('id', a.id), "
+        "'version', a.version)::text)")
+    p = plan_insert("INSERT INTO accounts (owner) VALUES ('x')", table(notify="changes"))
+    assert "'op', 'insert'" in p.render_simple(())
+
+
 def test_extra_returning_are_the_captured_columns():
     t = columns_table(policies={"balance": "changed", "owner": "never"})
     p, _ = plan("UPDATE accounts SET owner = 'x' WHERE id = 1", t)
