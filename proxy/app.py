@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import signal
 
 from proxy.config import Settings, parse_hostport
 from proxy.metrics import Metrics, MetricsServer, upstream_ready
@@ -29,8 +30,14 @@ class ProxyApp:
         self.server = ProxyServer(
             self.listen, self.upstream,
             enforcer_factory=self.enforcement.enforcer_for if self.enforcement else None,
-            drain_timeout=settings.drain_timeout, metrics=self.metrics)
+            drain_timeout=settings.drain_timeout, metrics=self.metrics, limits=settings)
         self.metrics_server = None
+
+    def reload(self, reason: str) -> None:
+        """SIGHUP: rules and TLS certificates, each kept as it was if its new version is bad."""
+        if self.enforcement is not None:
+            self.enforcement.reload(reason)
+        self.server.load_tls()
 
     async def _sample(self) -> None:
         while True:
@@ -42,6 +49,10 @@ class ProxyApp:
         await self.server.start(reuse_port=self.reuse_port)
         if self.enforcement is not None:
             self.enforcement.start_watching()
+        try:
+            asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, self.reload, "SIGHUP")
+        except (NotImplementedError, RuntimeError):
+            pass
         sampler = asyncio.get_running_loop().create_task(self._sample())
         if self.settings.metrics and self.serve_metrics:
             endpoint = parse_hostport(self.settings.metrics, 9187)

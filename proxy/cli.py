@@ -59,6 +59,27 @@ def build_parser() -> argparse.ArgumentParser:
                        help="data directory of the embedded PostgreSQL")
     serve.add_argument("--workers", type=int, metavar="N",
                        help="run N proxy processes on the listen port (default 1)")
+    tls = serve.add_argument_group("TLS (certificates reload on SIGHUP)")
+    tls.add_argument("--tls-cert", metavar="FILE", help="certificate offered to clients")
+    tls.add_argument("--tls-key", metavar="FILE", help="its private key")
+    tls.add_argument("--client-tls", choices=["disable", "allow", "require"],
+                     help="allow (default when a certificate is set) or require TLS from clients")
+    tls.add_argument("--upstream-tls",
+                     choices=["disable", "prefer", "require", "verify-ca", "verify-full"],
+                     help="TLS to PostgreSQL, as libpq's sslmode (default disable)")
+    tls.add_argument("--upstream-tls-ca", metavar="FILE",
+                     help="CA certificate for --upstream-tls verify-ca/verify-full")
+    limits = serve.add_argument_group("limits (0 turns a timeout off)")
+    limits.add_argument("--max-client-connections", type=int, metavar="N",
+                        help="refuse clients beyond N with 53300 (default 1000)")
+    limits.add_argument("--max-message-size", type=int, metavar="BYTES",
+                        help="refuse larger protocol messages with 08P01 (default 1 GiB)")
+    limits.add_argument("--auth-timeout", type=float, metavar="SECONDS",
+                        help="time a client has to finish connecting (default 60)")
+    limits.add_argument("--idle-timeout", type=float, metavar="SECONDS",
+                        help="close sessions idle outside a transaction (default 0: off)")
+    limits.add_argument("--query-timeout", type=float, metavar="SECONDS",
+                        help="cancel requests running longer (default 0: off)")
 
     demo = sub.add_parser("demo", help="run the proxy on an embedded PostgreSQL with a "
                           "sample schema and the example rules")

@@ -58,6 +58,19 @@ class Settings:
     rewrite_cache_size: int = 10000
     data_dir: str | None = None
     workers: int = 1
+    # TLS toward clients: a certificate enables it; client_tls "require" refuses plaintext
+    tls_cert: str | None = None
+    tls_key: str | None = None
+    client_tls: str = "allow"
+    # TLS toward PostgreSQL, as libpq's sslmode
+    upstream_tls: str = "disable"
+    upstream_tls_ca: str | None = None
+    # limits (0 = off where PostgreSQL has no such limit either)
+    max_client_connections: int = 1000
+    max_message_size: int = 1 << 30
+    auth_timeout: float = 60.0
+    idle_timeout: float = 0.0
+    query_timeout: float = 0.0
 
     @property
     def listen_endpoint(self) -> Endpoint:
@@ -113,4 +126,8 @@ def load_settings(cli: dict, environ=os.environ) -> Settings:
             setattr(settings, name, _coerce(name, value))
     if settings.log_format not in ("text", "json"):
         raise ConfigError("log_format must be 'text' or 'json'")
+    if settings.client_tls not in ("disable", "allow", "require"):
+        raise ConfigError("client_tls must be disable, allow or require")
+    if settings.client_tls == "require" and not settings.tls_cert:
+        raise ConfigError("client_tls require needs tls_cert and tls_key")
     return settings

@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import signal
 import time
 from dataclasses import dataclass, field
 
@@ -151,11 +150,8 @@ class Enforcement:
         return found
 
     def start_watching(self, interval: float = 1.0) -> None:
+        """Reload when a rule file changes (SIGHUP is wired by the app)."""
         loop = asyncio.get_running_loop()
-        try:
-            loop.add_signal_handler(signal.SIGHUP, self.reload, "SIGHUP")
-        except (NotImplementedError, RuntimeError):
-            pass
 
         async def watch() -> None:
             while True:

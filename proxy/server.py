@@ -10,10 +10,12 @@ import asyncio
 import logging
 import signal
 import socket
+import ssl
+import struct
 import time
 from collections.abc import Callable
 
-from proxy.config import Endpoint
+from proxy.config import ConfigError, Endpoint, Settings
 from proxy.session import Session
 from proxy.wire import messages as m
 from proxy.wire.framing import ProtocolViolation
@@ -23,6 +25,7 @@ from proxy.wire.startup import (GSSENC_REQUEST, SSL_REQUEST, CancelRequest, Star
 log = logging.getLogger("optimist.server")
 
 CONNECT_TIMEOUT = 10.0
+SSL_REQUEST_PACKET = struct.pack("!ii", 8, SSL_REQUEST)
 
 
 class Relay:
@@ -37,13 +40,19 @@ class Relay:
         self.closed = False
         self.peer = ""
         self.busy_since = 0.0
+        self.opened_at = time.monotonic()
+        self.last_activity = self.opened_at
+        self.tls = False
+        self.upgrading = False
+        self.cancel_sent = False
+        self.client_protocol: asyncio.Protocol | None = None
 
     # ---------------------------------------------------------------- startup phase
 
     def startup_bytes(self, data: bytes) -> None:
         buf = self.startup_buffer
         buf += data
-        while True:
+        while not self.upgrading:
             try:
                 length = packet_length(buf)
             except ProtocolViolation as exc:
@@ -62,16 +71,49 @@ class Relay:
                 self.proxy.forward_cancel(parsed)
                 self.close()
                 return
+            if parsed.code == SSL_REQUEST and self.proxy.client_tls is not None and not self.tls:
+                if buf:
+                    # bytes sent before the handshake would be trusted as if encrypted
+                    self.fail("received unencrypted data after SSL request")
+                    return
+                self.client.write(b"S")
+                self.upgrading = True
+                self.proxy.spawn(self.start_client_tls())
+                return
             if parsed.code in (SSL_REQUEST, GSSENC_REQUEST):
-                self.client.write(b"N")  # TLS is not offered; the client may go on in plaintext
+                self.client.write(b"N")  # not offered; the client may go on in plaintext
                 continue
+            if self.proxy.tls_required and not self.tls:
+                self.fail("optimist: this proxy accepts TLS connections only (use sslmode=require)",
+                          sqlstate="28000")
+                return
             rest = bytes(buf)
             buf.clear()
             self.begin(parsed, rest)
             return
 
+    async def start_client_tls(self) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            transport = await asyncio.wait_for(
+                loop.start_tls(self.client, self.client_protocol, self.proxy.client_tls,
+                               server_side=True), self.proxy.limits.auth_timeout or None)
+        except (OSError, ssl.SSLError, asyncio.TimeoutError, ConnectionError) as exc:
+            log.info("TLS handshake with %s failed: %s", self.peer, exc or "timeout")
+            self.close()
+            return
+        if transport is None or self.closed:
+            self.close()
+            return
+        self.client = transport
+        self.tls = True
+        self.upgrading = False
+        if self.startup_buffer:
+            self.startup_bytes(b"")
+
     def begin(self, startup: StartupPacket, rest: bytes) -> None:
-        self.session = Session(startup, enforcer=self.proxy.make_enforcer(startup))
+        self.session = Session(startup, enforcer=self.proxy.make_enforcer(startup),
+                               max_message=self.proxy.limits.max_message_size)
         self.session.peer = self.peer
         self.client.pause_reading()
         self.proxy.spawn(self.connect(startup, rest))
@@ -79,13 +121,13 @@ class Relay:
     async def connect(self, startup: StartupPacket, rest: bytes) -> None:
         loop = asyncio.get_running_loop()
         target = self.proxy.upstream
+        protocol = UpstreamProtocol(self)
         try:
-            factory = lambda: UpstreamProtocol(self)  # noqa: E731
             if target.unix_socket:
                 path = f"{target.unix_socket}/.s.PGSQL.{target.port}"
-                coro = loop.create_unix_connection(factory, path)
+                coro = loop.create_unix_connection(lambda: protocol, path)
             else:
-                coro = loop.create_connection(factory, target.host, target.port)
+                coro = loop.create_connection(lambda: protocol, target.host, target.port)
             await asyncio.wait_for(coro, CONNECT_TIMEOUT)
         except (OSError, asyncio.TimeoutError) as exc:
             log.warning("upstream %s unreachable: %s", target, exc or "timeout")
@@ -93,19 +135,56 @@ class Relay:
             self.fail(f"optimist: could not connect to the PostgreSQL server at {target}",
                       sqlstate="08006")
             return
+        self.proxy.set_upstream_reachable(True)
+        self.proxy.server_connected()
         if self.closed:
             self.server.close()
             return
-        self.proxy.set_upstream_reachable(True)
-        self.proxy.server_connected()
+        if self.proxy.upstream_tls is not None and not target.unix_socket:
+            if not await self.start_server_tls(protocol, target):
+                return
         self.server.write(startup.raw)
         if rest:
             self.from_client(rest)
-        self.client.resume_reading()
+        if not self.closed:
+            self.client.resume_reading()
+
+    async def start_server_tls(self, protocol: "UpstreamProtocol", target) -> bool:
+        """SSLRequest to PostgreSQL; on 'S' a TLS handshake, on 'N' plaintext if allowed."""
+        loop = asyncio.get_running_loop()
+        protocol.negotiation = loop.create_future()
+        self.server.write(SSL_REQUEST_PACKET)
+        try:
+            answer = await asyncio.wait_for(protocol.negotiation, CONNECT_TIMEOUT)
+        except (asyncio.TimeoutError, ConnectionError) as exc:
+            self.fail(f"optimist: no answer to the SSL request from {target}: {exc or 'timeout'}",
+                      sqlstate="08006")
+            return False
+        if answer == b"S":
+            try:
+                transport = await asyncio.wait_for(loop.start_tls(
+                    self.server, protocol, self.proxy.upstream_tls,
+                    server_hostname=target.host), CONNECT_TIMEOUT)
+            except (OSError, ssl.SSLError, asyncio.TimeoutError, ConnectionError) as exc:
+                log.warning("TLS to %s failed: %s", target, exc or "timeout")
+                self.fail(f"optimist: TLS to the PostgreSQL server failed: {exc or 'timeout'}",
+                          sqlstate="08006")
+                return False
+            self.server = transport
+            return True
+        if answer == b"N" and self.proxy.upstream_tls_mode == "prefer":
+            return True
+        if answer == b"N":
+            self.fail(f"optimist: the PostgreSQL server at {target} does not accept TLS "
+                      f"(upstream_tls is {self.proxy.upstream_tls_mode})", sqlstate="08006")
+        else:
+            self.fail("optimist: invalid answer to the SSL request", sqlstate="08P01")
+        return False
 
     # ---------------------------------------------------------------- relaying
 
     def from_client(self, data: bytes) -> None:
+        self.last_activity = time.monotonic()
         session = self.session
         was_idle = not session.pending
         try:
@@ -119,6 +198,7 @@ class Relay:
             return
         if was_idle and session.pending:
             self.busy_since = time.perf_counter()
+            self.cancel_sent = False
         self.flush()
         if session.closing:
             self.close()
@@ -190,7 +270,11 @@ class Relay:
     def server_lost(self, exc: Exception | None) -> None:
         self.server = None
         self.proxy.server_disconnected()
-        if not self.closed:
+        if self.closed:
+            return
+        if self.session is not None and self.session.server_fatal:
+            self.close()  # the server already told the client why (e.g. 57P01 on shutdown)
+        else:
             self.fail("optimist: the connection to the PostgreSQL server was lost",
                       sqlstate="08006")
 
@@ -198,6 +282,7 @@ class Relay:
 class ClientProtocol(asyncio.Protocol):
     def __init__(self, proxy: "ProxyServer") -> None:
         self.relay = Relay(proxy)
+        self.relay.client_protocol = self
 
     def connection_made(self, transport) -> None:
         relay = self.relay
@@ -208,6 +293,9 @@ class ClientProtocol(asyncio.Protocol):
         if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         relay.proxy.relay_opened(relay)
+        limit = relay.proxy.limits.max_client_connections
+        if limit and len(relay.proxy.relays) > limit:
+            relay.fail("sorry, too many clients already", sqlstate="53300")
 
     def data_received(self, data: bytes) -> None:
         relay = self.relay
@@ -231,6 +319,8 @@ class ClientProtocol(asyncio.Protocol):
 class UpstreamProtocol(asyncio.Protocol):
     def __init__(self, relay: Relay) -> None:
         self.relay = relay
+        # set while waiting for the one-byte answer to our SSLRequest
+        self.negotiation: asyncio.Future | None = None
 
     def connection_made(self, transport) -> None:
         self.relay.server = transport
@@ -239,9 +329,19 @@ class UpstreamProtocol(asyncio.Protocol):
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
     def data_received(self, data: bytes) -> None:
+        waiting = self.negotiation
+        if waiting is not None:
+            self.negotiation = None
+            if not waiting.done():
+                # more than the one byte would be unencrypted data smuggled before the handshake
+                waiting.set_result(data if len(data) == 1 else b"?")
+            return
         self.relay.from_server(data)
 
     def connection_lost(self, exc) -> None:
+        waiting = self.negotiation
+        if waiting is not None and not waiting.done():
+            waiting.set_exception(ConnectionError("connection closed"))
         self.relay.server_lost(exc)
 
     def pause_writing(self) -> None:
@@ -256,17 +356,43 @@ class UpstreamProtocol(asyncio.Protocol):
 class ProxyServer:
     def __init__(self, listen: Endpoint, upstream: Endpoint, *,
                  enforcer_factory: Callable[[StartupPacket], object] | None = None,
-                 drain_timeout: float = 30.0, metrics=None) -> None:
+                 drain_timeout: float = 30.0, metrics=None, limits: Settings | None = None) -> None:
         self.listen = listen
         self.upstream = upstream
+        self.limits = limits or Settings()
+        self.server: asyncio.AbstractServer | None = None
+        self.client_tls = None
+        self.tls_required = False
+        self.upstream_tls = None
+        self.upstream_tls_mode = "disable"
+        self.load_tls()
         self.enforcer_factory = enforcer_factory
         self.drain_timeout = drain_timeout
         self.metrics = metrics
         self.relays: set[Relay] = set()
         self.tasks: set[asyncio.Task] = set()
-        self.server: asyncio.AbstractServer | None = None
         self.upstream_reachable = True
         self.stopping = asyncio.Event()
+
+    def load_tls(self) -> bool:
+        """(Re)load certificates; on failure the contexts in force stay (SIGHUP reloads)."""
+        from proxy.tls import client_context, upstream_context
+        limits = self.limits
+        try:
+            client = None
+            if limits.client_tls != "disable":
+                client = client_context(limits.tls_cert, limits.tls_key)
+            upstream = upstream_context(limits.upstream_tls, limits.upstream_tls_ca)
+        except ConfigError as exc:
+            if self.server is None:
+                raise
+            log.error("TLS reload refused, keeping the certificates in force: %s", exc)
+            return False
+        self.client_tls = client
+        self.tls_required = limits.client_tls == "require"
+        self.upstream_tls = upstream
+        self.upstream_tls_mode = limits.upstream_tls
+        return True
 
     def make_enforcer(self, startup: StartupPacket):
         return self.enforcer_factory(startup) if self.enforcer_factory else None
@@ -357,8 +483,32 @@ class ProxyServer:
                 loop.add_signal_handler(sig, self.stopping.set)
             except (NotImplementedError, RuntimeError):
                 pass
+        watchdog = loop.create_task(self.enforce_timeouts())
         await self.stopping.wait()
+        watchdog.cancel()
         await self.drain()
+
+    async def enforce_timeouts(self, interval: float = 0.5) -> None:
+        """Authentication, idle and query timeouts, checked twice a second."""
+        limits = self.limits
+        while True:
+            await asyncio.sleep(interval)
+            now = time.monotonic()
+            for relay in list(self.relays):
+                session = relay.session
+                if session is None or not session.authenticated:
+                    if limits.auth_timeout and now - relay.opened_at > limits.auth_timeout:
+                        relay.fail("optimist: authentication timeout", sqlstate="08P01")
+                elif session.pending:
+                    if limits.query_timeout and relay.busy_since and \
+                            time.perf_counter() - relay.busy_since > limits.query_timeout \
+                            and not relay.cancel_sent:
+                        relay.cancel_sent = True
+                        self.cancel_backend(session.backend_pid, session.backend_secret)
+                elif limits.idle_timeout and session.status == b"I" and \
+                        now - relay.last_activity > limits.idle_timeout:
+                    relay.fail("terminating connection due to idle-session timeout",
+                               sqlstate="57P05")
 
     async def drain(self) -> None:
         """Stop accepting, give open sessions `drain_timeout` seconds to finish, then close."""

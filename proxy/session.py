@@ -58,6 +58,8 @@ class Session:
         self.backend_secret: bytes | None = None
         self.parameters: dict[str, str] = {}
         self.closing = False
+        # the server sent a FATAL error: when it closes, the client already knows why
+        self.server_fatal = False
         self.peer = ""
         # client messages held back while the proxy's own setup query runs
         self.held: list[bytes] = []
@@ -170,6 +172,8 @@ class Session:
             elif mtype == b"Z":
                 self._ready(head, bytes(buf[start:end]))
             elif mtype == b"E":
+                if b"SFATAL\x00" in buf[start:end] or b"SPANIC\x00" in buf[start:end]:
+                    self.server_fatal = True
                 replacement = self._error(head, buf, start, end)
             elif mtype in _ENDS:
                 if head is not None and head.kind in _ENDS[mtype]:
