@@ -1,0 +1,5 @@
+import sys
+
+from tests.bench.macro import main
+
+sys.exit(main())
