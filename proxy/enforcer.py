@@ -242,9 +242,9 @@ class Enforcer:
             reads = [self._reads(table, key, plan.checked_columns) for key in keys]
             texts = [{c: v.as_text(session.encoding) for c, v in r.items()} for r in reads]
         except Unchecked as exc:
-            return self._unchecked(table, exc.reason, plan, stmt)
+            return self._unchecked(table, exc.reason, plan, literals)
         except ValueError:
-            return self._unchecked(table, "binary_read", plan, stmt)
+            return self._unchecked(table, "binary_read", plan, literals)
         sql = plan.render_simple(literals, texts, scs)
         self._count_checked(table)
         return StatementWork(table, plan.kind, sql, plan.extra_returning, plan.client_returning,
@@ -267,13 +267,18 @@ class Enforcer:
         except KeyError:
             raise Unchecked("column_not_read") from None
 
-    def _unchecked(self, table, reason: str, plan, stmt: str):
+    def _unchecked(self, table, reason: str, plan, literals):
         self._unverified(table, reason)
-        if reason in ("not_read", "column_not_read") and table.unknown_original == "reject":
+        if reason not in ("not_read", "column_not_read"):
+            return None
+        if table.unknown_original == "reject":
             work = StatementWork(table, plan.kind, conflicts.reject_sql(table, reason), (), True)
             work.reject = True
             return work
-        return None
+        # unchecked, but what it writes counts as read from now on
+        sql = plan.render_simple(literals, [None] * len(plan.pinned_rows),
+                                 self.session.standard_conforming_strings)
+        return StatementWork(table, plan.kind, sql, plan.extra_returning, plan.client_returning)
 
     def _unverified(self, table, reason: str) -> None:
         if self.metrics is not None:
@@ -313,11 +318,13 @@ class Enforcer:
             work, hidden = self._checked_bind(info, table, plan, literals, bind)
         except Unchecked as exc:
             self._unverified(table, exc.reason)
-            if exc.reason in ("not_read", "column_not_read") and table.unknown_original == "reject":
+            if exc.reason not in ("not_read", "column_not_read"):
+                self.portals[bind.portal] = PortalInfo(info, capture=self._statement_capture(
+                    info, bind.result_formats))
+                return None
+            if table.unknown_original == "reject":
                 return self._reject_bind(bind, table, exc.reason)
-            self.portals[bind.portal] = PortalInfo(info, capture=self._statement_capture(
-                info, bind.result_formats))
-            return None
+            work, hidden = self._checked_bind(info, table, plan, literals, bind, checked=False)
         out = []
         if hidden is not None:
             out.append(hidden)
@@ -337,14 +344,20 @@ class Enforcer:
         self.portals.pop(bind.portal, None)
         return [bind.encode()]
 
-    def _checked_bind(self, info, table, plan, literals, bind):
+    def _checked_bind(self, info, table, plan, literals, bind, checked: bool = True):
+        """Bind the client's parameters, plus the read values as extra ones, to the guarded
+        form of its statement (prepared once per session under a hidden name). Unchecked:
+        the unguarded form, which only learns through RETURNING."""
         n = len(bind.params)
         session = self.session
         scs = session.standard_conforming_strings
-        if isinstance(plan, InsertPlan):
-            rendered = info.rendered.get(n)
+        if isinstance(plan, InsertPlan) or not checked:
+            key = (n, checked)
+            rendered = info.rendered.get(key)
             if rendered is None:
-                rendered = info.rendered[n] = plan.render_extended(literals, n, scs)
+                rendered = info.rendered[key] = (
+                    plan.render_extended(literals, n, scs) if checked
+                    else plan.render_unchecked_extended(literals, n))
             extra_values = []
             extra_types = []
             keys = ()
@@ -355,6 +368,7 @@ class Enforcer:
             rendered = info.rendered.get(n)
             if rendered is None:
                 rendered = info.rendered[n] = plan.render_extended(literals, n, scs)
+            # keys first: an unread row must fail before anything is prepared
             extra_values = [reads[row][column] for row, column in rendered.extra_params]
             extra_types = [table.column_type_oids[column] for _, column in rendered.extra_params]
             self._count_checked(table)

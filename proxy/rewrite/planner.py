@@ -631,6 +631,15 @@ class WritePlan:
             pieces = self._compiled[mask] = self._builder.build(mask)
         return fill_extended(pieces, literals, max(n_params, self._builder.text.max_param) + 1)
 
+    def render_unchecked_extended(self, literals: Sequence[str], n_params: int) -> RenderedSql:
+        """The statement without guards, only growing RETURNING: a write to rows the session
+        never read passes as the client wrote it, and the proxy learns the new values."""
+        mask = (False,) * len(self.pinned_rows)
+        pieces = self._compiled.get(mask)
+        if pieces is None:
+            pieces = self._compiled[mask] = self._builder.build(mask)
+        return fill_extended(pieces, literals, max(n_params, self._builder.text.max_param) + 1)
+
     def key_texts(self, literals: Sequence[str] = (), params: Sequence[str | None] = (),
                   scs: bool = True) -> list[tuple[str | None, ...]]:
         """Each pinned row's key values as text, in table.key order."""
