@@ -26,7 +26,8 @@ from proxy.rules.model import (
     split_identifiers,
 )
 
-SCHEMA_PATH = Path(__file__).resolve().parents[2] / "rules" / "optimist-rules.schema.json"
+# shipped inside the package (rules/optimist-rules.schema.json links here for editors)
+SCHEMA_PATH = Path(__file__).resolve().parent / "optimist-rules.schema.json"
 
 Path_ = tuple[Any, ...]
 
