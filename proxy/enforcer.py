@@ -12,7 +12,8 @@ from proxy import conflicts
 from proxy.capture import capture_row, plan_capture
 from proxy.pending import Pending
 from proxy.rewrite import lexer
-from proxy.rewrite.planner import InsertPlan, Unverified, WritePlan, plan_insert, plan_write
+from proxy.rewrite.planner import (InsertPlan, Unverified, WritePlan, plan_insert, plan_write,
+                                    written_tables)
 from proxy.snapshots import SnapshotStore, TransactionLog
 from proxy.values import ReadValue, normalize_key, normalize_text_key
 from proxy.wire import messages as m
@@ -209,17 +210,43 @@ class Enforcer:
         target = lexer.write_target(text)
         if target is None:
             return None
-        schema, name = target
-        if schema == "*":
+        if target == lexer.MUST_PARSE:
+            self._count_hidden_writes(text)
             return None
+        schema, name = target
         return self.generation.table_for(self.tables, schema, name)
+
+    def _count_hidden_writes(self, text: str) -> None:
+        """A WITH statement (or one whose head the lexer cannot read) may write protected
+        tables where no guard can go: let it through, but never silently."""
+        template = lexer.normalize(text)[0]
+        generation, tables = self.generation, self.tables
+
+        def protected_written():
+            written = written_tables(template)
+            if written is None:
+                return ("parse_error",)
+            found = {generation.table_for(tables, s, n) for s, n in written}
+            found.discard(None)
+            return tuple(found)
+
+        hits = self.enforcement.cache.get(
+            ("written", generation.version, self.database, template), protected_written)
+        for table in hits:
+            if table == "parse_error":
+                if self.metrics is not None:
+                    self.metrics.unparsed()
+                log.debug("statement not parsed, relayed as is: %.80s", text)
+            else:
+                self._unverified(table, "with_clause")
 
     def _plan(self, text: str, table):
         template, literals = lexer.normalize(text)
         kind = lexer.classify(text).keyword
         planner = plan_insert if kind == "INSERT" else plan_write
+        # plans depend on the table as this database has it: key by database too
         plan = self.enforcement.cache.get(
-            (self.generation.version, template),
+            (self.generation.version, self.database, template),
             lambda: planner(template, table, 0))
         return plan, literals
 

@@ -34,6 +34,9 @@ class Metrics:
         self.unverified_writes = Counter("optimist_unverified_writes", "Writes to protected "
                                          "tables that passed without a check", ["table", "reason"],
                                          registry=r)
+        self.unparsed_statements = Counter("optimist_unparsed_statements", "Statements that "
+                                           "might write a protected table but could not be "
+                                           "parsed: relayed untouched", registry=r)
         self.unapplied_writes = Counter("optimist_unapplied_writes", "Checked writes that matched "
                                         "no row without a conflict (a trigger or row-level "
                                         "security kept them out)", ["table"], registry=r)
@@ -84,6 +87,9 @@ class Metrics:
 
     def unverified(self, table: str, reason: str) -> None:
         self.unverified_writes.labels(table, reason).inc()
+
+    def unparsed(self) -> None:
+        self.unparsed_statements.inc()
 
     def unapplied(self, table: str) -> None:
         self.unapplied_writes.labels(table).inc()

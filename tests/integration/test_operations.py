@@ -61,6 +61,8 @@ def test_metrics_count_conflicts_checked_and_unverified_writes(locking):
             b.execute("UPDATE accounts SET balance = 0 WHERE id = 2")
         a.execute("UPDATE accounts SET balance = balance + 1 WHERE balance > 0")  # no key pin
         a.execute("UPDATE counters SET n = 1 WHERE id = 1")  # never read
+        a.execute("WITH w AS (UPDATE accounts SET owner = 'w' WHERE id = 3 RETURNING id) "
+                  "SELECT * FROM w")  # no place for a guard: relayed, counted
         # what open sessions read is held (and released when they close); sampled each second
         wait_until(lambda: sample(scrape(url), "optimist_snapshot_entries") >= 1, timeout=5,
                    what="snapshot entries while sessions are open")
@@ -74,6 +76,7 @@ def test_metrics_count_conflicts_checked_and_unverified_writes(locking):
     assert sample(text, "optimist_unverified_writes_total", table=t, reason="no_key_pin") == 1
     assert sample(text, "optimist_unverified_writes_total", table="public.counters",
                   reason="not_read") == 1
+    assert sample(text, "optimist_unverified_writes_total", table=t, reason="with_clause") == 1
     assert sample(text, "optimist_client_connections_opened_total") >= 4
     assert sample(text, "optimist_bytes_total", direction="client_to_server") > 0
     assert sample(text, "optimist_query_duration_seconds_count") > 0
