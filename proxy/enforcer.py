@@ -226,9 +226,12 @@ class Enforcer:
             written = written_tables(template)
             if written is None:
                 return ("parse_error",)
-            found = {generation.table_for(tables, s, n) for s, n in written}
-            found.discard(None)
-            return tuple(found)
+            found = {}
+            for schema, name in written:
+                table = generation.table_for(tables, schema, name)
+                if table is not None:
+                    found[table.oid] = table
+            return tuple(found.values())
 
         hits = self.enforcement.cache.get(
             ("written", generation.version, self.database, template), protected_written)
