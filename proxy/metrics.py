@@ -52,6 +52,8 @@ class Metrics:
         self.upstream_up = Gauge("optimist_upstream_up", "1 if the last connection attempt to "
                                  "PostgreSQL succeeded", registry=r, multiprocess_mode="livemin")
         self.upstream_up.set(1)
+        self.statements = Counter("optimist_statements", "Statements by type (a prepared "
+                                  "statement counts at each execution)", ["type"], registry=r)
         self.bytes_total = Counter("optimist_bytes", "Bytes relayed", ["direction"], registry=r)
         self.rule_reloads = Counter("optimist_rule_reloads", "Rule loads by result", ["result"],
                                     registry=r)
@@ -100,6 +102,9 @@ class Metrics:
 
     def client_disconnected(self) -> None:
         self.client_connections.dec()
+
+    def statement(self, kind: str) -> None:
+        self.statements.labels(kind).inc()
 
     def bytes(self, direction: str, count: int) -> None:
         self.bytes_total.labels(direction).inc(count)

@@ -115,6 +115,8 @@ class Relay:
         self.session = Session(startup, enforcer=self.proxy.make_enforcer(startup),
                                max_message=self.proxy.limits.max_message_size)
         self.session.peer = self.peer
+        if self.proxy.metrics:
+            self.session.count_statement = self.proxy.metrics.statement
         self.client.pause_reading()
         self.proxy.spawn(self.connect(startup, rest))
 

@@ -66,6 +66,10 @@ class Session:
         self.enforcer = enforcer
         if enforcer is not None:
             enforcer.attach(self)
+        # statements by type, for metrics: a callable taking the type, or None
+        self.count_statement = None
+        self.statement_types: dict[bytes, str] = {}
+        self.portal_types: dict[bytes, str] = {}
 
     # ------------------------------------------------------------------ helpers
 
@@ -115,6 +119,8 @@ class Session:
                     self.closing = True
                 pos = end
                 continue
+            if self.count_statement is not None and kind <= Pending.EXECUTE:
+                self._count(mtype, buf, start, end)
             replacement = None
             if enforcer is not None and self.authenticated:
                 replacement = enforcer.client_message(mtype, buf, start, end)
@@ -139,6 +145,24 @@ class Session:
             self.to_server.append(bytes(buf[run_start:pos]))
         reader.consume(pos)
         # an incomplete message stays buffered; it is forwarded once complete
+
+    def _count(self, mtype: bytes, buf, start: int, end: int) -> None:
+        """Statements by type: a Query when sent, a prepared statement when executed."""
+        if mtype == b"Q":
+            self.count_statement(statement_type(buf, start))
+        elif mtype == b"P":
+            name_end = buf.find(b"\x00", start, end)
+            if name_end >= 0:
+                self.statement_types[bytes(buf[start:name_end])] = statement_type(buf, name_end + 1)
+        elif mtype == b"B":
+            portal_end = buf.find(b"\x00", start, end)
+            stmt_end = buf.find(b"\x00", portal_end + 1, end)
+            if stmt_end >= 0:
+                self.portal_types[bytes(buf[start:portal_end])] = self.statement_types.get(
+                    bytes(buf[portal_end + 1:stmt_end]), "other")
+        elif mtype == b"E":
+            portal_end = buf.find(b"\x00", start, end)
+            self.count_statement(self.portal_types.get(bytes(buf[start:portal_end]), "other"))
 
     def _pending_for(self, kind: int, mtype: bytes, buf, start: int, end: int) -> Pending:
         if kind == Pending.QUERY:
@@ -295,4 +319,23 @@ class Session:
         return b""
 
 
-__all__ = ["Session", "ProtocolViolation"]
+_TYPES = {
+    b"SELECT": "select", b"VALUES": "select", b"TABLE": "select", b"SHOW": "select",
+    b"INSERT": "insert", b"UPDATE": "update", b"DELETE": "delete", b"MERGE": "merge",
+    b"WITH": "with", b"COPY": "copy",
+    b"BEGIN": "transaction", b"START": "transaction", b"COMMIT": "transaction",
+    b"END": "transaction", b"ROLLBACK": "transaction", b"ABORT": "transaction",
+    b"SAVEPOINT": "transaction", b"RELEASE": "transaction", b"PREPARE": "transaction",
+    b"CREATE": "ddl", b"ALTER": "ddl", b"DROP": "ddl", b"TRUNCATE": "ddl", b"COMMENT": "ddl",
+    b"GRANT": "ddl", b"REVOKE": "ddl", b"SET": "set", b"RESET": "set",
+}
+
+
+def statement_type(buf, start: int) -> str:
+    """A bounded label for the statement starting at buf[start]: its first keyword's family."""
+    head = bytes(buf[start:start + 24]).lstrip(b" \t\r\n(")
+    word = head.split(None, 1)[0].rstrip(b";").upper() if head else b""
+    return _TYPES.get(word, "other")
+
+
+__all__ = ["Session", "ProtocolViolation", "statement_type"]

@@ -81,6 +81,9 @@ def test_metrics_count_conflicts_checked_and_unverified_writes(locking):
     assert sample(text, "optimist_bytes_total", direction="client_to_server") > 0
     assert sample(text, "optimist_query_duration_seconds_count") > 0
     assert sample(text, "optimist_rule_reloads_total", result="success") == 1
+    assert sample(text, "optimist_statements_total", type="update") >= 5
+    assert sample(text, "optimist_statements_total", type="select") == 3
+    assert sample(text, "optimist_statements_total", type="with") == 1
     assert sample(text, "optimist_upstream_up") == 1
     # no key values or SQL in any label
     assert "UPDATE" not in text and "balance" not in text

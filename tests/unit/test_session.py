@@ -93,3 +93,15 @@ def test_terminate_marks_closing():
     s = authed_session()
     s.client_data(m.TERMINATE)
     assert s.closing
+
+
+def test_statement_types_for_both_protocols():
+    s = authed_session()
+    seen = []
+    s.count_statement = seen.append
+    s.client_data(m.encode_query(b"  select 1") + m.encode_query(b"(SELECT 1)")
+                  + m.encode_query(b"update t set a = 1") + m.encode_query(b"vacuum"))
+    s.client_data(m.Parse(b"s1", b"DELETE FROM t WHERE id = $1", ()).encode()
+                  + m.Bind(b"p", b"s1", [], [b"1"], []).encode() + m.encode_execute(b"p")
+                  + m.encode_execute(b"p") + m.SYNC)
+    assert seen == ["select", "select", "update", "other", "delete", "delete"]
