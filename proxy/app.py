@@ -40,9 +40,16 @@ class ProxyApp:
         self.server.load_tls()
 
     async def _sample(self) -> None:
+        """Once a second: copy enforcement counters into metrics; every 5 s: probe the
+        upstream, so optimist_upstream_up also moves when no client is connecting."""
+        tick = 0
         while True:
             if self.enforcement is not None:
                 self.metrics.sample_state(self.enforcement.budget, self.enforcement.cache)
+            if tick % 5 == 0:
+                ok, _ = await upstream_ready(self.upstream)
+                self.server.set_upstream_reachable(ok)
+            tick += 1
             await asyncio.sleep(1.0)
 
     async def run(self, on_ready=None) -> None:
