@@ -269,16 +269,30 @@ class Enforcer:
         try:
             keys = [tuple(self._literal_key(table, ref, literals) for ref in row)
                     for row in plan.pinned_rows]
-            reads = [self._reads(table, key, plan.checked_columns) for key in keys]
-            texts = [{c: v.as_text(session.encoding) for c, v in r.items()} for r in reads]
         except Unchecked as exc:
-            return self._unchecked(table, exc.reason, plan, literals)
-        except ValueError:
-            return self._unchecked(table, "binary_read", plan, literals)
+            self._unverified(table, exc.reason)
+            return None
+        reads = self._read_rows(table, keys, plan.checked_columns)
+        texts = []
+        for row in reads:
+            try:
+                texts.append(None if row is None else
+                             {c: v.as_text(session.encoding) for c, v in row.items()})
+            except ValueError:  # a binary value with no known text form: that row unchecked
+                self._unverified(table, "binary_read")
+                texts.append(None)
+        if table.unknown_original == "reject" and any(t is None for t in texts):
+            work = StatementWork(table, plan.kind, conflicts.reject_sql(table, "not_read"), (),
+                                 True)
+            work.reject = True
+            return work
+        if any(t is not None for t in texts):
+            self._count_checked(table)
+        # rows not read pass unchecked, but what the write leaves counts as read from now on
         sql = plan.render_simple(literals, texts, scs)
-        self._count_checked(table)
+        checked_keys = [k for k, t in zip(keys, texts) if t is not None]
         return StatementWork(table, plan.kind, sql, plan.extra_returning, plan.client_returning,
-                             keys)
+                             checked_keys)
 
     def _literal_key(self, table, ref, literals):
         if ref.param is not None:
@@ -288,27 +302,23 @@ class Enforcer:
             raise Unchecked("no_key_pin")
         return normalize_text_key(table.column_type_oids[ref.column], text)
 
-    def _reads(self, table, key, columns):
-        row = self._store_for(table).get((table.oid, key))
-        if row is None:
-            raise Unchecked("not_read")
-        try:
-            return {c: row[c] for c in columns}
-        except KeyError:
-            raise Unchecked("column_not_read") from None
-
-    def _unchecked(self, table, reason: str, plan, literals):
-        self._unverified(table, reason)
-        if reason not in ("not_read", "column_not_read"):
-            return None
-        if table.unknown_original == "reject":
-            work = StatementWork(table, plan.kind, conflicts.reject_sql(table, reason), (), True)
-            work.reject = True
-            return work
-        # unchecked, but what it writes counts as read from now on
-        sql = plan.render_simple(literals, [None] * len(plan.pinned_rows),
-                                 self.session.standard_conforming_strings)
-        return StatementWork(table, plan.kind, sql, plan.extra_returning, plan.client_returning)
+    def _read_rows(self, table, keys, columns) -> list:
+        """Per pinned row, the read values of `columns`, or None (counted) when the session
+        has not read that row, or not all of those columns."""
+        store = self._store_for(table)
+        out = []
+        for key in keys:
+            row = store.get((table.oid, key))
+            if row is None:
+                self._unverified(table, "not_read")
+                out.append(None)
+                continue
+            try:
+                out.append({c: row[c] for c in columns})
+            except KeyError:
+                self._unverified(table, "column_not_read")
+                out.append(None)
+        return out
 
     def _unverified(self, table, reason: str) -> None:
         if self.metrics is not None:
@@ -345,16 +355,14 @@ class Enforcer:
             return None
         table, plan, literals = info.target
         try:
-            work, hidden = self._checked_bind(info, table, plan, literals, bind)
+            work, hidden = self._guarded_bind(info, table, plan, literals, bind)
         except Unchecked as exc:
+            if exc.reason == "reject":
+                return self._reject_bind(bind, table, "not_read")
             self._unverified(table, exc.reason)
-            if exc.reason not in ("not_read", "column_not_read"):
-                self.portals[bind.portal] = PortalInfo(info, capture=self._statement_capture(
-                    info, bind.result_formats))
-                return None
-            if table.unknown_original == "reject":
-                return self._reject_bind(bind, table, exc.reason)
-            work, hidden = self._checked_bind(info, table, plan, literals, bind, checked=False)
+            self.portals[bind.portal] = PortalInfo(info, capture=self._statement_capture(
+                info, bind.result_formats))
+            return None
         out = []
         if hidden is not None:
             out.append(hidden)
@@ -374,34 +382,31 @@ class Enforcer:
         self.portals.pop(bind.portal, None)
         return [bind.encode()]
 
-    def _checked_bind(self, info, table, plan, literals, bind, checked: bool = True):
+    def _guarded_bind(self, info, table, plan, literals, bind):
         """Bind the client's parameters, plus the read values as extra ones, to the guarded
-        form of its statement (prepared once per session under a hidden name). Unchecked:
-        the unguarded form, which only learns through RETURNING."""
+        form of its statement, prepared once per session under a hidden name. Rows the
+        session has not read are left unguarded (the form depends on which: the mask)."""
         n = len(bind.params)
         session = self.session
         scs = session.standard_conforming_strings
-        if isinstance(plan, InsertPlan) or not checked:
-            key = (n, checked)
-            rendered = info.rendered.get(key)
-            if rendered is None:
-                rendered = info.rendered[key] = (
-                    plan.render_extended(literals, n, scs) if checked
-                    else plan.render_unchecked_extended(literals, n))
-            extra_values = []
-            extra_types = []
-            keys = ()
+        if isinstance(plan, InsertPlan):
+            keys, reads, mask = (), [], ("insert",)
         else:
             keys = [tuple(self._param_key(table, ref, literals, bind) for ref in row)
                     for row in plan.pinned_rows]
-            reads = [self._reads(table, key, plan.checked_columns) for key in keys]
-            rendered = info.rendered.get(n)
-            if rendered is None:
-                rendered = info.rendered[n] = plan.render_extended(literals, n, scs)
-            # keys first: an unread row must fail before anything is prepared
-            extra_values = [reads[row][column] for row, column in rendered.extra_params]
-            extra_types = [table.column_type_oids[column] for _, column in rendered.extra_params]
-            self._count_checked(table)
+            reads = self._read_rows(table, keys, plan.checked_columns)
+            mask = tuple(r is not None for r in reads)
+            if not all(mask) and table.unknown_original == "reject":
+                raise Unchecked("reject")
+            if any(mask):
+                self._count_checked(table)
+        rendered = info.rendered.get((n, mask))
+        if rendered is None:
+            rendered = info.rendered[(n, mask)] = (
+                plan.render_extended(literals, n, scs) if mask == ("insert",)
+                else plan.render_extended(literals, n, scs, mask))
+        extra_values = [reads[row][column] for row, column in rendered.extra_params]
+        extra_types = [table.column_type_oids[column] for _, column in rendered.extra_params]
         types = tuple(info.param_types) + (0,) * (n - len(info.param_types))
         hidden_key = (rendered.sql, types + tuple(extra_types))
         name = self.hidden_statements.get(hidden_key)
@@ -416,8 +421,8 @@ class Enforcer:
             item.hidden = True
             session.pending.append(item)
             parse_bytes = parse.encode()
-        formats = [bind.param_format(i) for i in range(n)] + [v.format for v in extra_values]
-        bind.param_formats = formats
+        bind.param_formats = [bind.param_format(i) for i in range(n)] + \
+            [v.format for v in extra_values]
         bind.params = list(bind.params) + [v.data for v in extra_values]
         extras = plan.extra_returning
         result_formats = list(bind.result_formats)
@@ -428,8 +433,9 @@ class Enforcer:
             extra_formats = ((result_formats[0] if result_formats else 0),) * len(extras)
         bind.result_formats = result_formats
         bind.statement = name
-        work = StatementWork(table, "insert" if isinstance(plan, InsertPlan) else plan.kind,
-                             rendered.sql, extras, plan.client_returning, keys, extra_formats)
+        checked_keys = [k for k, ok in zip(keys, mask) if ok is True]
+        work = StatementWork(table, plan.kind, rendered.sql, extras, plan.client_returning,
+                             checked_keys, extra_formats)
         return work, parse_bytes
 
     def _param_key(self, table, ref, literals, bind):

@@ -620,21 +620,15 @@ class WritePlan:
         return fill_simple(pieces, literals, reads, scs)
 
     def render_extended(self, literals: Sequence[str] | int = (), n_params: int | None = None,
-                        scs: bool = True) -> RenderedSql:
-        """The statement with every pinned row checked against extra parameters numbered after
+                        scs: bool = True, mask: tuple[bool, ...] | None = None) -> RenderedSql:
+        """The statement with the pinned rows checked against extra parameters numbered after
         the client's: bind, for each `extra_params` entry (row, column), the value the session
-        read there. Same SQL for every execution, so it is prepared once."""
+        read there. Same SQL for every execution with the same `mask` (which pinned rows are
+        checked; default all), so it is prepared once. An all-False mask adds no guard: the
+        write passes as written and only RETURNING grows."""
         literals, n_params = _extended_args(literals, n_params)
-        mask = (True,) * len(self.pinned_rows)
-        pieces = self._compiled.get(mask)
-        if pieces is None:
-            pieces = self._compiled[mask] = self._builder.build(mask)
-        return fill_extended(pieces, literals, max(n_params, self._builder.text.max_param) + 1)
-
-    def render_unchecked_extended(self, literals: Sequence[str], n_params: int) -> RenderedSql:
-        """The statement without guards, only growing RETURNING: a write to rows the session
-        never read passes as the client wrote it, and the proxy learns the new values."""
-        mask = (False,) * len(self.pinned_rows)
+        if mask is None:
+            mask = (True,) * len(self.pinned_rows)
         pieces = self._compiled.get(mask)
         if pieces is None:
             pieces = self._compiled[mask] = self._builder.build(mask)

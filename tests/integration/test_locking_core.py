@@ -213,3 +213,37 @@ def test_writes_without_a_key_pin_pass_unchanged(locking):
         c.execute("UPDATE accounts SET balance = balance + 1 WHERE balance > 150")
     assert locking.direct_rows("SELECT id, balance FROM accounts ORDER BY id") == \
         [(1, 100), (2, 201), (3, 301)]
+
+
+@pytest.mark.parametrize("protocol", ["simple", "extended"])
+def test_in_list_with_one_row_not_read_still_checks_the_others(locking, protocol):
+    locking.start()
+
+    async def scenario():
+        a = await asyncpg.connect(locking.dsn)
+        b = await asyncpg.connect(locking.dsn)
+        try:
+            await a.fetch("SELECT * FROM accounts WHERE id = 1")
+            await b.fetch("SELECT * FROM accounts WHERE id = 1")  # b never reads row 3
+            await a.execute("UPDATE accounts SET owner = 'a' WHERE id = 1")
+            with pytest.raises(asyncpg.SerializationError):
+                if protocol == "simple":
+                    await b.execute("UPDATE accounts SET balance = 0 WHERE id IN (1, 3)")
+                else:
+                    await b.execute("UPDATE accounts SET balance = 0 WHERE id IN ($1, $2)", 1, 3)
+            # the unread row alone goes through unchecked, and is learned
+            if protocol == "simple":
+                await b.execute("UPDATE accounts SET balance = 7 WHERE id IN (3)")
+            else:
+                await b.execute("UPDATE accounts SET balance = $1 WHERE id IN ($2)", 7, 3)
+            await a.fetch("SELECT * FROM accounts WHERE id = 3")
+            await a.execute("UPDATE accounts SET owner = 'a' WHERE id = 3")
+            with pytest.raises(asyncpg.SerializationError):  # b learned version 2 of row 3
+                await b.execute("UPDATE accounts SET balance = $1 WHERE id = $2", 8, 3)
+        finally:
+            await a.close()
+            await b.close()
+
+    run(scenario())
+    assert locking.direct_rows("SELECT id, balance FROM accounts WHERE id IN (1, 3) ORDER BY id") \
+        == [(1, 100), (3, 7)]
