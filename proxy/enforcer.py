@@ -88,6 +88,7 @@ class Enforcer:
         self.txlog = TransactionLog()
         self.waiting = False
         self.guards = False
+        self.guards_failed = False
         self.in_batch = False
         self.statements: dict[bytes, PreparedInfo] = {}
         self.portals: dict[bytes, PortalInfo] = {}
@@ -106,24 +107,25 @@ class Enforcer:
         return self.waiting
 
     def authenticated(self) -> None:
-        self._refresh(install_guards=True)
+        self._refresh()
 
-    def _refresh(self, install_guards: bool = False) -> bool:
-        """Pick up the current rules generation. True when the session must wait for the
-        catalog query this injected."""
+    def _refresh(self) -> bool:
+        """Pick up the current rules generation and (re)create the guard functions if
+        missing. True when the session must wait for the query this injected."""
         generation = self.enforcement.generation
-        if generation is self.generation and not install_guards:
-            return False
         tables = generation.databases.get(self.database)
         parts = []
         if tables is None:
             parts.append(generation.setup_sql())
-        want_guards = not self.guards and (tables is None or tables.by_oid)
+        want_guards = not self.guards and not self.guards_failed and (
+            tables is None or tables.by_oid)
         if want_guards:
             parts.append(conflicts.guard_functions_sql(self.enforcement.settings.conflict_sqlstate))
         if not parts:
             self.generation, self.tables = generation, tables
             return False
+        if self.session.status == b"E":
+            return False  # an aborted transaction runs nothing: try again after it ends
         sql = ";\n".join(parts)
 
         def done(item: Pending) -> None:
@@ -138,6 +140,11 @@ class Enforcer:
                 self.generation, self.tables = generation, tables
             if want_guards:
                 self.guards = not item.failed
+                self.guards_failed = item.failed
+                if item.failed:
+                    log.warning("cannot create the guard functions for %s on %s (no TEMP "
+                                "privilege? read-only server?): writes pass unverified",
+                                self.role, self.database)
                 if self.guards and self.session.status == b"T":
                     self.txlog.on_rollback(self._guards_lost)
             if self.waiting:
@@ -145,11 +152,12 @@ class Enforcer:
                 self.session.release_held()
 
         self.session.inject(m.encode_query(sql.encode()), Pending(Pending.QUERY, on_done=done))
-        if tables is None:
-            self.waiting = True
-        else:
+        if tables is not None:
             self.generation, self.tables = generation, tables
-        return self.waiting
+        # hold the client until it is known whether guards exist (a role without the TEMP
+        # privilege cannot create them: its writes must then pass unverified, not fail)
+        self.waiting = True
+        return True
 
     def _guards_lost(self) -> None:
         self.guards = False
@@ -166,7 +174,9 @@ class Enforcer:
             self.in_batch = False
             return None
         if mtype == b"Q" or (mtype == b"P" and not self.in_batch):
-            if self.generation is not self.enforcement.generation or not self.guards:
+            if self.generation is not self.enforcement.generation or (
+                    not self.guards and not self.guards_failed and self.tables is not None
+                    and self.tables.by_oid):
                 if self._refresh() and self.waiting:
                     return HOLD
         tables = self.tables
@@ -256,6 +266,9 @@ class Enforcer:
     def _plan_simple(self, stmt: str):
         table = self._target(stmt)
         if table is None:
+            return None
+        if not self.guards:
+            self._unverified(table, "guards_unavailable")
             return None
         plan, literals = self._plan(stmt, table)
         session = self.session
@@ -354,6 +367,10 @@ class Enforcer:
                 info, bind.result_formats))
             return None
         table, plan, literals = info.target
+        if not self.guards:
+            self._unverified(table, "guards_unavailable")
+            self.portals[bind.portal] = PortalInfo(info)
+            return None
         try:
             work, hidden = self._guarded_bind(info, table, plan, literals, bind)
         except Unchecked as exc:
@@ -610,8 +627,10 @@ class Enforcer:
                 self.guards = False
             if tag == b"DISCARD ALL":
                 self.hidden_statements.clear()
+                self.statements.clear()
         elif word == b"DEALLOCATE" and tag == b"DEALLOCATE ALL":
             self.hidden_statements.clear()
+            self.statements.clear()
 
     def ready(self, head: Pending | None, status: bytes) -> None:
         if status == b"I":

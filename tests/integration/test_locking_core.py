@@ -247,3 +247,42 @@ def test_in_list_with_one_row_not_read_still_checks_the_others(locking, protocol
     run(scenario())
     assert locking.direct_rows("SELECT id, balance FROM accounts WHERE id IN (1, 3) ORDER BY id") \
         == [(1, 100), (3, 7)]
+
+
+def test_discard_all_keeps_checking(locking):
+    """Connection pools reset sessions with DISCARD ALL, which drops temporary functions and
+    prepared statements: the proxy must notice and keep guarding."""
+    locking.start()
+    with psycopg.connect(locking.dsn, autocommit=True) as a, \
+            psycopg.connect(locking.dsn, autocommit=True) as b:
+        b.execute("UPDATE accounts SET owner = %s WHERE id = %s", ("warm", 1))  # prepares forms
+        b.execute("DISCARD ALL")
+        a.execute("SELECT * FROM accounts WHERE id = 1").fetchall()
+        b.execute("SELECT * FROM accounts WHERE id = 1").fetchall()
+        a.execute("UPDATE accounts SET owner = 'a' WHERE id = 1")
+        with pytest.raises(psycopg.errors.SerializationFailure):
+            b.execute("UPDATE accounts SET owner = %s WHERE id = %s", ("b", 1))
+        b.execute("SELECT * FROM accounts WHERE id = 1").fetchall()
+        b.execute("UPDATE accounts SET owner = 'b' WHERE id = 1")
+    assert locking.direct_rows("SELECT owner FROM accounts WHERE id = 1") == [("b",)]
+
+
+def test_role_without_temp_privilege_passes_writes_unverified(locking):
+    """No TEMP privilege: no guard functions; writes must still work, counted unverified."""
+    with psycopg.connect(locking.direct, autocommit=True) as c:
+        c.execute("DROP ROLE IF EXISTS notemp")
+        c.execute("CREATE ROLE notemp LOGIN")
+        c.execute(f"REVOKE TEMP ON DATABASE {locking.db} FROM PUBLIC")
+        c.execute("GRANT SELECT, UPDATE ON accounts TO notemp")
+    locking.start()
+    try:
+        with psycopg.connect(locking.proxy.dsn_for(locking.db, user="notemp"), autocommit=True) as c:
+            c.execute("SELECT * FROM accounts WHERE id = 2").fetchall()
+            c.execute("UPDATE accounts SET owner = 'n' WHERE id = 2")
+            c.execute("UPDATE accounts SET owner = %s WHERE id = %s", ("m", 2))
+        assert locking.direct_rows("SELECT owner FROM accounts WHERE id = 2") == [("m",)]
+        assert "cannot create the guard functions" in locking.proxy.stderr_text()
+    finally:
+        with psycopg.connect(locking.direct, autocommit=True) as c:
+            c.execute(f"GRANT TEMP ON DATABASE {locking.db} TO PUBLIC")
+            c.execute("REVOKE ALL ON accounts FROM notemp")
