@@ -151,3 +151,24 @@ def test_sighup_reloads(locking):
     locking.proxy.proc.send_signal(signal.SIGHUP)
     wait_until(lambda: sample(scrape(url), "optimist_rule_reloads_total", result="success") == 2,
                timeout=10, what="the SIGHUP reload")
+
+
+def test_conflicts_are_logged_as_one_json_line_each(locking):
+    import json as _json
+    locking.proxy = locking.factory("--log-format", "json",
+                                    rules=write_rules(locking.tmp_path, VERSION_RULES))
+    dsn = locking.proxy.dsn_for(locking.db, application_name="billing")
+    conflict(dsn, "SELECT * FROM accounts WHERE id = 1",
+             "UPDATE accounts SET balance = 1 WHERE id = 1",
+             "UPDATE accounts SET balance = 2 WHERE id = 1")
+    lines = [_json.loads(line) for line in locking.proxy.stderr_text().splitlines() if line.strip()]
+    hits = [e for e in lines if e.get("logger") == "optimist.conflicts"]
+    assert len(hits) == 1, lines
+    entry = hits[0]
+    assert entry["table"] == "public.accounts" and entry["kind"] == "modified"
+    assert entry["key"] == {"id": 1} and entry["user"] == "postgres"
+    assert entry["application_name"] == "billing"
+    assert entry["client"].startswith("127.0.0.1:")
+    assert entry["columns"] == ["version"]
+    # values never reach the log
+    assert "balance" not in _json.dumps(entry)
