@@ -436,6 +436,7 @@ class Enforcer:
                             hidden_key[1])
             item = Pending(Pending.PARSE)
             item.hidden = True
+            item.surface = True
             session.pending.append(item)
             parse_bytes = parse.encode()
         bind.param_formats = [bind.param_format(i) for i in range(n)] + \

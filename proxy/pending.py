@@ -11,7 +11,7 @@ from collections.abc import Callable
 
 class Pending:
     __slots__ = ("kind", "hidden", "name", "strip", "on_done", "statements", "index",
-                 "failed", "rows", "capture")
+                 "failed", "rows", "capture", "surface")
 
     # kinds
     QUERY = 0      # simple Query: ends with ReadyForQuery
@@ -38,6 +38,8 @@ class Pending:
         self.failed = False
         self.rows: list = []
         self.capture = None
+        # a hidden request made on the client's behalf: its error is the client's to see
+        self.surface = False
 
     def ends_with_ready(self) -> bool:
         return self.kind in (Pending.QUERY, Pending.SYNC, Pending.CALL)

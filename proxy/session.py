@@ -297,6 +297,13 @@ class Session:
                     done = pending.popleft()
                     if done.on_done is not None:
                         done.on_done(done)
+                if pending:
+                    pending[0].failed = True
+            if head.surface:
+                # the client's own statement cannot run: it must see an error, not silence
+                fields["M"] = "optimist: could not prepare the checked form of this statement: " \
+                    + fields.get("M", "")
+                return m.encode_fields(b"E", fields)
             return b""
         if mtype == b"S":
             name, value = m.decode_parameter_status(buf[start:end])

@@ -105,3 +105,18 @@ def test_statement_types_for_both_protocols():
                   + m.Bind(b"p", b"s1", [], [b"1"], []).encode() + m.encode_execute(b"p")
                   + m.encode_execute(b"p") + m.SYNC)
     assert seen == ["select", "select", "update", "other", "delete", "delete"]
+
+
+def test_error_of_a_hidden_request_made_for_the_client_reaches_the_client():
+    s = authed_session()
+    hidden = Pending(Pending.PARSE)
+    hidden.surface = True
+    s.inject(m.Parse(b"optimist_1", b"bad sql", ()).encode(), hidden)
+    s.client_data(m.Bind(b"", b"optimist_1", [], [], []).encode() + m.encode_execute(b"")
+                  + m.SYNC)
+    s.take_output()
+    s.server_data(m.error_response("42601", "syntax error") + ready())
+    _, to_client = s.take_output()
+    out = b"".join(to_client)
+    assert b"could not prepare the checked form" in out and out.endswith(ready())
+    assert not s.pending
