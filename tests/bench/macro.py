@@ -93,6 +93,10 @@ def _median(values):
     return statistics.median(values) if values else None
 
 
+def _us(seconds):
+    return None if seconds is None else seconds * 1e6
+
+
 def summarize(runs: list[RunResult], workloads: list[Workload]) -> list[dict]:
     rows = []
     for w in workloads:
@@ -118,6 +122,14 @@ def summarize(runs: list[RunResult], workloads: list[Workload]) -> list[dict]:
                 "aborted_clients": sum(r.aborted_clients for r in measured),
                 "processed": sum(r.processed or 0 for r in measured),
                 "proxy_cpu_us_per_tx": _median([r.proxy_cpu_us_per_tx for r in measured]),
+                "proxy_user_us_per_tx": _median([_us(r.per_tx(r.proxy_user_s)) for r in measured]),
+                "proxy_sys_us_per_tx": _median([_us(r.per_tx(r.proxy_sys_s)) for r in measured]),
+                "proxy_reads_per_tx": _median([r.per_tx(r.proxy_syscr) for r in measured]),
+                "proxy_writes_per_tx": _median([r.per_tx(r.proxy_syscw) for r in measured]),
+                "proxy_preempted_per_tx": _median([r.per_tx(r.proxy_preempted) for r in measured]),
+                "machine_busy": _median([r.machine_busy for r in measured]),
+                "machine_cpu_us_per_tx": _median([_us(r.per_tx(r.machine_cpu_s))
+                                                  for r in measured]),
                 "errors": sorted({e for r in measured for e in r.errors})[:5],
             }
         base_direct = by_target["direct"]["tps"]
@@ -139,7 +151,8 @@ def _f(value, fmt: str, none: str = "-") -> str:
 
 def format_table(rows: list[dict]) -> str:
     header = ("workload", "target", "TPS", "TPS min-max", "lat avg ms", "lat p50 ms",
-              "lat p99 ms", "fail", "retried", "proxy CPU us/tx", "x direct", "x pgbouncer")
+              "lat p99 ms", "fail", "retried", "x direct", "x pgbouncer", "proxy CPU us/tx",
+              "(user+sys)", "machine CPU us/tx", "machine busy")
     lines = [header]
     for r in rows:
         lines.append((
@@ -148,9 +161,13 @@ def format_table(rows: list[dict]) -> str:
             _f(r["latency_avg_ms"], ".3f"), _f(r["latency_p50_ms"], ".3f"),
             _f(r["latency_p99_ms"], ".3f"),
             str(r["failed"] + r["aborted_clients"]), str(r["retried"]),
-            _f(r["proxy_cpu_us_per_tx"], ".1f"),
             _f(r["vs_direct"], ".2f") if r["target"] != "direct" else "",
             _f(r["vs_pgbouncer"], ".2f") if r["target"].startswith("optimist") else "",
+            _f(r["proxy_cpu_us_per_tx"], ".1f"),
+            "" if r["proxy_user_us_per_tx"] is None else
+            f"{r['proxy_user_us_per_tx']:.0f}+{r['proxy_sys_us_per_tx']:.0f}",
+            _f(r["machine_cpu_us_per_tx"], ".0f"),
+            "" if r["machine_busy"] is None else f"{100 * r['machine_busy']:.0f}%",
         ))
     widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
     out = []

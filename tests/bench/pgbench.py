@@ -36,6 +36,13 @@ class RunResult:
     aborted_clients: int = 0
     logged: int = 0  # transactions in the per-transaction logs
     proxy_cpu_s: float | None = None  # CPU the target's proxy process used during the run
+    proxy_user_s: float | None = None  # of which in user space (Python, for optimist)
+    proxy_sys_s: float | None = None  # of which in the kernel (socket reads and writes)
+    proxy_syscr: int | None = None  # read-like system calls of the proxy process
+    proxy_syscw: int | None = None  # write-like system calls
+    proxy_preempted: int | None = None  # involuntary context switches of the proxy process
+    machine_busy: float | None = None  # busy fraction of all CPUs during the run (0..1)
+    machine_cpu_s: float | None = None  # CPU seconds used by everything on the machine
     errors: list[str] = field(default_factory=list)
 
     @property
@@ -48,21 +55,47 @@ class RunResult:
             return None
         return self.proxy_cpu_s / self.processed * 1e6
 
+    def per_tx(self, value) -> float | None:
+        if value is None or not self.processed:
+            return None
+        return value / self.processed
+
     def to_json(self) -> dict:
         d = asdict(self)
         d["proxy_cpu_us_per_tx"] = self.proxy_cpu_us_per_tx
         return d
 
 
-def process_cpu_seconds(pid: int | None) -> float | None:
-    """user + system CPU of a process (not its children), from /proc."""
+def process_counters(pid: int | None) -> tuple[float, float, int | None, int | None] | None:
+    """(user CPU s, system CPU s, read syscalls, write syscalls) of a process, from /proc."""
     if pid is None:
         return None
     try:
         fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     except OSError:
         return None
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+    syscr = syscw = nvcsw = None
+    try:
+        io = Path(f"/proc/{pid}/io").read_text()
+        syscr = int(re.search(r"syscr: (\d+)", io).group(1))
+        syscw = int(re.search(r"syscw: (\d+)", io).group(1))
+        status = Path(f"/proc/{pid}/status").read_text()
+        nvcsw = int(re.search(r"nonvoluntary_ctxt_switches:\s*(\d+)", status).group(1))
+    except (OSError, AttributeError):
+        pass
+    return int(fields[11]) / CLK_TCK, int(fields[12]) / CLK_TCK, syscr, syscw, nvcsw
+
+
+def machine_counters() -> tuple[float, float] | None:
+    """(busy CPU seconds, total CPU seconds) of the whole machine, from /proc/stat."""
+    try:
+        with open("/proc/stat") as f:
+            values = [int(v) for v in f.readline().split()[1:]]
+    except (OSError, ValueError):
+        return None
+    idle = values[3] + (values[4] if len(values) > 4 else 0)  # idle + iowait
+    total = sum(values[:8])  # guest time is already in user
+    return (total - idle) / CLK_TCK, total / CLK_TCK
 
 
 def percentile(sorted_values: list[int], q: float) -> float:
@@ -126,15 +159,27 @@ def run_pgbench(url: str, args: list[str], *, workload: str, target: str, round_
         if log_latencies:
             cmd += ["-l", f"--log-prefix={logdir / 'tx'}"]
         cmd += args + [url]
-        cpu0 = process_cpu_seconds(proxy_pid)
+        before = process_counters(proxy_pid)
+        machine0 = machine_counters()
         proc = subprocess.run(cmd, capture_output=True, text=True, env=client_env(),
                               stdin=subprocess.DEVNULL, timeout=duration + timeout_extra,
                               cwd=str(logdir))
-        cpu1 = process_cpu_seconds(proxy_pid)
+        machine1 = machine_counters()
+        after = process_counters(proxy_pid)
         res = RunResult(workload, target, round_, duration, proc.returncode)
         parse_output(res, proc.stdout, proc.stderr)
-        if cpu0 is not None and cpu1 is not None:
-            res.proxy_cpu_s = cpu1 - cpu0
+        if machine0 is not None and machine1 is not None and machine1[1] > machine0[1]:
+            res.machine_cpu_s = machine1[0] - machine0[0]
+            res.machine_busy = res.machine_cpu_s / (machine1[1] - machine0[1])
+        if before is not None and after is not None:
+            res.proxy_user_s = after[0] - before[0]
+            res.proxy_sys_s = after[1] - before[1]
+            res.proxy_cpu_s = res.proxy_user_s + res.proxy_sys_s
+            if before[2] is not None and after[2] is not None:
+                res.proxy_syscr = after[2] - before[2]
+                res.proxy_syscw = after[3] - before[3]
+            if before[4] is not None and after[4] is not None:
+                res.proxy_preempted = after[4] - before[4]
         if res.tps is None:
             res.errors.append((proc.stdout + proc.stderr)[-2000:])
         if log_latencies:

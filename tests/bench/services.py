@@ -335,6 +335,14 @@ def environment(pg: EmbeddedPostgres | None = None) -> dict[str, str]:
     except OSError:
         pass
     env["kernel"] = platform.release()
+    try:
+        head = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"],
+                              capture_output=True, text=True, timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(REPO), "status", "--porcelain", "--", "proxy"],
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+        env["optimist commit"] = head + (" (proxy/ has uncommitted changes)" if dirty else "")
+    except (OSError, subprocess.TimeoutExpired):
+        pass
     env["python"] = f"{platform.python_implementation()} {platform.python_version()}"
     try:
         import uvloop
