@@ -123,22 +123,72 @@ def without_versions(value):
     return value
 
 
-def assert_same_as_direct(via: dict, direct: dict):
-    via_n, direct_n = without_versions(via), without_versions(direct)
-    assert via_n.keys() == direct_n.keys()
-    differ = [f"step {step}:\n  proxy  {via[step]}\n  direct {direct[step]}"
-              for step in direct_n if via_n[step] != direct_n[step]]
-    assert not differ, f"{len(differ)} steps differ from a direct run:\n" + "\n".join(differ)
+class Checks:
+    """Soft assertions: every failed check of a test is reported, not only the first -- a driver
+    problem usually shows in several places, and which ones tells what it is."""
+
+    def __init__(self, out: dict[str, dict]):
+        self.out = out
+        self.failed: list[str] = []
+
+    def __enter__(self) -> "Checks":
+        return self
+
+    def __exit__(self, exc_type, exc, tb):
+        if exc_type is None and self.failed:
+            pytest.fail(f"{len(self.failed)} check(s) failed:\n- " + "\n- ".join(self.failed), pytrace=False)
+
+    def true(self, cond, what: str) -> bool:
+        if not cond:
+            self.failed.append(what)
+        return bool(cond)
+
+    def equal(self, actual, expected, what: str) -> bool:
+        return self.true(actual == expected, f"{what}: got {actual!r}, expected {expected!r}")
+
+    def step(self, name: str) -> dict:
+        return self.out.get(name, {})
+
+    def ok(self, name: str, result=None) -> bool:
+        step = self.step(name)
+        if not self.true(step.get("ok") is True, f"{name}: expected success, got {step}"):
+            return False
+        return result is None or self.equal(step["result"], result, name)
+
+    def error(self, name: str, sqlstate: str) -> dict:
+        step = self.step(name)
+        if not self.true(step.get("ok") is False, f"{name}: expected SQLSTATE {sqlstate}, but it "
+                         f"succeeded: {step}"):
+            return {}
+        err = step["error"]
+        self.equal(err["sqlstate"], sqlstate, f"{name}: SQLSTATE ({err['message']!r})")
+        return err
+
+    def conflict(self, name: str, kind: str = "modified", err: dict | None = None) -> dict:
+        err = err if err is not None else self.error(name, "40001")
+        if not err or err.get("sqlstate") != "40001":
+            return {}
+        self.true(f"{kind} by another session" in err["message"], f"{name}: message {err['message']!r}")
+        try:
+            detail = json.loads(err.get("detail") or "")
+        except ValueError:
+            self.failed.append(f"{name}: DETAIL is not JSON: {err.get('detail')!r}")
+            return err
+        self.equal((detail.get("kind"), detail.get("table")), (kind, "public.accounts"), f"{name}: detail")
+        return err
+
+    def same_as_direct(self, direct: dict[str, dict], ignore=()) -> None:
+        via_n, direct_n = without_versions(self.out), without_versions(direct)
+        for step in direct_n.keys() | via_n.keys():
+            if step in ignore:
+                continue
+            if via_n.get(step) != direct_n.get(step):
+                self.failed.append(f"{step} differs from a direct run:\n    proxy  {self.out.get(step)}"
+                                   f"\n    direct {direct.get(step)}")
 
 
-def conflict_error(step: dict, kind: str = "modified") -> dict:
-    assert step["ok"] is False, f"expected a conflict, got {step}"
-    err = step["error"]
-    assert err["sqlstate"] == "40001", err
-    assert f"{kind} by another session" in err["message"], err
-    detail = json.loads(err["detail"])
-    assert detail["kind"] == kind and detail["table"] == "public.accounts", detail
-    return err
+def table(rows: list[dict]) -> dict[str, tuple[str, str]]:
+    return {r["id"]: (r["owner"], r["balance"]) for r in rows}
 
 
 def versions(rows: list[dict]) -> dict[str, str]:
@@ -148,49 +198,72 @@ def versions(rows: list[dict]) -> dict[str, str]:
 # --------------------------------------------------------------------------- statements
 
 
+def test_update_count_and_lost_update_minimal(jdbc, dbs):
+    """The smallest reproduction: Statement.executeQuery reads, Statement.executeUpdate writes
+    (pgjdbc's default: unnamed statements, Describe of the portal, Execute with a row limit of 1
+    for executeUpdate)."""
+    out = run_scenario(jdbc, dbs, "minimal", "proxy")
+    with Checks(out) as check:
+        check.ok("checked_write_count", 1)
+        check.ok("unread_write_count", 1)
+        check.ok("bulk_write_count", 0)
+        check.ok("a_write", 1)
+        check.conflict("b_lost_update")
+        check.equal(table(out["final"]["rows"])["2"], ("Lou", "1.00"), "row 2 keeps the first writer's value")
+
+
 @pytest.mark.parametrize("variant", list(VARIANTS))
 def test_statements_and_prepared_statements_same_as_direct(jdbc, dbs, variant):
     """Plain statements and PreparedStatements executed past prepareThreshold: the same update
     counts, rows and RETURNING results as PostgreSQL alone, and no false conflicts."""
     via = run_scenario(jdbc, dbs, "sequence", "proxy", VARIANTS[variant])
     direct = run_scenario(jdbc, dbs, "sequence", "direct", VARIANTS[variant])
-    assert_same_as_direct(via, direct)
-    assert all(via[f"loop_read_write_{i}"]["count"] == 1 for i in range(1, 9))
-    assert via["delete"]["count"] == 1 and via["delete_again"]["count"] == 0
-    assert all(via[f"loop_returning_{i}"]["columns"] == 2 for i in range(1, 7))
-    # every write went through the proxy and bumped the version once
-    assert versions(via["final"]["rows"]) == {"1": "16", "2": "21", "4": "7"}
-    assert versions(direct["final"]["rows"]) == {"1": "1", "2": "1", "4": "1"}
+    with Checks(via) as check:
+        check.same_as_direct(direct)
+        check.equal([via[f"loop_read_write_{i}"]["count"] for i in range(1, 9)], [1] * 8, "read+write counts")
+        check.equal((via["delete"]["count"], via["delete_again"]["count"]), (1, 0), "delete counts")
+        check.equal([via[f"loop_returning_{i}"]["columns"] for i in range(1, 7)], [2] * 6, "RETURNING columns")
+        # every write went through the proxy and bumped the version once
+        check.equal(versions(via["final"]["rows"]), {"1": "16", "2": "21", "4": "7"}, "versions")
+        check.equal(versions(direct["final"]["rows"]), {"1": "1", "2": "1", "4": "1"}, "versions (direct)")
 
 
 @pytest.mark.parametrize("variant", list(VARIANTS))
 def test_conflict_on_a_server_prepared_statement(jdbc, dbs, variant):
+    """The same PreparedStatement objects across pgjdbc's switch to named server statements:
+    after it, Bind/Execute carry no RowDescription, the proxy must still know what was read."""
     out = run_scenario(jdbc, dbs, "prepared_conflict", "proxy", VARIANTS[variant])
-    assert all(out[f"warm_{i}"]["count"] == 1 for i in range(1, 8))
-    conflict_error(out["a_conflict"])
-    assert out["a_after_reread"] == {"ok": True, "result": 1}
-    conflict_error(out["b_conflict"])
-    conflict_error(out["a_deleted"], "deleted")
-    final = {r["id"]: r for r in out["final"]["rows"]}
-    assert final["1"]["balance"] == "100.00" and final["1"]["owner"] == "b"
-    assert "2" not in final
+    with Checks(out) as check:
+        check.conflict("a_conflict")
+        check.ok("a_after_reread", 1)
+        check.conflict("b_conflict")
+        check.conflict("a_deleted", "deleted")
+        final = table(out["final"]["rows"])
+        check.equal(final.get("1"), ("b", "100.00"), "row 1")
+        check.true("2" not in final, "row 2 was deleted")
+        check.equal([out[f"warm_{i}"]["count"] for i in range(1, 8)], [1] * 7, "update counts")
 
 
 def test_conflict_raises_40001_and_aborts_the_transaction(jdbc, dbs):
     out = run_scenario(jdbc, dbs, "conflict", "proxy")
-    err = conflict_error(out["b_statement_conflict"])
-    assert err["class"] == "PSQLException"
-    assert json.loads(err["detail"])["key"] == {"id": 1}
-    conflict_error(out["b_prepared_conflict"])
-    conflict_error(out["b_prepared_delete_conflict"])
-    conflict_error(out["b_tx_conflict"])
-    for step in ("b_tx_after_conflict", "b_tx_after_conflict_again"):
-        assert out[step]["ok"] is False and out[step]["error"]["sqlstate"] == "25P02", out[step]
-    assert out["b_after_rollback"] == {"ok": True, "result": [{"one": "1"}]}
-    assert out["b_tx_retry"] == {"ok": True, "result": 1}
-    final = {r["id"]: (r["owner"], r["balance"]) for r in out["final"]["rows"]}
-    # b's write to row 1 inside the aborted transaction was rolled back with it
-    assert final == {"1": ("Sue", "150.00"), "2": ("Lou", "250.00"), "3": ("Ann", "31.00")}
+    with Checks(out) as check:
+        err = check.conflict("b_statement_conflict")
+        if err:
+            check.equal(err["class"], "PSQLException", "exception class")
+            check.equal(json.loads(err["detail"])["key"], {"id": 1}, "detail key")
+            check.true("re-read" in (err.get("hint") or "").lower(), f"hint {err.get('hint')!r}")
+        check.conflict("b_prepared_conflict")
+        check.conflict("b_prepared_delete_conflict")
+        check.conflict("b_tx_conflict")
+        check.error("b_tx_after_conflict", "25P02")
+        check.error("b_tx_after_conflict_again", "25P02")
+        check.ok("b_after_rollback", [{"one": "1"}])
+        check.ok("b_tx_retry", 1)
+        # b's write to row 1 inside the aborted transaction was rolled back with it
+        check.equal(table(out["final"]["rows"]),
+                    {"1": ("Sue", "150.00"), "2": ("Lou", "250.00"), "3": ("Ann", "31.00")}, "final rows")
+        check.equal([out[s]["count"] for s in ("a_update_1", "a_update_2", "b_tx_other_write", "a_update_3")],
+                    [1, 1, 1, 1], "update counts")
 
 
 # --------------------------------------------------------------------------- batches
@@ -198,90 +271,105 @@ def test_conflict_raises_40001_and_aborts_the_transaction(jdbc, dbs):
 
 @pytest.mark.parametrize("rewrite", [False, True], ids=["plain", "reWriteBatchedInserts"])
 def test_batches_without_conflict_same_as_direct(jdbc, dbs, rewrite):
+    """Update counts of batches are PostgreSQL's (reWriteBatchedInserts legitimately reports
+    SUCCESS_NO_INFO, -2, for rewritten INSERTs: directly too)."""
     params = f"reWriteBatchedInserts={str(rewrite).lower()}"
     via = run_scenario(jdbc, dbs, "batch_ok", "proxy", params)
     direct = run_scenario(jdbc, dbs, "batch_ok", "direct", params)
-    assert_same_as_direct(via, direct)
-    assert via["update_batch"]["counts"] == [1, 1, 1, 1, 1, 0]
-    assert via["update_batch_again"]["counts"] == [1, 1, 1, 1, 1]
-    assert via["statement_batch"]["counts"] == [1, 1, 1, 1, 0]
-    assert via["update_batch_tx"]["counts"] == [1, 1, 1]
-    if not rewrite:
-        assert via["insert_batch"]["counts"] == [1] * 5
-        assert via["insert_batch_big"]["counts"] == [1] * 300
-    assert dbs.rows("SELECT count(*) FROM accounts") == dbs.rows("SELECT count(*) FROM accounts", "direct")
+    with Checks(via) as check:
+        check.same_as_direct(direct)
+        check.equal(via["update_batch"]["counts"], [1, 1, 1, 1, 1, 0], "update batch")
+        check.equal(via["update_batch_again"]["counts"], [1, 1, 1, 1, 1], "update batch again")
+        check.equal(via["statement_batch"]["counts"], [1, 1, 1, 1, 0], "statement batch")
+        check.equal(via["update_batch_tx"]["counts"], [1, 1, 1], "update batch in a transaction")
+        if not rewrite:
+            check.equal(via["insert_batch"]["counts"], [1] * 5, "insert batch")
+            check.equal(via["insert_batch_big"]["counts"], [1] * 300, "big insert batch")
+        check.equal(dbs.rows("SELECT count(*) FROM accounts"),
+                    dbs.rows("SELECT count(*) FROM accounts", "direct"), "row count")
 
 
 @pytest.mark.parametrize("rewrite", [False, True], ids=["plain", "reWriteBatchedInserts"])
 def test_batch_with_a_conflicting_row(jdbc, dbs, rewrite):
     out = run_scenario(jdbc, dbs, "batch_conflict", "proxy", f"reWriteBatchedInserts={str(rewrite).lower()}")
     initial = {"1": ("Sue", "100.00"), "2": ("a", "200.00"), "3": ("Ann", "300.00")}
+    with Checks(out) as check:
+        check.ok("tx_insert_batch")
+        err = check.error("tx_update_batch", "40001")
+        if err:
+            check.equal(err["class"], "BatchUpdateException", "exception class")
+            check.conflict("tx_update_batch (next exception)", err=err.get("next", {}))
+        check.error("tx_after_conflict", "25P02")
+        # rolled back: nothing of either batch applied
+        check.equal(table(out["after_rollback"]["rows"]), initial, "after rollback")
+        check.ok("tx_retry_update_batch", [1, 1, 1])
+        after_retry = {"1": ("Sue", "5.00"), "2": ("a", "5.00"), "3": ("Ann", "5.00")}
+        check.equal(table(out["after_retry"]["rows"]), after_retry, "after the retried batch")
 
-    def table(step):
-        return {r["id"]: (r["owner"], r["balance"]) for r in out[step]["rows"]}
+        check.error("tx_statement_batch", "40001")
+        check.equal(table(out["after_statement_batch_rollback"]["rows"]), {**after_retry, "3": ("a3", "5.00")},
+                    "after the Statement batch, rolled back")
 
-    assert out["tx_insert_batch"]["ok"] is True
-    err = out["tx_update_batch"]
-    assert err["ok"] is False and err["error"]["class"] == "BatchUpdateException", err
-    assert err["error"]["sqlstate"] == "40001", err
-    conflict_error({"ok": False, "error": err["error"]["next"]})
-    assert out["tx_after_conflict"]["error"]["sqlstate"] == "25P02"
-    # rolled back: nothing of either batch applied
-    assert table("after_rollback") == initial
-    assert out["tx_retry_update_batch"] == {"ok": True, "result": [1, 1, 1]}
-    after_retry = {"1": ("Sue", "5.00"), "2": ("a", "5.00"), "3": ("Ann", "5.00")}
-    assert table("after_retry") == after_retry
-
-    err = out["tx_statement_batch"]
-    assert err["ok"] is False and err["error"]["sqlstate"] == "40001", err
-    assert table("after_statement_batch_rollback") == {**after_retry, "3": ("a3", "5.00")}
-
-    # autocommit: a conflict in a batch leaves applied exactly what an ordinary error in the
-    # same position does (pgjdbc sends the batch with one Sync: all of it or none)
-    conflict = out["autocommit_update_batch"]
-    assert conflict["ok"] is False and conflict["error"]["sqlstate"] == "40001", conflict
-    overflow = out["autocommit_update_batch_overflow"]
-    assert overflow["ok"] is False and overflow["error"]["sqlstate"] == "22003", overflow
-    before = {**after_retry, "3": ("a33", "5.00")}
-    assert table("after_autocommit_conflict") == before
-    assert table("after_autocommit_overflow") == before
-    assert conflict["error"]["update_counts"] == overflow["error"]["update_counts"]
+        # autocommit: a conflict in a batch leaves applied exactly what an ordinary error in
+        # the same position does (extended protocol: one Sync for the batch, all or nothing)
+        conflict = check.error("autocommit_update_batch", "40001")
+        overflow = check.error("autocommit_update_batch_overflow", "22003")
+        before = {**after_retry, "3": ("a33", "5.00")}
+        after_conflict = table(out["after_autocommit_conflict"]["rows"])
+        after_overflow = table(out["after_autocommit_overflow"]["rows"])
+        check.equal(after_conflict["3"], ("a33", "5.00"), "the other session's write is kept")
+        check.equal(sorted(k for k in before if before[k] != after_conflict[k]),
+                    sorted(k for k in before if after_conflict[k] != after_overflow[k]),
+                    "rows applied by a batch with a conflict / with an ordinary error")
+        if conflict and overflow:
+            check.equal(conflict["update_counts"], overflow["update_counts"], "BatchUpdateException counts")
 
 
 # --------------------------------------------------------------------------- keys, metadata
 
 
 def test_generated_keys_show_only_what_the_client_asked_for(jdbc, dbs):
+    """getGeneratedKeys makes pgjdbc append RETURNING * (or the named columns): exactly those
+    come back, none of the proxy's own RETURNING additions."""
     via = run_scenario(jdbc, dbs, "generated_keys", "proxy")
     direct = run_scenario(jdbc, dbs, "generated_keys", "direct")
-    conflict = via.pop("conflict_21")
-    via.pop("other_update_21")
-    assert_same_as_direct(via, direct)
-    for i in range(7):
-        keys = via[f"insert_all_{i}"]["keys"]
-        assert keys["labels"] == ["id", "owner", "balance", "version"]
-        assert keys["rows"] == [{"id": str(10 + i), "owner": f"k{i}", "balance": "1.00", "version": "1"}]
-        keys = via[f"insert_id_{i}"]["keys"]
-        assert keys["columns"] == 1 and keys["rows"] == [{"id": str(20 + i)}]
-        keys = via[f"update_all_{i}"]["keys"]
-        assert keys["columns"] == 4 and keys["rows"][0]["version"] == str(2 + i)
-    assert via["insert_owner_balance"]["keys"]["labels"] == ["owner", "balance"]
-    assert via["statement_update_owner"]["keys"] == {"columns": 1, "labels": ["owner"], "rows": [{"owner": "g2"}]}
-    assert [r["id"] for r in via["insert_batch"]["keys"]["rows"]] == ["40", "41", "42"]
-    conflict_error(conflict)
+    # row 21 is changed by another session, only in the proxy's run
+    for out in (via, direct):
+        out["final"]["rows"] = [r for r in out["final"]["rows"] if r["id"] != "21"]
+    with Checks(via) as check:
+        check.same_as_direct(direct, ignore={"conflict_21", "other_update_21"})
+        for i in range(7):
+            keys = via[f"insert_all_{i}"]["keys"]
+            check.equal(keys["labels"], ["id", "owner", "balance", "version"], f"insert_all_{i} labels")
+            check.equal(keys["rows"], [{"id": str(10 + i), "owner": f"k{i}", "balance": "1.00", "version": "1"}],
+                        f"insert_all_{i} keys")
+            keys = via[f"insert_id_{i}"]["keys"]
+            check.equal((keys["columns"], keys["rows"]), (1, [{"id": str(20 + i)}]), f"insert_id_{i} keys")
+            keys = via[f"update_all_{i}"]["keys"]
+            check.equal((keys["columns"], keys["rows"][0]["version"]), (4, str(2 + i)), f"update_all_{i} keys")
+        check.equal(via["insert_owner_balance"]["keys"]["labels"], ["owner", "balance"], "named keys")
+        check.equal(via["statement_update_owner"]["keys"],
+                    {"columns": 1, "labels": ["owner"], "rows": [{"owner": "g2"}]}, "UPDATE keys")
+        check.equal([r["id"] for r in via["insert_batch"]["keys"]["rows"]], ["40", "41", "42"], "batch keys")
+        # what the session learned from its own INSERT is checked
+        check.conflict("conflict_21")
 
 
 def test_result_and_parameter_metadata_of_update_returning(jdbc, dbs):
+    """ResultSetMetaData (before and after execution), ParameterMetaData and DatabaseMetaData
+    show the client's statement, not the proxy's rewritten one."""
     via = run_scenario(jdbc, dbs, "metadata", "proxy")
     direct = run_scenario(jdbc, dbs, "metadata", "direct")
-    assert_same_as_direct(via, direct)
-    before = via["prepared_metadata_before"]
-    assert before["meta"]["labels"] == ["id", "balance"] and before["params"] == 2
-    for i in range(1, 7):
-        assert via[f"returning_{i}"]["meta"]["labels"] == ["id", "balance"]
-    assert via["statement_returning_star"]["meta"]["labels"] == ["id", "owner", "balance", "version"]
-    assert via["statement_returning_balance"]["meta"]["columns"] == 1
-    assert via["statement_returning_expr"]["meta"]["labels"] == ["who", "twice"]
-    assert via["statement_delete_returning"]["meta"]["columns"] == 1
-    assert via["prepared_plain_metadata"]["params"] == 2
-    assert via["database_metadata"]["primary_key"] == ["id"]
+    with Checks(via) as check:
+        check.same_as_direct(direct)
+        before = via["prepared_metadata_before"]
+        check.equal((before["meta"]["labels"], before["params"]), (["id", "balance"], 2), "before execution")
+        for i in range(1, 7):
+            check.equal(via[f"returning_{i}"]["meta"]["labels"], ["id", "balance"], f"returning_{i}")
+        check.equal(via["statement_returning_star"]["meta"]["labels"], ["id", "owner", "balance", "version"],
+                    "RETURNING *")
+        check.equal(via["statement_returning_balance"]["meta"]["columns"], 1, "RETURNING balance")
+        check.equal(via["statement_returning_expr"]["meta"]["labels"], ["who", "twice"], "RETURNING expressions")
+        check.equal(via["statement_delete_returning"]["meta"]["columns"], 1, "DELETE RETURNING")
+        check.equal(via["prepared_plain_metadata"]["params"], 2, "parameters of a plain UPDATE")
+        check.equal(via["database_metadata"]["primary_key"], ["id"], "primary key")

@@ -256,6 +256,23 @@ public class DriverScenarios {
         emit("final", "rows", accounts());
     }
 
+    /** The smallest cases: the update count of a checked write, and a lost update between two
+     *  sessions that read with Statement.executeQuery (an unnamed statement, Describe portal). */
+    static void minimal() throws SQLException {
+        try (Connection a = connect(""); Connection b = connect("")) {
+            query(a, "SELECT * FROM accounts WHERE id = 1");
+            attempt("checked_write_count", () -> update(a, "UPDATE accounts SET owner = 'a' WHERE id = 1"));
+            attempt("unread_write_count", () -> update(a, "UPDATE accounts SET owner = 'a' WHERE id = 3"));
+            attempt("bulk_write_count", () -> update(a, "UPDATE accounts SET owner = owner WHERE id > 100"));
+            query(a, "SELECT * FROM accounts WHERE id = 2");
+            query(b, "SELECT * FROM accounts WHERE id = 2");
+            attempt("a_write", () -> update(a, "UPDATE accounts SET balance = 1 WHERE id = 2"));
+            attempt("b_lost_update", () -> update(b, "UPDATE accounts SET balance = 2 WHERE id = 2"));
+        }
+        emit("final", "rows", accounts());
+        emit("done");
+    }
+
     /** A has read a row and written it often enough to use a named server-side statement; B
      *  changes the row; A's next execution of the same server statement must conflict, and
      *  after A re-reads through its (named, no RowDescription any more) SELECT it may write. */
@@ -305,7 +322,7 @@ public class DriverScenarios {
 
             // a transaction of B is aborted by the conflict, as by any server error
             b.setAutoCommit(false);
-            query(b, "SELECT * FROM accounts WHERE id = 3");
+            query(b, "SELECT * FROM accounts WHERE id IN (1, 3)");
             emit("b_tx_other_write", "count", update(b, "UPDATE accounts SET owner = 'b-in-tx' WHERE id = 1"));
             query(a, "SELECT * FROM accounts WHERE id = 3");
             emit("a_update_3", "count", update(a, "UPDATE accounts SET balance = 350 WHERE id = 3"));
@@ -589,6 +606,7 @@ public class DriverScenarios {
         DriverManager.setLoginTimeout(20);
         switch (args[0]) {
             case "sequence": sequence(); emit("done"); break;
+            case "minimal": minimal(); break;
             case "prepared_conflict": preparedConflict(); break;
             case "conflict": conflict(); break;
             case "batch_ok": batchOk(); break;
