@@ -58,6 +58,29 @@ def _is_python(frame: str) -> bool:
     return frame.endswith(".py)") or "(<frozen" in frame
 
 
+CATEGORIES = (  # first match wins, tested on the whole stack (or the leaf for system calls)
+    ("write() system calls (socket writes; on loopback they also run the receiver's TCP path)",
+     lambda leaf, s: leaf.startswith(("write (", "writev (", "send"))),
+    ("read() system calls", lambda leaf, s: leaf.startswith(("read (", "recv"))),
+    ("metrics (prometheus_client: labels(), locks, histogram)",
+     lambda leaf, s: "prometheus_client" in s or "Metrics." in s or "stats_bytes" in s
+     or "observe_latency" in s),
+    ("garbage collector", lambda leaf, s: "gc_collect" in s),
+    ("lexer (normalize, write_target, classify, split)", lambda leaf, s: "rewrite/lexer.py" in s),
+    ("planner / render (cached plans)",
+     lambda leaf, s: "rewrite/planner.py" in s or "rewrite/render.py" in s),
+    ("capture, snapshots, learning from RETURNING",
+     lambda leaf, s: "proxy/capture.py" in s or "proxy/snapshots.py" in s
+     or "proxy/values.py" in s or "Enforcer._learn" in s),
+    ("enforcer, rest", lambda leaf, s: "proxy/enforcer.py" in s),
+    ("session state machine, framing, message codecs",
+     lambda leaf, s: any(f in s for f in ("proxy/session.py", "wire/framing.py",
+                                          "wire/messages.py", "proxy/pending.py"))),
+    ("relay glue (proxy/server.py)", lambda leaf, s: "proxy/server.py" in s),
+    ("event loop and interpreter (uvloop, libuv, CPython)", lambda leaf, s: True),
+)
+
+
 def summarize(collapsed: Path, top: int = 40, expected: int | None = None) -> tuple[str, dict]:
     """Top functions by self and total samples from a py-spy raw (collapsed) file."""
     self_counts: collections.Counter[str] = collections.Counter()
@@ -65,6 +88,7 @@ def summarize(collapsed: Path, top: int = 40, expected: int | None = None) -> tu
     # native frames folded into the innermost Python function that called them
     py_self: collections.Counter[str] = collections.Counter()
     leaf_native: collections.Counter[tuple[str, str]] = collections.Counter()
+    categories: collections.Counter[str] = collections.Counter()
     samples = 0
     idle = 0
     for line in collapsed.read_text().splitlines():
@@ -86,6 +110,8 @@ def summarize(collapsed: Path, top: int = 40, expected: int | None = None) -> tu
             idle += count
             continue
         self_counts[leaf] += count
+        joined = ";".join(frames)
+        categories[next(name for name, test in CATEGORIES if test(leaf, joined))] += count
         for f in set(frames):
             total_counts[f] += count
         py = next((f for f in reversed(frames) if _is_python(f)), leaf)
@@ -100,7 +126,10 @@ def summarize(collapsed: Path, top: int = 40, expected: int | None = None) -> tu
         first = f"busy samples: {busy}" + (
             f" of {expected} taken ({100 * busy / expected:.0f}% of the time the event loop "
             f"thread was running, not waiting in epoll)" if expected else "")
-    lines = [first, "",
+    lines = [first, "", "where the busy samples go:"]
+    for name, count in categories.most_common():
+        lines.append(f"{100 * count / max(busy, 1):7.1f}%  {name}")
+    lines += ["",
              f"top {top} by self samples (% of busy samples):",
              f"{'self%':>7} {'total%':>7}  function"]
     for frame, count in self_counts.most_common(top):
@@ -160,7 +189,12 @@ def main(argv: list[str] | None = None) -> int:
                    "than where it waits for a CPU")
     p.add_argument("--tag", default="", help="suffix of the output file names")
     p.add_argument("--out", default=str(REPO / "docs" / "profile"))
+    p.add_argument("--summarize", metavar="COLLAPSED",
+                   help="only print the summary of an existing .collapsed.txt file")
     args = p.parse_args(argv)
+    if args.summarize:
+        print(summarize(Path(args.summarize), 40)[0])
+        return 0
     install_signal_handlers()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
