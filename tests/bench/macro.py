@@ -19,13 +19,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from tests.bench.pgbench import RunResult, run_pgbench
+from tests.bench.pgbench import RunResult, background_busy, run_pgbench
 from tests.bench.services import Services, dsn, environment, install_signal_handlers, psql
 
 DB = "bench"
@@ -128,6 +129,7 @@ def summarize(runs: list[RunResult], workloads: list[Workload]) -> list[dict]:
                 "proxy_writes_per_tx": _median([r.per_tx(r.proxy_syscw) for r in measured]),
                 "proxy_preempted_per_tx": _median([r.per_tx(r.proxy_preempted) for r in measured]),
                 "machine_busy": _median([r.machine_busy for r in measured]),
+                "loadavg_1m": _median([r.loadavg_1m for r in measured]),
                 "machine_cpu_us_per_tx": _median([_us(r.per_tx(r.machine_cpu_s))
                                                   for r in measured]),
                 "errors": sorted({e for r in measured for e in r.errors})[:5],
@@ -152,7 +154,7 @@ def _f(value, fmt: str, none: str = "-") -> str:
 def format_table(rows: list[dict]) -> str:
     header = ("workload", "target", "TPS", "TPS min-max", "lat avg ms", "lat p50 ms",
               "lat p99 ms", "fail", "retried", "x direct", "x pgbouncer", "proxy CPU us/tx",
-              "(user+sys)", "machine CPU us/tx", "machine busy")
+              "(user+sys)", "machine CPU us/tx", "machine busy", "load 1m")
     lines = [header]
     for r in rows:
         lines.append((
@@ -168,6 +170,7 @@ def format_table(rows: list[dict]) -> str:
             f"{r['proxy_user_us_per_tx']:.0f}+{r['proxy_sys_us_per_tx']:.0f}",
             _f(r["machine_cpu_us_per_tx"], ".0f"),
             "" if r["machine_busy"] is None else f"{100 * r['machine_busy']:.0f}%",
+            _f(r["loadavg_1m"], ".1f"),
         ))
     widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
     out = []
@@ -252,6 +255,11 @@ def main(argv: list[str] | None = None) -> int:
             _log(f"work directory {services.workdir}")
             pg = services.postgres()
             env = environment(pg)
+            idle_busy = background_busy()
+            env["background CPU load before the run"] = (
+                "unknown" if idle_busy is None else
+                f"{100 * idle_busy:.0f}% of all CPUs busy with other work (measured 3 s "
+                f"before starting); load average {os.getloadavg()[0]:.2f}")
             _log("environment: " + ", ".join(f"{k}={v}" for k, v in env.items()))
             _log(f"initialising pgbench, scale {args.scale}")
             t0 = time.monotonic()
@@ -311,6 +319,11 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     elapsed = time.monotonic() - started
     rows = summarize(runs, workloads)
+    after_busy = background_busy(2.0)
+    if after_busy is not None:
+        env["background CPU load after the run"] = (
+            f"{100 * after_busy:.0f}% of all CPUs busy with other work (measured 2 s after "
+            f"stopping everything); load average {os.getloadavg()[0]:.2f}")
     print()
     print(f"optimist benchmark: {args.rounds} round(s) x {args.duration:g}s per target, "
           f"warm-up {args.warmup:g}s, pgbench -c {args.clients} -j {args.jobs}, "

@@ -43,6 +43,7 @@ class RunResult:
     proxy_preempted: int | None = None  # involuntary context switches of the proxy process
     machine_busy: float | None = None  # busy fraction of all CPUs during the run (0..1)
     machine_cpu_s: float | None = None  # CPU seconds used by everything on the machine
+    loadavg_1m: float | None = None  # at the end of the run: others' work shows up here
     errors: list[str] = field(default_factory=list)
 
     @property
@@ -166,8 +167,10 @@ def run_pgbench(url: str, args: list[str], *, workload: str, target: str, round_
                               cwd=str(logdir))
         machine1 = machine_counters()
         after = process_counters(proxy_pid)
+        load = os.getloadavg()[0]
         res = RunResult(workload, target, round_, duration, proc.returncode)
         parse_output(res, proc.stdout, proc.stderr)
+        res.loadavg_1m = load
         if machine0 is not None and machine1 is not None and machine1[1] > machine0[1]:
             res.machine_cpu_s = machine1[0] - machine0[0]
             res.machine_busy = res.machine_cpu_s / (machine1[1] - machine0[1])
@@ -192,3 +195,14 @@ def run_pgbench(url: str, args: list[str], *, workload: str, target: str, round_
         return res
     finally:
         shutil.rmtree(logdir, ignore_errors=True)
+
+
+def background_busy(seconds: float = 3.0) -> float | None:
+    """Busy fraction of the machine's CPUs while the benchmark itself does nothing."""
+    import time
+    first = machine_counters()
+    time.sleep(seconds)
+    second = machine_counters()
+    if first is None or second is None or second[1] <= first[1]:
+        return None
+    return (second[0] - first[0]) / (second[1] - first[1])
