@@ -66,12 +66,14 @@ class PreparedInfo:
 
 
 class PortalInfo:
-    __slots__ = ("statement", "work", "capture")
+    __slots__ = ("statement", "work", "capture", "result_formats")
 
-    def __init__(self, statement: PreparedInfo | None, work=None, capture=None) -> None:
+    def __init__(self, statement: PreparedInfo | None, work=None, capture=None,
+                 result_formats=()) -> None:
         self.statement = statement
         self.work = work
         self.capture = capture
+        self.result_formats = result_formats
 
 
 class Enforcer:
@@ -364,7 +366,7 @@ class Enforcer:
         info = self.statements.get(bind.statement)
         if info is None or info.target is None:
             self.portals[bind.portal] = PortalInfo(info, capture=self._statement_capture(
-                info, bind.result_formats))
+                info, bind.result_formats), result_formats=bind.result_formats)
             return None
         table, plan, literals = info.target
         if not self.guards:
@@ -378,7 +380,7 @@ class Enforcer:
                 return self._reject_bind(bind, table, "not_read")
             self._unverified(table, exc.reason)
             self.portals[bind.portal] = PortalInfo(info, capture=self._statement_capture(
-                info, bind.result_formats))
+                info, bind.result_formats), result_formats=bind.result_formats)
             return None
         out = []
         if hidden is not None:
@@ -475,14 +477,19 @@ class Enforcer:
         return plan.with_formats(result_formats, len(info.fields))
 
     def _execute(self, buf, start, end):
-        portal_name, _ = m.decode_execute(buf[start:end])
+        portal_name, max_rows = m.decode_execute(buf[start:end])
         portal = self.portals.get(portal_name)
         item = Pending(Pending.EXECUTE)
         if portal is not None:
             text = portal.statement.text if portal.statement is not None else ""
-            item.statements = (text, portal.work)
+            item.statements = (text, portal.work, portal)
             if portal.work is not None:
                 item.strip = portal.work.strip
+                if portal.work.strip == -1 and max_rows:
+                    # the rows are ours, not the client's: a row limit (pgjdbc asks for one
+                    # row when it expects none) must not suspend the write half-way
+                    self.session.pending.append(item)
+                    return [m.encode_execute(portal_name, 0)]
             else:
                 item.capture = portal.capture
         self.session.pending.append(item)
@@ -534,6 +541,14 @@ class Enforcer:
             info = self.statements.get(name)
             if info is not None:
                 info.fields = fields
+                # a Bind pipelined behind this Describe found no fields: capture now
+                for item in self.session.pending:
+                    if item.kind == Pending.EXECUTE and item.statements is not None:
+                        portal = item.statements[2]
+                        if portal.statement is info and portal.work is None \
+                                and portal.capture is None:
+                            portal.capture = item.capture = self._statement_capture(
+                                info, portal.result_formats)
             return None
         portal = self.portals.get(name)
         if portal is None:
@@ -542,7 +557,17 @@ class Enforcer:
             if portal.work.strip == -1:
                 return m.NO_DATA
             return m.encode_row_description(fields[:-portal.work.strip])
-        portal.capture = self._capture_plan(fields)
+        if portal.statement is not None and portal.statement.fields is None:
+            # later Binds of the statement without a Describe (pgjdbc's S_1, named
+            # statements) capture with these fields and their own result formats
+            portal.statement.fields = fields
+        plan = portal.capture = self._capture_plan(fields)
+        if plan is not None:
+            # drivers pipeline Describe and Execute: the Execute is already queued
+            for item in self.session.pending:
+                if item.kind == Pending.EXECUTE and item.statements is not None \
+                        and item.statements[2] is portal:
+                    item.capture = plan
         return None
 
     def data_row(self, head: Pending, buf, start: int, end: int):

@@ -286,3 +286,22 @@ def test_role_without_temp_privilege_passes_writes_unverified(locking):
         with psycopg.connect(locking.direct, autocommit=True) as c:
             c.execute(f"GRANT TEMP ON DATABASE {locking.db} TO PUBLIC")
             c.execute("REVOKE ALL ON accounts FROM notemp")
+
+
+@pytest.mark.parametrize("prepare", [False, True])
+def test_psycopg_reads_with_parameters_are_captured(locking, prepare):
+    """psycopg sends Parse/Bind/Describe(portal)/Execute/Sync in one flight: the read must be
+    captured from the RowDescription that arrives after the Execute was queued."""
+    locking.start()
+    with psycopg.connect(locking.dsn, autocommit=True) as a, \
+            psycopg.connect(locking.dsn, autocommit=True) as b:
+        for _ in range(3):  # prepare=True: later executions Bind a described named statement
+            b.execute("SELECT * FROM accounts WHERE id = %s", (2,), prepare=prepare).fetchall()
+        a.execute("SELECT * FROM accounts WHERE id = %s", (2,), prepare=prepare).fetchall()
+        a.execute("UPDATE accounts SET owner = %s WHERE id = %s", ("a", 2), prepare=prepare)
+        with pytest.raises(psycopg.errors.SerializationFailure):
+            b.execute("UPDATE accounts SET owner = %s WHERE id = %s", ("b", 2), prepare=prepare)
+        # re-read and retry works (the re-read replaces what was known)
+        b.execute("SELECT * FROM accounts WHERE id = %s", (2,), prepare=prepare).fetchall()
+        b.execute("UPDATE accounts SET owner = %s WHERE id = %s", ("b", 2), prepare=prepare)
+    assert locking.direct_rows("SELECT owner, version FROM accounts WHERE id = 2") == [("b", 3)]
