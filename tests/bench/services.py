@@ -246,10 +246,11 @@ class Interrupted(KeyboardInterrupt):
 
 
 def install_signal_handlers() -> None:
-    """SIGTERM and SIGHUP end the benchmark like Ctrl-C does: through every `finally`."""
+    """SIGINT, SIGTERM and SIGHUP end the benchmark through every `finally` (SIGINT also when
+    the shell started it in the background with SIGINT ignored)."""
     def handler(signum, frame):
         raise Interrupted(f"signal {signum}")
-    for sig in (signal.SIGTERM, signal.SIGHUP):
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, handler)
 
 
