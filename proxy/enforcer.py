@@ -55,14 +55,15 @@ class StatementWork:
 
 
 class PreparedInfo:
-    __slots__ = ("text", "param_types", "target", "fields", "rendered")
+    __slots__ = ("text", "param_types", "target", "fields", "rendered", "unverified")
 
     def __init__(self, text: str, param_types, target) -> None:
         self.text = text
         self.param_types = param_types
         self.target = target    # (table, plan) for writes to protected tables, else None
         self.fields = None      # RowDescription fields from a Describe of the statement
-        self.rendered = {}      # n_params -> RenderedSql
+        self.rendered = {}      # (n_params, mask) -> RenderedSql
+        self.unverified = ()    # (table, reason) counted at each execution
 
 
 class PortalInfo:
@@ -218,17 +219,31 @@ class Enforcer:
         text = ";\n".join(w.sql if w is not None else s for s, w in zip(stmts, works))
         return [m.encode_query(text.encode(session.encoding, "surrogateescape"))]
 
-    def _target(self, text: str):
+    def _target(self, text: str, unverified: list | None = None):
+        """The protected table a write targets, or None. Writes that can never be checked
+        are counted now, or, given `unverified`, listed there to be counted per execution."""
         target = lexer.write_target(text)
         if target is None:
             return None
         if target == lexer.MUST_PARSE:
-            self._count_hidden_writes(text)
+            for hit in self._hidden_writes(text):
+                if unverified is None:
+                    self._count_unverified(hit)
+                else:
+                    unverified.append(hit)
             return None
         schema, name = target
         return self.generation.table_for(self.tables, schema, name)
 
-    def _count_hidden_writes(self, text: str) -> None:
+    def _count_unverified(self, hit) -> None:
+        table, reason = hit
+        if table is None:
+            if self.metrics is not None:
+                self.metrics.unparsed()
+        else:
+            self._unverified(table, reason)
+
+    def _hidden_writes(self, text: str) -> tuple:
         """A WITH statement (or one whose head the lexer cannot read) may write protected
         tables where no guard can go: let it through, but never silently."""
         template = lexer.normalize(text)[0]
@@ -237,23 +252,17 @@ class Enforcer:
         def protected_written():
             written = written_tables(template)
             if written is None:
-                return ("parse_error",)
+                log.debug("statement not parsed, relayed as is: %.80s", text)
+                return ((None, "parse_error"),)
             found = {}
             for schema, name in written:
                 table = generation.table_for(tables, schema, name)
                 if table is not None:
-                    found[table.oid] = table
+                    found[table.oid] = (table, "with_clause")
             return tuple(found.values())
 
-        hits = self.enforcement.cache.get(
+        return self.enforcement.cache.get(
             ("written", generation.version, self.database, template), protected_written)
-        for table in hits:
-            if table == "parse_error":
-                if self.metrics is not None:
-                    self.metrics.unparsed()
-                log.debug("statement not parsed, relayed as is: %.80s", text)
-            else:
-                self._unverified(table, "with_clause")
 
     def _plan(self, text: str, table):
         template, literals = lexer.normalize(text)
@@ -350,20 +359,26 @@ class Enforcer:
         parse = m.decode_parse(buf[start:end])
         text = parse.query.decode(self.session.encoding, "surrogateescape")
         target = None
+        unverified: list = []
         if self.tables is not None and self.tables.by_oid:
-            table = self._target(text)
+            table = self._target(text, unverified)
             if table is not None:
                 plan, literals = self._plan(text, table)
                 if isinstance(plan, Unverified):
-                    self._unverified(table, plan.reason)
+                    unverified.append((table, plan.reason))
                 else:
                     target = (table, plan, literals)
-        self.statements[parse.name] = PreparedInfo(text, parse.param_types, target)
+        info = PreparedInfo(text, parse.param_types, target)
+        info.unverified = tuple(unverified)  # counted at each execution, like checked writes
+        self.statements[parse.name] = info
         return None
 
     def _bind(self, buf, start, end):
         bind = m.decode_bind(buf[start:end])
         info = self.statements.get(bind.statement)
+        if info is not None and info.unverified:
+            for hit in info.unverified:
+                self._count_unverified(hit)
         if info is None or info.target is None:
             self.portals[bind.portal] = PortalInfo(info, capture=self._statement_capture(
                 info, bind.result_formats), result_formats=bind.result_formats)

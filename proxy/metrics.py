@@ -110,7 +110,16 @@ class Metrics:
         self.bytes_total.labels(direction).inc(count)
 
     def rules_loaded(self, ruleset, ok: bool) -> None:
+        # series exist from the start, so rate() sees their first increase
+        for result in ("success", "failure"):
+            self.rule_reloads.labels(result)
         self.rule_reloads.labels("success" if ok else "failure").inc()
+        if ok and ruleset is not None:
+            for rule in ruleset.rules:
+                for kind in ("modified", "deleted"):
+                    self.conflicts.labels(rule.qualified_name, kind)
+                    self.audit_conflicts.labels(rule.qualified_name, kind)
+                self.checked_writes.labels(rule.qualified_name)
         if ok and ruleset is not None:
             if self._version is not None and self._version != ruleset.version:
                 self.rules_version.labels(self._version).set(0)

@@ -172,3 +172,23 @@ def test_conflicts_are_logged_as_one_json_line_each(locking):
     assert entry["columns"] == ["version"]
     # values never reach the log
     assert "balance" not in _json.dumps(entry)
+
+
+def test_unverified_prepared_writes_count_at_each_execution(locking):
+    import asyncio
+    import asyncpg
+    locking.proxy = locking.factory(rules=write_rules(locking.tmp_path, VERSION_RULES), metrics=True)
+
+    async def scenario():
+        c = await asyncpg.connect(locking.dsn)
+        try:
+            stmt = await c.prepare("UPDATE accounts SET balance = balance + $1 WHERE balance > 0")
+            for _ in range(4):
+                await stmt.fetch(1)
+        finally:
+            await c.close()
+
+    asyncio.run(scenario())
+    wait_until(lambda: sample(scrape(locking.proxy.metrics_url), "optimist_unverified_writes_total",
+                              table="public.accounts", reason="no_key_pin") == 4,
+               timeout=5, what="four counted executions")
