@@ -97,6 +97,8 @@ class Enforcer:
         self.portals: dict[bytes, PortalInfo] = {}
         self.hidden_statements: dict[tuple, bytes] = {}
         self.counter = 0
+        # (table, key) of rows a conflict proved stale, forgotten when the transaction ends
+        self.stale: list = []
 
     # ---------------------------------------------------------------- life cycle
 
@@ -653,6 +655,8 @@ class Enforcer:
             stmt = lexer.classify(self._statement_text(head)) if head.statements else None
             if stmt is not None and stmt.rollback_to and stmt.savepoint:
                 txlog.rollback_to(stmt.savepoint)
+                if self.stale:  # the transaction goes on: a retry inside it must not fail again
+                    self._forget_stale()
             elif self.session.status == b"I" or stmt is None or not stmt.rollback_to:
                 txlog.rollback()
         elif word == b"SAVEPOINT":
@@ -682,6 +686,31 @@ class Enforcer:
                     self.txlog.commit()
             if self.portals:
                 self.portals.clear()
+            if self.stale:
+                self._forget_stale()
+
+    def _forget_stale(self) -> None:
+        """Rows a conflict proved stale are forgotten once the failed transaction is over
+        (its rollback would otherwise restore them): a retry without a new read then runs
+        as a first write would, instead of failing against the same stale values forever."""
+        for table, key in self.stale:
+            self._store_for(table).forget((table.oid, key))
+        self.stale.clear()
+
+    def _mark_stale(self, conflict) -> None:
+        tables = self.tables
+        if tables is None or conflict.audit:
+            return
+        schema, _, name = conflict.table.partition(".")
+        table = tables.by_name.get((schema, name))
+        if table is None or not isinstance(conflict.key, dict):
+            return
+        try:
+            key = tuple(normalize_text_key(table.column_type_oids[c], _json_text(conflict.key[c]))
+                        for c in table.key)
+        except KeyError:
+            return
+        self.stale.append((table, key))
 
     def error(self, head: Pending | None, buf, start: int, end: int):
         fields = m.decode_fields(buf[start:end])
@@ -710,6 +739,7 @@ class Enforcer:
         return b""  # an audit finding is for the operators, not the application
 
     def _report(self, conflict) -> None:
+        self._mark_stale(conflict)
         session = self.session
         if self.metrics is not None:
             self.metrics.conflict(conflict.table, conflict.kind, audit=conflict.audit)
@@ -722,6 +752,13 @@ class Enforcer:
                                                            session.application_name),
                 "client": getattr(session, "peer", ""),
                 "columns": sorted(conflict.columns)}})
+
+
+def _json_text(value) -> str:
+    """A key value from a conflict's JSON DETAIL as PostgreSQL's text form."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return value if isinstance(value, str) else str(value)
 
 
 _TX_TAGS = {b"BEGIN", b"START", b"COMMIT", b"ROLLBACK", b"SAVEPOINT", b"RELEASE", b"PREPARE",

@@ -305,3 +305,26 @@ def test_psycopg_reads_with_parameters_are_captured(locking, prepare):
         b.execute("SELECT * FROM accounts WHERE id = %s", (2,), prepare=prepare).fetchall()
         b.execute("UPDATE accounts SET owner = %s WHERE id = %s", ("b", 2), prepare=prepare)
     assert locking.direct_rows("SELECT owner, version FROM accounts WHERE id = 2") == [("b", 3)]
+
+
+@pytest.mark.parametrize("in_transaction", [False, True])
+def test_retry_after_conflict_is_not_refused_forever(locking, in_transaction):
+    """A blind relative update (TPC-B style: never reads the row) learns the row's version
+    from its own write; after a conflict, a retry of the same statement must not fail against
+    the same stale version forever (pgbench --max-tries, retry loops)."""
+    locking.start()
+    stmt = "UPDATE accounts SET balance = balance + 1 WHERE id = 1"
+    with psycopg.connect(locking.dsn, autocommit=True) as a, \
+            psycopg.connect(locking.dsn, autocommit=True) as b:
+        a.execute(stmt)  # unread: unchecked, learned
+        b.execute(stmt)  # someone else writes the row
+        with pytest.raises(psycopg.errors.SerializationFailure):
+            if in_transaction:
+                with a.transaction():
+                    a.execute(stmt)
+            else:
+                a.execute(stmt)
+        a.execute(stmt)  # the retry: the stale version was forgotten
+        a.execute("SELECT * FROM accounts WHERE id = 1").fetchall()
+        a.execute(stmt)  # and checking resumes from a real read
+    assert locking.direct_rows("SELECT balance FROM accounts WHERE id = 1") == [(104,)]
