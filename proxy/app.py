@@ -39,13 +39,17 @@ class ProxyApp:
             self.enforcement.reload(reason)
         self.server.load_tls()
 
+    def _before_scrape(self) -> None:
+        self.metrics.publish()
+        if self.enforcement is not None:
+            self.metrics.sample_state(self.enforcement.budget, self.enforcement.cache)
+
     async def _sample(self) -> None:
         """Once a second: copy enforcement counters into metrics; every 5 s: probe the
         upstream, so optimist_upstream_up also moves when no client is connecting."""
         tick = 0
         while True:
-            if self.enforcement is not None:
-                self.metrics.sample_state(self.enforcement.budget, self.enforcement.cache)
+            self._before_scrape()
             if tick % 5 == 0:
                 ok, _ = await upstream_ready(self.upstream)
                 self.server.set_upstream_reachable(ok)
@@ -64,7 +68,8 @@ class ProxyApp:
         if self.settings.metrics and self.serve_metrics:
             endpoint = parse_hostport(self.settings.metrics, 9187)
             self.metrics_server = MetricsServer(self.metrics.registry,
-                                                lambda: upstream_ready(self.upstream))
+                                                lambda: upstream_ready(self.upstream),
+                                                self._before_scrape)
             await self.metrics_server.start(endpoint.host, endpoint.port)
             log.info("metrics on http://%s:%d/metrics", endpoint.host, endpoint.port)
         log.info("optimist listening on %s, forwarding to %s", self.listen, self.upstream)

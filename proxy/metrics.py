@@ -74,6 +74,8 @@ class Metrics:
                                      ["result"], registry=r)
         self._version = None
         self._seen = {"evictions": 0, "hit": 0, "miss": 0}
+        self.statement_tally: dict[str, int] = {}
+        self.bytes_tally = {"client_to_server": 0, "server_to_client": 0}
         self.query_duration = Histogram(
             "optimist_query_duration_seconds", "Time from a client's request to the server's "
             "ReadyForQuery", registry=r,
@@ -104,10 +106,21 @@ class Metrics:
         self.client_connections.dec()
 
     def statement(self, kind: str) -> None:
-        self.statements.labels(kind).inc()
+        """Per statement: a plain dict increment; `publish()` moves the counts into metrics."""
+        tally = self.statement_tally
+        tally[kind] = tally.get(kind, 0) + 1
 
-    def bytes(self, direction: str, count: int) -> None:
-        self.bytes_total.labels(direction).inc(count)
+    def publish(self) -> None:
+        """Hot-path tallies into Prometheus (a labelled inc costs ~1.5 us, an int += 0.08)."""
+        for kind, count in self.statement_tally.items():
+            if count:
+                self.statements.labels(kind).inc(count)
+        self.statement_tally.clear()
+        for direction in ("client_to_server", "server_to_client"):
+            count = self.bytes_tally[direction]
+            if count:
+                self.bytes_total.labels(direction).inc(count)
+                self.bytes_tally[direction] = 0
 
     def rules_loaded(self, ruleset, ok: bool) -> None:
         # series exist from the start, so rate() sees their first increase
@@ -143,9 +156,10 @@ class Metrics:
 class MetricsServer:
     """/metrics, /healthz (the process is up) and /readyz (the upstream answers)."""
 
-    def __init__(self, registry, ready_check) -> None:
+    def __init__(self, registry, ready_check, before_scrape=None) -> None:
         self.registry = registry
         self.ready_check = ready_check
+        self.before_scrape = before_scrape
         self.server = None
 
     async def start(self, host: str, port: int) -> None:
@@ -157,6 +171,8 @@ class MetricsServer:
             path = request.split(b" ", 2)[1].decode("latin-1") if b" " in request else "/"
             path = path.split("?", 1)[0]
             if path == "/metrics":
+                if self.before_scrape is not None:
+                    self.before_scrape()
                 status, ctype, body = "200 OK", CONTENT_TYPE_LATEST, generate_latest(
                     self.registry)
             elif path == "/healthz":

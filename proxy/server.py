@@ -225,12 +225,15 @@ class Relay:
 
     def flush(self) -> None:
         to_server, to_client = self.session.take_output()
+        tally = self.proxy.bytes_tally
         if to_server and self.server is not None:
             self.server.writelines(to_server)
-            self.proxy.stats_bytes(to_server, "client_to_server")
+            if tally is not None:
+                tally["client_to_server"] += sum(map(len, to_server))
         if to_client and self.client is not None:
             self.client.writelines(to_client)
-            self.proxy.stats_bytes(to_client, "server_to_client")
+            if tally is not None:
+                tally["server_to_client"] += sum(map(len, to_client))
 
     # ---------------------------------------------------------------- endings
 
@@ -363,6 +366,7 @@ class ProxyServer:
         self.upstream = upstream
         self.limits = limits or Settings()
         self.server: asyncio.AbstractServer | None = None
+        self.bytes_tally = metrics.bytes_tally if metrics else None
         self.client_tls = None
         self.tls_required = False
         self.upstream_tls = None
@@ -432,10 +436,6 @@ class ProxyServer:
     def observe_latency(self, seconds: float) -> None:
         if self.metrics:
             self.metrics.query_duration.observe(seconds)
-
-    def stats_bytes(self, chunks, direction: str) -> None:
-        if self.metrics:
-            self.metrics.bytes(direction, sum(map(len, chunks)))
 
     # ---------------------------------------------------------------- cancel
 
