@@ -188,7 +188,7 @@ class Enforcer:
         if mtype == b"Q":
             if tables is None or not tables.by_oid:
                 return None
-            return self._query(m.decode_query(buf[start:end]))
+            return self._query(m.decode_query(buf[start:end]), bytes(buf[start - 5:end]))
         self.in_batch = True
         if mtype == b"P":
             return self._parse(buf, start, end)
@@ -203,7 +203,7 @@ class Enforcer:
 
     # ---- simple protocol
 
-    def _query(self, raw: bytes):
+    def _query(self, raw: bytes, original: bytes):
         session = self.session
         sql = raw.decode(session.encoding, "surrogateescape")
         stripped = sql.strip().rstrip(";")
@@ -217,7 +217,7 @@ class Enforcer:
         item = Pending(Pending.QUERY, statements=(stmts, works))
         session.pending.append(item)
         if not changed:
-            return [m.encode_query(raw)]
+            return [original]
         text = ";\n".join(w.sql if w is not None else s for s, w in zip(stmts, works))
         return [m.encode_query(text.encode(session.encoding, "surrogateescape"))]
 

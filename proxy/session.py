@@ -38,6 +38,12 @@ _ENDS = {
 }
 
 
+# Entries nothing ever changes can be shared: a plain relayed Parse, Bind, Execute or Close
+# needs no object of its own (Query, Sync and Describe entries carry state).
+_SHARED_PENDING = {kind: Pending(kind) for kind in (Pending.PARSE, Pending.BIND,
+                                                      Pending.EXECUTE, Pending.CLOSE)}
+
+
 class Session:
     """One client connection and its server connection."""
 
@@ -57,6 +63,8 @@ class Session:
         self.backend_pid: int | None = None
         self.backend_secret: bytes | None = None
         self.parameters: dict[str, str] = {}
+        # the Python codec of client_encoding, for SQL text and text-format values
+        self.encoding = "utf-8"
         self.closing = False
         # the server sent a FATAL error: when it closes, the client already knows why
         self.server_fatal = False
@@ -74,12 +82,14 @@ class Session:
     # ------------------------------------------------------------------ helpers
 
     @property
-    def encoding(self) -> str:
-        return m.python_encoding(self.parameters.get("client_encoding", "UTF8"))
-
-    @property
     def standard_conforming_strings(self) -> bool:
         return self.parameters.get("standard_conforming_strings", "on") == "on"
+
+    def _parameter_status(self, buf, start: int, end: int) -> None:
+        name, value = m.decode_parameter_status(buf[start:end])
+        self.parameters[name] = value
+        if name == "client_encoding":
+            self.encoding = m.python_encoding(value)
 
     def take_output(self) -> tuple[list[bytes], list[bytes]]:
         to_server, to_client = self.to_server, self.to_client
@@ -165,9 +175,10 @@ class Session:
             self.count_statement(self.portal_types.get(bytes(buf[start:portal_end]), "other"))
 
     def _pending_for(self, kind: int, mtype: bytes, buf, start: int, end: int) -> Pending:
-        if kind == Pending.QUERY:
-            return Pending(kind, statements=None)
-        if kind == Pending.EXECUTE or kind == Pending.DESCRIBE or kind == Pending.CLOSE:
+        shared = _SHARED_PENDING.get(kind)
+        if shared is not None:
+            return shared
+        if kind == Pending.DESCRIBE:
             return Pending(kind, name=bytes(buf[start:end]))
         return Pending(kind)
 
@@ -207,8 +218,7 @@ class Session:
             elif mtype == b"I":
                 self._statement_done(head)
             elif mtype == b"S":
-                name, value = m.decode_parameter_status(buf[start:end])
-                self.parameters[name] = value
+                self._parameter_status(buf, start, end)
             elif mtype == b"N":
                 if enforcer is not None:
                     replacement = enforcer.notice(m.decode_fields(buf[start:end]))
@@ -306,8 +316,7 @@ class Session:
                 return m.encode_fields(b"E", fields)
             return b""
         if mtype == b"S":
-            name, value = m.decode_parameter_status(buf[start:end])
-            self.parameters[name] = value
+            self._parameter_status(buf, start, end)
             return None
         finished = False
         if mtype == b"Z":
