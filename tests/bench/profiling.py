@@ -37,6 +37,7 @@ from tests.bench.services import REPO, Services, client_env, dsn, install_signal
 WORKLOADS = {
     "select-extended": (["-S", "-M", "extended"], False),
     "read-write-back": (["-f", "{script}", "-M", "simple", "--max-tries=10"], True),
+    "tpcb-version": (["-b", "tpcb-like", "-M", "simple", "--max-tries=10"], True),
 }
 
 _LINE = re.compile(r"^(.*) (\d+)$")
