@@ -347,8 +347,10 @@ def test_slow_reader_does_not_stall_others_or_grow_memory(pg, proxy_factory, tmp
             time.sleep(0.05)
         with connect(p.dsn) as fresh:
             assert fresh.execute("select 'new session ok'").fetchone() == ("new session ok",)
-    assert worst < 1.0, f"a simple query took {worst:.2f}s while another client was not reading"
     grown = (peak - baseline) / 1e6
+    print(f"\nslow reader: {n} queries by another session, slowest {worst * 1000:.0f} ms; "
+          f"proxy RSS {baseline / 1e6:.0f} MB -> peak {peak / 1e6:.0f} MB")
+    assert worst < 1.0, f"a simple query took {worst:.2f}s while another client was not reading"
     assert grown < 100, f"proxy RSS grew by {grown:.0f} MB for one client that does not read"
     pids = backend_pids(upstream_dsn, application_name="slow-reader")
     slow.close(reset=True)
