@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 from proxy.rules.protected import ProtectedTable
 from proxy.values import ReadValue, normalize_key
+from proxy.wire.framing import ProtocolViolation
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,6 +77,8 @@ def plan_capture(fields, protected: Mapping[int, ProtectedTable],
 def capture_row(plan: CapturePlan, values: Sequence[bytes | None], encoding: str = "utf-8"):
     """Yield (table, key, {column: ReadValue}) for each protected table in the row."""
     formats = plan.formats
+    if len(values) != len(formats):
+        raise ProtocolViolation("DataRow does not match its RowDescription")
     for tc in plan.tables:
         key = tuple(
             normalize_key(t, formats[p], values[p], encoding)

@@ -99,6 +99,8 @@ class Enforcer:
         self.counter = 0
         # (table, key) of rows a conflict proved stale, forgotten when the transaction ends
         self.stale: list = []
+        # (table oid, key) of rows known only from the session's own unchecked writes
+        self.blind: set = set()
 
     # ---------------------------------------------------------------- life cycle
 
@@ -196,10 +198,21 @@ class Enforcer:
             return self._bind(buf, start, end)
         if mtype == b"E":
             return self._execute(buf, start, end)
+        if mtype == b"D":
+            return self._describe(buf, start, end)
         if mtype == b"C":
             kind, name = m.decode_describe_or_close(buf[start:end])
             (self.statements if kind == b"S" else self.portals).pop(name, None)
         return None
+
+    def _describe(self, buf, start, end):
+        """Remember what is described now: a pipelined Bind may rebind the (unnamed) portal or
+        statement before the server's answer arrives."""
+        kind, name = m.decode_describe_or_close(buf[start:end])
+        item = Pending(Pending.DESCRIBE, name=bytes(buf[start:end]))
+        item.statements = (kind, (self.statements if kind == b"S" else self.portals).get(name))
+        self.session.pending.append(item)
+        return [bytes(buf[start - 5:end])]
 
     # ---- simple protocol
 
@@ -372,6 +385,12 @@ class Enforcer:
                     target = (table, plan, literals)
         info = PreparedInfo(text, parse.param_types, target)
         info.unverified = tuple(unverified)  # counted at each execution, like checked writes
+        previous = self.statements.get(parse.name)
+        if previous is not None and previous.text == text \
+                and previous.param_types == parse.param_types:
+            # the same statement parsed again (asyncpg without a statement cache: Parse,
+            # Describe, then Parse again with Bind): what its Describe taught still holds
+            info.fields = previous.fields
         self.statements[parse.name] = info
         return None
 
@@ -551,11 +570,12 @@ class Enforcer:
         return None
 
     def _describe_result(self, head: Pending, buf, start: int, end: int):
-        body = head.name
-        kind, name = bytes(body[0:1]), bytes(body[1:-1])
+        if head.statements is None:
+            return None
+        kind, described = head.statements
         fields = m.decode_row_description(buf[start:end])
         if kind == b"S":
-            info = self.statements.get(name)
+            info = described
             if info is not None:
                 info.fields = fields
                 # a Bind pipelined behind this Describe found no fields: capture now
@@ -567,7 +587,7 @@ class Enforcer:
                             portal.capture = item.capture = self._statement_capture(
                                 info, portal.result_formats)
             return None
-        portal = self.portals.get(name)
+        portal = described
         if portal is None:
             return None
         if portal.work is not None:
@@ -598,8 +618,11 @@ class Enforcer:
                 return b""
             return m.encode_data_row(values[:-head.strip])
         encoding = self.session.encoding
+        blind = self.blind
         for table, key, row in capture_row(head.capture, values, encoding):
             self._store_for(table).put((table.oid, key), row, self.txlog)
+            if blind:
+                blind.discard((table.oid, key))
         return None
 
     def _learn(self, work: StatementWork, extras) -> None:
@@ -616,7 +639,15 @@ class Enforcer:
             return
         row = {c: ReadValue(formats[nkey + i], types[c], extras[nkey + i])
                for i, c in enumerate(work.extras[nkey:])}
+        known = store.get((table.oid, key)) is not None
         store.put((table.oid, key), row, self.txlog)
+        if not known and key not in work.keys:
+            # known only from this session's own write, never from a read
+            blind = self.blind
+            blind.add((table.oid, key))
+            if len(blind) > 2 * store.limit:  # drop what the store has evicted since
+                rows = store.rows
+                self.blind = {k for k in blind if k in rows}
 
     def command_complete(self, head: Pending, tag: bytes):
         if self.tables is None:
@@ -690,11 +721,16 @@ class Enforcer:
                 self._forget_stale()
 
     def _forget_stale(self) -> None:
-        """Rows a conflict proved stale are forgotten once the failed transaction is over
-        (its rollback would otherwise restore them): a retry without a new read then runs
-        as a first write would, instead of failing against the same stale values forever."""
+        """A row the session knew only from its own blind writes (never read), and that a
+        conflict proved stale, is forgotten once the failed transaction is over (its rollback
+        would otherwise restore it): retrying the blind write then runs as the first one did
+        (unknown_original decides) instead of failing against the same values forever.
+        A row the session did read stays as read: writing it again without a re-read is
+        exactly the lost update the check exists to stop."""
         for table, key in self.stale:
-            self._store_for(table).forget((table.oid, key))
+            if (table.oid, key) in self.blind:
+                self._store_for(table).forget((table.oid, key))
+                self.blind.discard((table.oid, key))
         self.stale.clear()
 
     def _mark_stale(self, conflict) -> None:

@@ -44,6 +44,7 @@ class Relay:
         self.last_activity = self.opened_at
         self.tls = False
         self.upgrading = False
+        self.server_handshake = False
         self.cancel_sent = False
         self.client_protocol: asyncio.Protocol | None = None
 
@@ -76,6 +77,9 @@ class Relay:
                     # bytes sent before the handshake would be trusted as if encrypted
                     self.fail("received unencrypted data after SSL request")
                     return
+                # stop reading first: the ClientHello may follow the 'S' at once, and it
+                # belongs to the TLS layer, not to this plaintext buffer
+                self.client.pause_reading()
                 self.client.write(b"S")
                 self.upgrading = True
                 self.proxy.spawn(self.start_client_tls())
@@ -95,9 +99,12 @@ class Relay:
     async def start_client_tls(self) -> None:
         loop = asyncio.get_running_loop()
         try:
-            transport = await asyncio.wait_for(
-                loop.start_tls(self.client, self.client_protocol, self.proxy.client_tls,
-                               server_side=True), self.proxy.limits.auth_timeout or None)
+            # no task between resuming and start_tls taking the transport over (wait_for
+            # would start one): the ClientHello can only reach the TLS layer
+            async with asyncio.timeout(self.proxy.limits.auth_timeout or None):
+                self.client.resume_reading()
+                transport = await loop.start_tls(self.client, self.client_protocol,
+                                                 self.proxy.client_tls, server_side=True)
         except (OSError, ssl.SSLError, asyncio.TimeoutError, ConnectionError) as exc:
             log.info("TLS handshake with %s failed: %s", self.peer, exc or "timeout")
             self.close()
@@ -108,8 +115,6 @@ class Relay:
         self.client = transport
         self.tls = True
         self.upgrading = False
-        if self.startup_buffer:
-            self.startup_bytes(b"")
 
     def begin(self, startup: StartupPacket, rest: bytes) -> None:
         self.session = Session(startup, enforcer=self.proxy.make_enforcer(startup),
@@ -163,6 +168,7 @@ class Relay:
                       sqlstate="08006")
             return False
         if answer == b"S":
+            self.server_handshake = True  # a failed handshake also closes the connection
             try:
                 transport = await asyncio.wait_for(loop.start_tls(
                     self.server, protocol, self.proxy.upstream_tls,
@@ -172,6 +178,8 @@ class Relay:
                 self.fail(f"optimist: TLS to the PostgreSQL server failed: {exc or 'timeout'}",
                           sqlstate="08006")
                 return False
+            finally:
+                self.server_handshake = False
             self.server = transport
             return True
         if answer == b"N" and self.proxy.upstream_tls_mode == "prefer":
@@ -275,8 +283,8 @@ class Relay:
     def server_lost(self, exc: Exception | None) -> None:
         self.server = None
         self.proxy.server_disconnected()
-        if self.closed:
-            return
+        if self.closed or self.server_handshake:
+            return  # the handshake's own failure tells the client why
         if self.session is not None and self.session.server_fatal:
             self.close()  # the server already told the client why (e.g. 57P01 on shutdown)
         else:

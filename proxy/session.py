@@ -12,7 +12,8 @@ from collections import deque
 
 from proxy.pending import Pending
 from proxy.wire import messages as m
-from proxy.wire.framing import DEFAULT_MAX_MESSAGE, MessageReader, ProtocolViolation
+from proxy.wire.framing import (DEFAULT_MAX_MESSAGE, FRONTEND_TYPES, SERVER_MAX_MESSAGE,
+                                 MessageReader, ProtocolViolation)
 from proxy.wire.startup import StartupPacket
 
 log = logging.getLogger("optimist.session")
@@ -53,8 +54,8 @@ class Session:
         self.user = startup.user
         self.database = startup.database
         self.application_name = startup.params.get("application_name", "")
-        self.client_reader = MessageReader(max_message)
-        self.server_reader = MessageReader(max_message)
+        self.client_reader = MessageReader(max_message, FRONTEND_TYPES)
+        self.server_reader = MessageReader(SERVER_MAX_MESSAGE)
         self.to_server: list[bytes] = []
         self.to_client: list[bytes] = []
         self.pending: deque[Pending] = deque()

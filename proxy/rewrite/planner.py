@@ -858,15 +858,18 @@ def _nested_writes(tree: exp.Expression, table: ProtectedTable, top: exp.Express
 def written_tables(sql: str) -> list[tuple[str | None, str]] | None:
     """Every table a statement writes (UPDATE/DELETE/INSERT/MERGE anywhere, data-modifying CTEs
     included), folded; None if it does not parse. For write_target's MUST_PARSE statements."""
-    tree, _, _ = _parse(sql)
-    if tree is None:
+    try:
+        tree, _, _ = _parse(sql)
+        if tree is None:
+            return None
+        out = []
+        for node in tree.find_all(exp.Update, exp.Delete, exp.Insert, exp.Merge):
+            target = _target_of(node.this)
+            if target is not None:
+                out.append((target.schema, target.name))
+        return out
+    except Exception:  # a statement sqlglot reads oddly ($1 as a table name...): unknown
         return None
-    out = []
-    for node in tree.find_all(exp.Update, exp.Delete, exp.Insert, exp.Merge):
-        target = _target_of(node.this)
-        if target is not None:
-            out.append((target.schema, target.name))
-    return out
 
 
 def plan_write(template_sql: str, table: ProtectedTable, n_params: int = 0) -> WritePlan | Unverified:

@@ -251,6 +251,8 @@ def decode_data_row(body) -> list[bytes | None]:
         if length < 0:
             append(None)
         else:
+            if pos + length > len(body):
+                raise ProtocolViolation("DataRow value runs past the end of the message")
             append(bytes(body[pos:pos + length]))
             pos += length
     return values

@@ -12,8 +12,9 @@ GSSENC_REQUEST = 80877104
 CANCEL_REQUEST = 80877102
 PROTOCOL_3 = 3 << 16
 
-# PostgreSQL itself refuses startup packets over 10000 bytes (MAX_STARTUP_PACKET_LENGTH).
-MAX_STARTUP_PACKET = 10000
+# PostgreSQL refuses startup packets whose body (after the length word) exceeds 10000 bytes
+# (MAX_STARTUP_PACKET_LENGTH): 10004 bytes in all.
+MAX_STARTUP_PACKET = 10000 + 4
 
 
 @dataclass(slots=True)

@@ -328,3 +328,20 @@ def test_retry_after_conflict_is_not_refused_forever(locking, in_transaction):
         a.execute("SELECT * FROM accounts WHERE id = 1").fetchall()
         a.execute(stmt)  # and checking resumes from a real read
     assert locking.direct_rows("SELECT balance FROM accounts WHERE id = 1") == [(104,)]
+
+
+def test_a_row_that_was_read_stays_stale_after_a_conflict(locking):
+    """Unlike a blind write, a write based on a read must not slip through after its conflict:
+    without a re-read, every further write of the row is refused."""
+    locking.start()
+    with psycopg.connect(locking.dsn, autocommit=True) as a, \
+            psycopg.connect(locking.dsn, autocommit=True) as b:
+        a.execute("SELECT * FROM accounts WHERE id = 2").fetchall()
+        b.execute("SELECT * FROM accounts WHERE id = 2").fetchall()
+        a.execute("UPDATE accounts SET owner = 'a' WHERE id = 2")
+        for _ in range(2):
+            with pytest.raises(psycopg.errors.SerializationFailure):
+                b.execute("UPDATE accounts SET owner = %s WHERE id = %s", ("b", 2))
+        with pytest.raises(psycopg.errors.SerializationFailure):
+            b.execute("DELETE FROM accounts WHERE id = %s", (2,))
+    assert locking.direct_rows("SELECT owner FROM accounts WHERE id = 2") == [("a",)]
