@@ -674,7 +674,9 @@ class Enforcer:
         if head.kind == Pending.QUERY:
             stmts = head.statements[0]
             return stmts[head.index] if head.index < len(stmts) else ""
-        return head.statements[0]
+        if head.kind == Pending.EXECUTE:
+            return head.statements[0]
+        return ""  # a CommandComplete where none belongs: the server's problem, not ours
 
     def _transaction_tag(self, head: Pending, tag: bytes, word: bytes) -> None:
         txlog = self.txlog
