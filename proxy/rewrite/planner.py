@@ -872,6 +872,16 @@ def written_tables(sql: str) -> list[tuple[str | None, str]] | None:
         return None
 
 
+def _write_target(tree: exp.Expression, table: ProtectedTable) -> "_Target | Unverified":
+    """The statement's target when it is `table` and nothing else in it writes `table`."""
+    target = _target_of(tree.this)
+    if target is None or not _matches(target, table):
+        return Unverified("not_target_table")
+    if _nested_writes(tree, table, tree):
+        return Unverified("unsupported", "data-modifying CTE on the same table")
+    return target
+
+
 def plan_write(template_sql: str, table: ProtectedTable, n_params: int = 0) -> WritePlan | Unverified:
     """Plan the guard of an UPDATE or DELETE on `table` (template_sql may hold normalize()
     placeholders and client $n parameters)."""
@@ -893,11 +903,9 @@ def _plan_write(template_sql: str, table: ProtectedTable, n_params: int) -> Writ
         if _nested_writes(tree, table, None):
             return Unverified("unsupported", f"{type(tree).__name__.upper()} writing {table.qualified_name}")
         return Unverified("not_target_table")
-    target = _target_of(tree.this)
-    if target is None or not _matches(target, table):
-        return Unverified("not_target_table")
-    if _nested_writes(tree, table, tree):
-        return Unverified("unsupported", "data-modifying CTE on the same table")
+    target = _write_target(tree, table)
+    if isinstance(target, Unverified):
+        return target
     kind = "update" if isinstance(tree, exp.Update) else "delete"
     c = _clauses(text, {TokenType.UPDATE, TokenType.DELETE})
     if c is None or (kind == "update" and (c.set_lo < 0 or c.set_lo >= c.set_hi)):
@@ -1031,11 +1039,9 @@ def _plan_insert(template_sql: str, table: ProtectedTable) -> InsertPlan | Unver
         return Unverified("parse_error", error)
     if not isinstance(tree, exp.Insert):
         return Unverified("not_target_table")
-    target = _target_of(tree.this)
-    if target is None or not _matches(target, table):
-        return Unverified("not_target_table")
-    if _nested_writes(tree, table, tree):
-        return Unverified("unsupported", "data-modifying CTE on the same table")
+    target = _write_target(tree, table)
+    if isinstance(target, Unverified):
+        return target
     c = _clauses(text, {TokenType.INSERT})
     if c is None:
         return Unverified("unsupported", "could not locate the clauses")

@@ -22,6 +22,7 @@ import time
 from pathlib import Path
 
 from proxy.embedded import EmbeddedPostgres, SYSTEM_USER, free_port, pg_tool
+from tests.support.proxyproc import port_accepts, wait_for_port
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -51,25 +52,6 @@ def client_env(**extra: str) -> dict[str, str]:
     env.update(LC_ALL="C", LANG="C", PGCONNECT_TIMEOUT="10", PSQLRC=os.devnull, PAGER="cat")
     env.update(extra)
     return env
-
-
-def port_accepts(host: str, port: int, timeout: float = 0.5) -> bool:
-    try:
-        with socket.create_connection((host, port), timeout=timeout):
-            return True
-    except OSError:
-        return False
-
-
-def wait_for_port(host: str, port: int, timeout: float, proc: subprocess.Popen | None = None) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc is not None and proc.poll() is not None:
-            return False
-        if port_accepts(host, port):
-            return True
-        time.sleep(0.05)
-    return False
 
 
 def dsn(host: str, port: int, dbname: str, user: str = "postgres") -> str:

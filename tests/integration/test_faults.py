@@ -21,7 +21,7 @@ import psutil
 import psycopg
 import pytest
 
-from tests.integration.test_operations import sample
+from tests.support.promtext import sample_sum as sample, sample_sum as total, scrape
 from tests.support import (RawClient, backend_gone, backend_pids, connect, query_direct, rows,
                            wait_until)
 from tests.support.locking import VERSION_RULES, make_database, write_rules
@@ -41,11 +41,6 @@ def http_status(url: str) -> int:
         return exc.code
 
 
-def scrape(url: str) -> str:
-    with urllib.request.urlopen(url, timeout=5) as resp:
-        return resp.read().decode()
-
-
 def errors_in(data: bytes) -> list[tuple[str, str, str]]:
     out, pos = [], 0
     while pos + 5 <= len(data):
@@ -56,20 +51,6 @@ def errors_in(data: bytes) -> list[tuple[str, str, str]]:
                  for p in data[pos + 5:pos + 1 + length].split(b"\0") if p}
             out.append((f["S"], f["C"], f["M"]))
         pos += 1 + length
-    return out
-
-
-def total(text: str, name: str, **labels) -> float:
-    """The sum of every sample of `name` whose labels include `labels`."""
-    import re
-    out = 0.0
-    for line in text.splitlines():
-        m = re.match(r"([a-zA-Z_:][\w:]*)(\{(.*)\})?\s+(\S+)$", line)
-        if not m or m.group(1) != name:
-            continue
-        found = dict(re.findall(r'(\w+)="((?:[^"\\]|\\.)*)"', m.group(3) or ""))
-        if all(found.get(k) == v for k, v in labels.items()):
-            out += float(m.group(4))
     return out
 
 

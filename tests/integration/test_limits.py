@@ -450,7 +450,7 @@ def scrape(url: str) -> str:
 
 
 def unverified(url: str, table: str, reason: str) -> float:
-    from tests.integration.test_operations import sample
+    from tests.support.promtext import sample_sum as sample
     return sample(scrape(url), "optimist_unverified_writes_total", table=table, reason=reason)
 
 

@@ -13,30 +13,12 @@ import pytest
 from tests.integration.test_locking_core import Locking
 from tests.support.locking import VERSION_RULES, write_rules
 from tests.support.pgutil import wait_until
+from tests.support.promtext import sample_sum as sample, scrape
 
 
 @pytest.fixture
 def locking(pg, proxy_factory, tmp_path):
     return Locking(pg, proxy_factory, tmp_path)
-
-
-def scrape(url: str) -> str:
-    with urllib.request.urlopen(url, timeout=5) as resp:
-        return resp.read().decode()
-
-
-def sample(text: str, name: str, **labels) -> float:
-    """The value of one sample in Prometheus text format (0 when absent)."""
-    for line in text.splitlines():
-        if line.startswith("#"):
-            continue
-        m = re.match(r"([a-zA-Z_:][\w:]*)(\{(.*)\})?\s+(\S+)$", line)
-        if not m or m.group(1) != name:
-            continue
-        found = dict(re.findall(r'(\w+)="((?:[^"\\]|\\.)*)"', m.group(3) or ""))
-        if all(found.get(k) == v for k, v in labels.items()):
-            return float(m.group(4))
-    return 0.0
 
 
 def conflict(dsn, sql_read, sql_a, sql_b):

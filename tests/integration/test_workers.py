@@ -10,7 +10,7 @@ import psutil
 import psycopg
 import pytest
 
-from tests.integration.test_operations import sample, scrape
+from tests.support.promtext import sample_sum as sample, scrape
 from tests.support.locking import VERSION_RULES, write_rules
 from tests.support.pgutil import wait_until
 

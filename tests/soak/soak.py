@@ -35,11 +35,12 @@ import shutil
 import sys
 import tempfile
 import time
-import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import asyncpg
+
+from tests.support.promtext import sample_sum, scrape
 
 SCHEMA = """
 CREATE TABLE counters (id int PRIMARY KEY, n int NOT NULL, version int NOT NULL DEFAULT 1);
@@ -126,23 +127,6 @@ class Report:
 
 
 # --------------------------------------------------------------------------- metrics
-
-
-def scrape(url: str) -> str:
-    with urllib.request.urlopen(url, timeout=5) as resp:
-        return resp.read().decode()
-
-
-def metric_sum(text: str, name: str, **labels: str) -> float:
-    total = 0.0
-    for line in text.splitlines():
-        m = re.match(r"([a-zA-Z_:][\w:]*)(\{(.*)\})?\s+(\S+)$", line)
-        if not m or m.group(1) != name:
-            continue
-        found = dict(re.findall(r'(\w+)="((?:[^"\\]|\\.)*)"', m.group(3) or ""))
-        if all(found.get(k) == v for k, v in labels.items()):
-            total += float(m.group(4))
-    return total
 
 
 # --------------------------------------------------------------------------- clients
@@ -353,9 +337,9 @@ def audit(server, proxy, database: str, hot: int, logs: list[ClientLog], report:
                                f"{report.counter_mismatches}")
     if proxy.metrics_url:
         text = scrape(proxy.metrics_url)
-        report.conflicts_counted = metric_sum(text, "optimist_conflicts_total",
+        report.conflicts_counted = sample_sum(text, "optimist_conflicts_total",
                                               table="public.counters")
-        report.unverified_writes = metric_sum(text, "optimist_unverified_writes_total",
+        report.unverified_writes = sample_sum(text, "optimist_unverified_writes_total",
                                               table="public.counters")
         if report.conflicts_counted != report.conflicts_seen:
             report.problems.append(f"the proxy counted {report.conflicts_counted:.0f} conflicts, "
