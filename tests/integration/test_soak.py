@@ -10,6 +10,7 @@ import asyncpg
 import pytest
 
 from tests.soak import soak
+from tests.support.promtext import sample_sum, scrape
 
 
 @pytest.mark.timeout(300)
@@ -57,5 +58,5 @@ def test_asyncpg_reads_are_captured_whatever_the_statement_cache(pg_factory, pro
             await b.close()
 
     asyncio.run(asyncio.wait_for(lost_update(), 30))
-    text = soak.scrape(p.metrics_url)
-    assert soak.metric_sum(text, "optimist_unverified_writes_total", table="public.counters") == 0
+    text = scrape(p.metrics_url)
+    assert sample_sum(text, "optimist_unverified_writes_total", table="public.counters") == 0
