@@ -22,6 +22,7 @@ import pytest
 
 from tests.support.locking import VERSION_RULES, make_database, write_rules
 from tests.support.pgutil import connect
+from tests.support.softchecks import SoftChecks
 
 SOURCE = Path(__file__).resolve().parents[1] / "drivers" / "jdbc" / "DriverScenarios.java"
 JAR = Path(os.environ.get("OPTIMIST_PGJDBC_JAR", "/usr/share/java/postgresql.jar"))
@@ -123,28 +124,8 @@ def without_versions(value):
     return value
 
 
-class Checks:
-    """Soft assertions: every failed check of a test is reported, not only the first -- a driver
-    problem usually shows in several places, and which ones tells what it is."""
-
-    def __init__(self, out: dict[str, dict]):
-        self.out = out
-        self.failed: list[str] = []
-
-    def __enter__(self) -> "Checks":
-        return self
-
-    def __exit__(self, exc_type, exc, tb):
-        if exc_type is None and self.failed:
-            pytest.fail(f"{len(self.failed)} check(s) failed:\n- " + "\n- ".join(self.failed), pytrace=False)
-
-    def true(self, cond, what: str) -> bool:
-        if not cond:
-            self.failed.append(what)
-        return bool(cond)
-
-    def equal(self, actual, expected, what: str) -> bool:
-        return self.true(actual == expected, f"{what}: got {actual!r}, expected {expected!r}")
+class Checks(SoftChecks):
+    """The driver's scenario outputs, checked softly."""
 
     def step(self, name: str) -> dict:
         return self.out.get(name, {})

@@ -19,6 +19,7 @@ import pytest
 
 from tests.support.locking import VERSION_RULES, make_database, write_rules
 from tests.support.pgutil import connect
+from tests.support.softchecks import SoftChecks
 
 NODE_DIR = Path(__file__).resolve().parents[1] / "drivers" / "node"
 SCRIPT = NODE_DIR / "scenarios.js"
@@ -86,27 +87,8 @@ def run_scenario(node: str, database: Database, scenario: str, mode: str) -> dic
     return steps
 
 
-class Checks:
-    """Soft assertions: every failed check of a test is reported, not only the first."""
-
-    def __init__(self, out: dict[str, dict]):
-        self.out = out
-        self.failed: list[str] = []
-
-    def __enter__(self) -> "Checks":
-        return self
-
-    def __exit__(self, exc_type, exc, tb):
-        if exc_type is None and self.failed:
-            pytest.fail(f"{len(self.failed)} check(s) failed:\n- " + "\n- ".join(self.failed), pytrace=False)
-
-    def true(self, cond, what: str) -> bool:
-        if not cond:
-            self.failed.append(what)
-        return bool(cond)
-
-    def equal(self, actual, expected, what: str) -> bool:
-        return self.true(actual == expected, f"{what}: got {actual!r}, expected {expected!r}")
+class Checks(SoftChecks):
+    """The driver's scenario outputs, checked softly."""
 
     def ok(self, name: str, row_count: int | None = None) -> dict:
         step = self.out.get(name, {})
