@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import time
 from dataclasses import dataclass, field
 
 from proxy.catalog import Catalog, catalog_query
@@ -159,7 +158,3 @@ class Enforcement:
                 if self._source_mtimes() != self._mtimes:
                     self.reload("file change")
         self._watcher = loop.create_task(watch())
-
-
-def now() -> float:
-    return time.time()

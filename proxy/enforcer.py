@@ -36,7 +36,7 @@ class StatementWork:
     """What the proxy does around one client statement it rewrote."""
 
     __slots__ = ("table", "kind", "sql", "strip", "keys", "expected", "extras", "formats",
-                 "reject", "added")
+                 "added")
 
     def __init__(self, table, kind: str, sql: str, extras: tuple[str, ...],
                  client_returning: bool, keys=(), formats=None) -> None:
@@ -51,7 +51,6 @@ class StatementWork:
         self.keys = keys
         self.expected = len(set(keys))
         self.formats = formats  # result formats of the extra columns (None: text)
-        self.reject = False
 
 
 class PreparedInfo:
@@ -209,7 +208,7 @@ class Enforcer:
         """Remember what is described now: a pipelined Bind may rebind the (unnamed) portal or
         statement before the server's answer arrives."""
         kind, name = m.decode_describe_or_close(buf[start:end])
-        item = Pending(Pending.DESCRIBE, name=bytes(buf[start:end]))
+        item = Pending(Pending.DESCRIBE)
         item.statements = (kind, (self.statements if kind == b"S" else self.portals).get(name))
         self.session.pending.append(item)
         return [bytes(buf[start - 5:end])]
@@ -321,10 +320,8 @@ class Enforcer:
                 self._unverified(table, "binary_read")
                 texts.append(None)
         if table.unknown_original == "reject" and any(t is None for t in texts):
-            work = StatementWork(table, plan.kind, conflicts.reject_sql(table, "not_read"), (),
+            return StatementWork(table, plan.kind, conflicts.reject_sql(table, "not_read"), (),
                                  True)
-            work.reject = True
-            return work
         if any(t is not None for t in texts):
             self._count_checked(table)
         # rows not read pass unchecked, but what the write leaves counts as read from now on

@@ -10,7 +10,7 @@ from collections.abc import Callable
 
 
 class Pending:
-    __slots__ = ("kind", "hidden", "name", "strip", "on_done", "statements", "index",
+    __slots__ = ("kind", "hidden", "strip", "on_done", "statements", "index",
                  "failed", "rows", "capture", "surface")
 
     # kinds
@@ -23,11 +23,10 @@ class Pending:
     SYNC = 6       # ReadyForQuery
     CALL = 7       # FunctionCall: FunctionCallResponse, ReadyForQuery
 
-    def __init__(self, kind: int, *, hidden: bool = False, name: bytes = b"",
+    def __init__(self, kind: int, *, hidden: bool = False,
                  strip: int = 0, on_done: Callable | None = None, statements=None) -> None:
         self.kind = kind
         self.hidden = hidden
-        self.name = name
         # number of trailing result columns the proxy added and must remove (-1: all of them,
         # the client's statement returns no rows at all)
         self.strip = strip
@@ -45,4 +44,4 @@ class Pending:
         return self.kind in (Pending.QUERY, Pending.SYNC, Pending.CALL)
 
     def __repr__(self) -> str:  # for test failure messages
-        return f"Pending(kind={self.kind}, hidden={self.hidden}, name={self.name!r})"
+        return f"Pending(kind={self.kind}, hidden={self.hidden})"

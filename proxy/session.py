@@ -39,9 +39,9 @@ _ENDS = {
 }
 
 
-# Entries nothing ever changes can be shared: a plain relayed Parse, Bind, Execute or Close
-# needs no object of its own (Query, Sync and Describe entries carry state).
-_SHARED_PENDING = {kind: Pending(kind) for kind in (Pending.PARSE, Pending.BIND,
+# Entries nothing ever changes can be shared: a plainly relayed Parse, Bind, Describe, Execute
+# or Close needs no object of its own (Query, Sync and FunctionCall entries carry state).
+_SHARED_PENDING = {kind: Pending(kind) for kind in (Pending.PARSE, Pending.BIND, Pending.DESCRIBE,
                                                       Pending.EXECUTE, Pending.CLOSE)}
 
 
@@ -177,11 +177,7 @@ class Session:
 
     def _pending_for(self, kind: int, mtype: bytes, buf, start: int, end: int) -> Pending:
         shared = _SHARED_PENDING.get(kind)
-        if shared is not None:
-            return shared
-        if kind == Pending.DESCRIBE:
-            return Pending(kind, name=bytes(buf[start:end]))
-        return Pending(kind)
+        return shared if shared is not None else Pending(kind)
 
     # ------------------------------------------------------------------ server -> client
 
