@@ -118,10 +118,9 @@ class Relay:
 
     def begin(self, startup: StartupPacket, rest: bytes) -> None:
         self.session = Session(startup, enforcer=self.proxy.make_enforcer(startup),
-                               max_message=self.proxy.limits.max_message_size)
-        self.session.peer = self.peer
-        if self.proxy.metrics:
-            self.session.count_statement = self.proxy.metrics.statement
+                               max_message=self.proxy.limits.max_message_size, peer=self.peer,
+                               count_statement=self.proxy.metrics.statement
+                               if self.proxy.metrics else None)
         self.client.pause_reading()
         self.proxy.spawn(self.connect(startup, rest))
 
@@ -196,7 +195,7 @@ class Relay:
     def from_client(self, data: bytes) -> None:
         self.last_activity = time.monotonic()
         session = self.session
-        was_idle = not session.pending
+        was_idle = not session.busy
         try:
             session.client_data(data)
         except ProtocolViolation as exc:
@@ -206,7 +205,7 @@ class Relay:
             log.exception("internal error handling client data")
             self.fail("optimist: internal error", sqlstate="XX000")
             return
-        if was_idle and session.pending:
+        if was_idle and session.busy:
             self.busy_since = time.perf_counter()
             self.cancel_sent = False
         self.flush()
@@ -215,7 +214,7 @@ class Relay:
 
     def from_server(self, data: bytes) -> None:
         session = self.session
-        busy = bool(session.pending)
+        busy = session.busy
         try:
             session.server_data(data)
         except ProtocolViolation as exc:
@@ -226,7 +225,7 @@ class Relay:
             log.exception("internal error handling server data")
             self.fail("optimist: internal error", sqlstate="XX000")
             return
-        if busy and not session.pending and self.busy_since:
+        if busy and not session.busy and self.busy_since:
             self.proxy.observe_latency(time.perf_counter() - self.busy_since)
             self.busy_since = 0.0
         self.flush()
@@ -255,15 +254,16 @@ class Relay:
         if self.closed:
             return
         self.closed = True
-        if self.session is not None and self.session.enforcer is not None:
-            self.session.enforcer.close()
+        if self.session is not None:
+            self.session.close()
         if self.client is not None:
             self.client.close()
         if self.server is not None:
             session = self.session
-            if session is not None and session.pending and session.backend_pid:
+            key = session.backend_key if session is not None and session.busy else None
+            if key is not None:
                 # a query may still run server-side: cancel it so the backend notices at once
-                self.proxy.cancel_backend(session.backend_pid, session.backend_secret)
+                self.proxy.cancel_backend(*key)
             if not self.server.is_closing():
                 self.server.write(m.TERMINATE)
             self.server.close()
@@ -273,8 +273,7 @@ class Relay:
         session = self.session
         if session is None:
             return self.server is None
-        return session.authenticated and session.status == b"I" and not session.pending \
-            and not session.client_reader.pending_bytes()
+        return session.between_transactions()
 
     def client_lost(self) -> None:
         self.client = None
@@ -509,13 +508,14 @@ class ProxyServer:
                 if session is None or not session.authenticated:
                     if limits.auth_timeout and now - relay.opened_at > limits.auth_timeout:
                         relay.fail("optimist: authentication timeout", sqlstate="08P01")
-                elif session.pending:
-                    if limits.query_timeout and relay.busy_since and \
+                elif session.busy:
+                    key = session.backend_key
+                    if limits.query_timeout and relay.busy_since and key is not None and \
                             time.perf_counter() - relay.busy_since > limits.query_timeout \
                             and not relay.cancel_sent:
                         relay.cancel_sent = True
-                        self.cancel_backend(session.backend_pid, session.backend_secret)
-                elif limits.idle_timeout and session.status == b"I" and \
+                        self.cancel_backend(*key)
+                elif limits.idle_timeout and session.transaction_status == b"I" and \
                         now - relay.last_activity > limits.idle_timeout:
                     relay.fail("terminating connection due to idle-session timeout",
                                sqlstate="57P05")

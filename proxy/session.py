@@ -49,7 +49,8 @@ class Session:
     """One client connection and its server connection."""
 
     def __init__(self, startup: StartupPacket, *, enforcer=None,
-                 max_message: int = DEFAULT_MAX_MESSAGE) -> None:
+                 max_message: int = DEFAULT_MAX_MESSAGE, peer: str = "",
+                 count_statement=None) -> None:
         self.startup = startup
         self.user = startup.user
         self.database = startup.database
@@ -69,16 +70,42 @@ class Session:
         self.closing = False
         # the server sent a FATAL error: when it closes, the client already knows why
         self.server_fatal = False
-        self.peer = ""
+        self.peer = peer
         # client messages held back while the proxy's own setup query runs
         self.held: list[bytes] = []
         self.enforcer = enforcer
         if enforcer is not None:
             enforcer.attach(self)
         # statements by type, for metrics: a callable taking the type, or None
-        self.count_statement = None
+        self.count_statement = count_statement
         self.statement_types: dict[bytes, str] = {}
         self.portal_types: dict[bytes, str] = {}
+
+    # ------------------------------------------------------------------ what the relay may ask
+
+    @property
+    def busy(self) -> bool:
+        """The server still owes the client (or the proxy) a response."""
+        return bool(self.pending)
+
+    @property
+    def transaction_status(self) -> bytes:
+        return self.status
+
+    @property
+    def backend_key(self) -> tuple[int, bytes] | None:
+        if self.backend_pid is None or self.backend_secret is None:
+            return None
+        return self.backend_pid, self.backend_secret
+
+    def between_transactions(self) -> bool:
+        """Idle outside a transaction with nothing buffered: safe to close (drain)."""
+        return self.authenticated and self.status == b"I" and not self.pending \
+            and not self.client_reader.pending_bytes()
+
+    def close(self) -> None:
+        if self.enforcer is not None:
+            self.enforcer.close()
 
     # ------------------------------------------------------------------ helpers
 
