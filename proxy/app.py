@@ -1,4 +1,4 @@
-"""Wiring: settings -> rules, metrics, enforcement and the listening server."""
+"""Wiring: settings -> rules, metrics, locking and the listening server."""
 from __future__ import annotations
 
 import asyncio
@@ -23,33 +23,36 @@ class ProxyApp:
         self.serve_metrics = serve_metrics
         self.reuse_port = reuse_port
         self.metrics = Metrics()
-        self.enforcement = None
+        self.locking = None
         if settings.rules:
-            from proxy.enforcement import Enforcement
-            self.enforcement = Enforcement.from_settings(settings, self.metrics)
+            from proxy.locking import LockingService
+            self.locking = LockingService.from_settings(settings, self.metrics)
         self.server = ProxyServer(
             self.listen, self.upstream,
-            enforcer_factory=self.enforcement.enforcer_for if self.enforcement else None,
+            locking_for=self.locking.locking_for if self.locking else None,
             drain_timeout=settings.drain_timeout, metrics=self.metrics, limits=settings)
         self.metrics_server = None
 
     def reload(self, reason: str) -> None:
         """SIGHUP: rules and TLS certificates, each kept as it was if its new version is bad."""
-        if self.enforcement is not None:
-            self.enforcement.reload(reason)
+        if self.locking is not None:
+            self.locking.reload(reason)
         self.server.load_tls()
 
     def _before_scrape(self) -> None:
         self.metrics.publish()
-        if self.enforcement is not None:
-            self.metrics.sample_state(self.enforcement.budget, self.enforcement.cache)
+        if self.locking is not None:
+            self.metrics.sample_state(self.locking.budget, self.locking.cache)
 
     async def _sample(self) -> None:
-        """Once a second: copy enforcement counters into metrics; every 5 s: probe the
-        upstream, so optimist_upstream_up also moves when no client is connecting."""
+        """Once a second: copy locking counters into metrics and reload changed rule files;
+        every 5 s: probe the upstream, so optimist_upstream_up also moves when no client is
+        connecting."""
         tick = 0
         while True:
             self._before_scrape()
+            if self.locking is not None and self.locking.rules_changed():
+                self.locking.reload("file change")
             if tick % 5 == 0:
                 ok, _ = await upstream_ready(self.upstream)
                 self.server.set_upstream_reachable(ok)
@@ -58,8 +61,6 @@ class ProxyApp:
 
     async def run(self, on_ready=None) -> None:
         await self.server.start(reuse_port=self.reuse_port)
-        if self.enforcement is not None:
-            self.enforcement.start_watching()
         try:
             asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, self.reload, "SIGHUP")
         except (NotImplementedError, RuntimeError):

@@ -215,6 +215,13 @@ def reject_message(table: Any, reason: str) -> tuple[str, str]:
     return message, hint
 
 
+def is_refusal(fields: Mapping[str, str]) -> bool:
+    """The error of a statement `reject_sql` put in place of a refused write (both protocols
+    refuse the same way: the server raises it in the client's own error flow)."""
+    return fields.get("C") == REJECT_SQLSTATE and fields.get("M", "").startswith(
+        "optimist: write to")
+
+
 def reject_sql(table: Any, reason: str) -> str:
     """A statement that fails with the reject error in place of the refused write, so it runs
     (and fails) in the client's transaction like the write would have."""

@@ -17,6 +17,8 @@ from collections.abc import Callable
 
 from proxy.config import ConfigError, Endpoint, Settings
 from proxy.session import Session
+from proxy.session.info import SessionInfo
+from proxy.session.machine import Locking
 from proxy.wire import messages as m
 from proxy.wire.framing import ProtocolViolation
 from proxy.wire.startup import (GSSENC_REQUEST, SSL_REQUEST, CancelRequest, StartupPacket,
@@ -117,7 +119,7 @@ class Relay:
         self.upgrading = False
 
     def begin(self, startup: StartupPacket, rest: bytes) -> None:
-        self.session = Session(startup, enforcer=self.proxy.make_enforcer(startup),
+        self.session = Session(startup, locking_for=self.proxy.locking_for,
                                max_message=self.proxy.limits.max_message_size, peer=self.peer,
                                count_statement=self.proxy.metrics.statement
                                if self.proxy.metrics else None)
@@ -367,7 +369,7 @@ class UpstreamProtocol(asyncio.Protocol):
 
 class ProxyServer:
     def __init__(self, listen: Endpoint, upstream: Endpoint, *,
-                 enforcer_factory: Callable[[StartupPacket], object] | None = None,
+                 locking_for: Callable[[SessionInfo], Locking] | None = None,
                  drain_timeout: float = 30.0, metrics=None, limits: Settings | None = None) -> None:
         self.listen = listen
         self.upstream = upstream
@@ -379,7 +381,8 @@ class ProxyServer:
         self.upstream_tls = None
         self.upstream_tls_mode = "disable"
         self.load_tls()
-        self.enforcer_factory = enforcer_factory
+        # a session's locking logic, given what it knows of its connection (None: no rules)
+        self.locking_for = locking_for
         self.drain_timeout = drain_timeout
         self.metrics = metrics
         self.relays: set[Relay] = set()
@@ -407,8 +410,6 @@ class ProxyServer:
         self.upstream_tls_mode = limits.upstream_tls
         return True
 
-    def make_enforcer(self, startup: StartupPacket):
-        return self.enforcer_factory(startup) if self.enforcer_factory else None
 
     def spawn(self, coro) -> None:
         task = asyncio.get_running_loop().create_task(coro)

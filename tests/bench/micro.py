@@ -5,7 +5,7 @@
 Times each operation with time.perf_counter_ns over many calls (batches of calls, so the
 clock's own cost vanishes; median and mean of the per-call time over the batches) and measures
 the memory of idle sessions with tracemalloc. The objects are the proxy's own: a `Session`
-fed the bytes PostgreSQL would send, an `Enforcement` built from a rule file and an `Enforcer`
+fed the bytes PostgreSQL would send, an `LockingService` built from a rule file and a `SessionLocking`
 that learned the catalog through its own injected setup query, answered with DataRows shaped
 like `proxy.catalog.catalog_query`'s result. Metrics are on (a private Prometheus registry), as
 in `optimist serve`.
@@ -31,9 +31,8 @@ from pathlib import Path
 from prometheus_client import CollectorRegistry
 
 from proxy.config import Settings
-from proxy.enforcement import Enforcement
+from proxy.locking import LockingService as Enforcement
 from proxy.metrics import Metrics
-from proxy.pending import Pending
 from proxy.rewrite import lexer
 from proxy.rewrite.planner import plan_write
 from proxy.rules.loader import load_rules
@@ -119,13 +118,19 @@ def command_complete(tag: bytes) -> bytes:
 READY = frame(b"Z", b"I")
 
 
+def _in_flight(session: Session):
+    """The queue itself: benchmarks send one request many times without its answer and must
+    empty it between batches (nothing else may reach into the Session)."""
+    return session._inflight
+
+
 def setup_answer(session: Session) -> bytes:
-    """The server's answer to whatever the enforcer injected after authentication: the catalog
+    """The server's answer to whatever the locking logic ran after authentication: the catalog
     query (if the generation does not know the database yet) and the guard functions."""
-    head = session.pending[0]
-    assert head.hidden, "expected the enforcer's setup query"
+    head = session.in_flight[0]
+    assert head.hidden, "expected the locking logic's setup query"
     out = b""
-    if session.enforcer.generation is None:
+    if session.locking.bootstrap.generation is None:
         fields = [(name, 0, 0, TEXT) for name in ("schema_name", "table_name", "table_oid",
                   "attnum", "column_name", "type_oid", "type_name", "in_primary_key",
                   "comparable", "not_null", "base_type_oid")]
@@ -141,17 +146,16 @@ METRICS = Metrics(registry=CollectorRegistry())
 
 
 def new_session(enforcement: Enforcement | None) -> Session:
-    """A session after authentication (and, with an enforcer, after its setup query), wired
+    """A session after authentication (and, with rules, after its setup query), wired
     as `optimist serve` wires it (statements counted by type)."""
     startup = startup_packet()
-    enforcer = enforcement.enforcer_for(startup) if enforcement is not None else None
-    session = Session(startup, enforcer=enforcer)
-    if hasattr(session, "count_statement"):
-        session.count_statement = (enforcement.metrics if enforcement else METRICS).statement
+    session = Session(startup, locking_for=enforcement.locking_for if enforcement else None,
+                      count_statement=(enforcement.metrics if enforcement else METRICS).statement)
     session.server_data(AUTH_OK)
-    if enforcer is not None:
+    locking = session.locking
+    if locking is not None:
         session.server_data(setup_answer(session))
-        assert enforcer.tables is not None and enforcer.guards and not session.pending
+        assert locking.tables is not None and locking.bootstrap.guards and not session.busy
     session.take_output()
     return session
 
@@ -261,7 +265,7 @@ def bench_relay(results: list[Timing], seconds: float, enforcement: Enforcement)
     ruled = new_session(enforcement)
     s, n = measure(relay(ruled, chunks), seconds=seconds)
     results.append(Timing("relay 1000x10 result, rules, unprotected table", s, n,
-                          "enforcer on; RowDescription seen, capture plan cached (none)",
+                          "rules on; RowDescription seen, capture plan cached (none)",
                           per=nrows))
     # a result of a protected table: every row's key and version remembered
     acc_fields = [("aid", ACCOUNTS_OID, 1, INT4), ("bid", ACCOUNTS_OID, 2, INT4),
@@ -290,34 +294,33 @@ def bench_recognise(results: list[Timing], seconds: float, enforcement: Enforcem
         s, n = measure(lambda sql=sql: lexer.write_target(sql), seconds=seconds)
         results.append(Timing(name, s, n, "lexer only", target_ns=2000))
     session = new_session(enforcement)
-    enforcer = session.enforcer
-    s, n = measure(lambda: enforcer._target(update_other), seconds=seconds)
-    results.append(Timing("Enforcer._target(UPDATE unprotected table)", s, n,
+    locking = session.locking
+    boot = locking.bootstrap
+    s, n = measure(lambda: locking.writes.target(boot.generation, boot.tables, update_other),
+                   seconds=seconds)
+    results.append(Timing("WriteChecker.target(UPDATE unprotected table)", s, n,
                           "write_target + rules lookup", target_ns=2000))
-    raw = bytearray(query_bytes(select))
-    end = len(raw)
-    pending = session.pending
+    q = query_bytes(select)
+    pending = _in_flight(session)
 
-    s, n = measure(lambda: enforcer.client_message(b"Q", raw, 5, end), seconds=seconds,
-                   after_batch=pending.clear)
-    results.append(Timing("Enforcer.client_message(Query SELECT), rules", s, n,
-                          "decode, split, _plan_simple -> None, re-encode", target_ns=2000))
-    q = bytes(raw)
+    s, n = measure(lambda: locking.query(select, q), seconds=seconds, after_batch=pending.clear)
+    results.append(Timing("SessionLocking.query(SELECT), rules", s, n,
+                          "split, WriteChecker.simple -> None, entry", target_ns=2000))
 
     def through_session():
         session.client_data(q)
         session.take_output()
     s, n = measure(through_session, seconds=seconds, after_batch=pending.clear)
     results.append(Timing("Session.client_data(Query SELECT), rules", s, n,
-                          "framing + enforcer + output"))
+                          "framing + locking + output"))
     plain = new_session(None)
 
     def plain_session():
         plain.client_data(q)
         plain.take_output()
-    s, n = measure(plain_session, seconds=seconds, after_batch=plain.pending.clear)
+    s, n = measure(plain_session, seconds=seconds, after_batch=_in_flight(plain).clear)
     results.append(Timing("Session.client_data(Query SELECT), no rules", s, n,
-                          "framing + Pending + output"))
+                          "framing + entry + output"))
 
 
 def read_row(session: Session, aid: int, version: int = 7) -> None:
@@ -329,22 +332,26 @@ def read_row(session: Session, aid: int, version: int = 7) -> None:
          ("version", ACCOUNTS_OID, 5, INT4)],
         [[b"%d" % aid, b"0", b"%d" % version]], b"SELECT 1"))
     session.take_output()
-    assert not session.pending
+    assert not session.busy
 
 
 def bench_cached(results: list[Timing], seconds: float, enforcement: Enforcement) -> None:
     """(c) a cached rewrite of an UPDATE of a row the session has read."""
     session = new_session(enforcement)
-    enforcer = session.enforcer
+    locking = session.locking
+    boot = locking.bootstrap
     read_row(session, 48213)
     stmt = "UPDATE pgbench_accounts SET abalance = abalance + 1 WHERE aid = 48213"
-    table = enforcer._target(stmt)
+    table = locking.writes.target(boot.generation, boot.tables, stmt)
     assert table is not None
-    work = enforcer._plan_simple(stmt)
+
+    def plan_simple():
+        return locking.writes.simple(boot.generation, boot.tables, boot.guards, stmt)
+    work = plan_simple()
     assert work is not None and "optimist_present" in work.sql, "the write is not checked"
     template, literals = lexer.normalize(stmt)
     cache = enforcement.cache
-    # the enforcer's own key for this template (its shape is the enforcer's business)
+    # the locking logic's own key for this template
     key = next(k for k in list(cache._entries) if isinstance(k, tuple) and k[-1] == template
                and hasattr(cache.peek(k), "render_simple"))
     plan = cache.peek(key)
@@ -353,7 +360,7 @@ def bench_cached(results: list[Timing], seconds: float, enforcement: Enforcement
     s, n = measure(lambda: lexer.normalize(stmt), seconds=seconds)
     results.append(Timing("lexer.normalize(UPDATE)", s, n, "literals out, template"))
     s, n = measure(lambda: lexer.classify(stmt), seconds=seconds)
-    results.append(Timing("lexer.classify(UPDATE)", s, n, "called again by Enforcer._plan"))
+    results.append(Timing("lexer.classify(UPDATE)", s, n, "called again by WriteChecker.plan"))
     s, n = measure(lambda: cache.get(key, None), seconds=seconds)
     results.append(Timing("RewriteCache.get (hit)", s, n))
     s, n = measure(lambda: plan.render_simple(literals, texts, True), seconds=seconds)
@@ -365,18 +372,17 @@ def bench_cached(results: list[Timing], seconds: float, enforcement: Enforcement
         return p.render_simple(lits, texts, True)
     s, n = measure(norm_hit_render, seconds=seconds)
     results.append(Timing("normalize + cache hit + render_simple", s, n, "", target_ns=20000))
-    s, n = measure(lambda: enforcer._plan_simple(stmt), seconds=seconds)
-    results.append(Timing("Enforcer._plan_simple(UPDATE), cached, checked", s, n,
+    s, n = measure(plan_simple, seconds=seconds)
+    results.append(Timing("WriteChecker.simple(UPDATE), cached, checked", s, n,
                           "target + plan + key + snapshot + render + metric", target_ns=20000))
     metrics = enforcement.metrics
     s, n = measure(lambda: metrics.checked("public.pgbench_accounts"), seconds=seconds)
     results.append(Timing("  of which Metrics.checked (prometheus labels().inc())", s, n))
-    raw = bytearray(query_bytes(stmt))
-    end = len(raw)
-    s, n = measure(lambda: enforcer.client_message(b"Q", raw, 5, end), seconds=seconds,
-                   after_batch=session.pending.clear)
-    results.append(Timing("Enforcer.client_message(Query UPDATE), cached, checked", s, n,
-                          "decode + _plan_simple + encode"))
+    raw = query_bytes(stmt)
+    s, n = measure(lambda: locking.query(stmt, raw), seconds=seconds,
+                   after_batch=_in_flight(session).clear)
+    results.append(Timing("SessionLocking.query(UPDATE), cached, checked", s, n,
+                          "WriteChecker.simple + encode"))
     # the answer: UPDATE 1 with the learned RETURNING row stripped, new version remembered
     upd = query_bytes(stmt)
     answer = (row_description([("aid", ACCOUNTS_OID, 1, INT4), ("version", ACCOUNTS_OID, 5, INT4)])
@@ -394,8 +400,7 @@ def bench_cached(results: list[Timing], seconds: float, enforcement: Enforcement
 def bench_uncached(results: list[Timing], seconds: float, enforcement: Enforcement) -> None:
     """(d) planning a write the cache has not seen."""
     session = new_session(enforcement)
-    enforcer = session.enforcer
-    gen, tables = enforcer.generation, enforcer.tables
+    gen, tables = session.locking.bootstrap.generation, session.locking.tables
     accounts = gen.table_for(tables, None, "pgbench_accounts")
     tellers = gen.table_for(tables, None, "pgbench_tellers")
     for name, table, stmt in (
@@ -437,8 +442,9 @@ def bench_metrics(results: list[Timing], seconds: float, enforcement: Enforcemen
     s, n = measure(lambda: metrics.query_duration.observe(0.0004), seconds=seconds)
     results.append(Timing("Histogram.observe (query duration)", s, n, "per request"))
     session = new_session(enforcement)
-    s, n = measure(lambda: session.encoding, seconds=seconds)
-    results.append(Timing("Session.encoding", s, n, "at every decode of client text"))
+    info = session.info
+    s, n = measure(lambda: info.encoding, seconds=seconds)
+    results.append(Timing("SessionInfo.encoding", s, n, "at every decode of client text"))
 
 
 # --------------------------------------------------------------------------- memory
@@ -447,7 +453,7 @@ def bench_metrics(results: list[Timing], seconds: float, enforcement: Enforcemen
 def bench_memory(count: int, enforcement: Enforcement) -> list[dict]:
     out = []
     new_session(enforcement)  # the generation learns the catalog once, outside the measure
-    for label, enf in (("no rules", None), ("rules (enforcer attached, catalog seen)", enforcement)):
+    for label, enf in (("no rules", None), ("rules (locking attached, catalog seen)", enforcement)):
         gc.collect()
         tracemalloc.start()
         before = tracemalloc.get_traced_memory()[0]
@@ -474,7 +480,7 @@ def bench_memory(count: int, enforcement: Enforcement) -> list[dict]:
     gc.collect()
     after = tracemalloc.get_traced_memory()[0]
     tracemalloc.stop()
-    assert len(session.enforcer.store) == rows
+    assert len(session.locking.knowledge.store) == rows
     out.append({"name": "remembered row (version strategy: key + version)",
                 "bytes_per_row": (after - before) / rows, "rows": rows})
     return out

@@ -73,10 +73,10 @@ CATEGORIES = (  # first match wins, tested on the whole stack (or the leaf for s
     ("capture, snapshots, learning from RETURNING",
      lambda leaf, s: "proxy/capture.py" in s or "proxy/snapshots.py" in s
      or "proxy/values.py" in s or "Enforcer._learn" in s),
-    ("enforcer, rest", lambda leaf, s: "proxy/enforcer.py" in s),
+    ("locking logic, rest", lambda leaf, s: "proxy/locking/" in s),
     ("session state machine, framing, message codecs",
      lambda leaf, s: any(f in s for f in ("proxy/session.py", "wire/framing.py",
-                                          "wire/messages.py", "proxy/pending.py"))),
+                                          "wire/messages.py", "proxy/session/"))),
     ("relay glue (proxy/server.py)", lambda leaf, s: "proxy/server.py" in s),
     ("event loop and interpreter (uvloop, libuv, CPython)", lambda leaf, s: True),
 )

@@ -35,7 +35,7 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from proxy.config import Settings
-from proxy.enforcement import Enforcement
+from proxy.locking import LockingService
 from proxy.rules.loader import load_rules
 from proxy.session import Session
 from proxy.wire import messages as m
@@ -93,10 +93,10 @@ AUTH_OK = (frame(b"R", struct.pack("!i", 0)) + frame(b"S", b"client_encoding\x00
            + frame(b"K", struct.pack("!i", 77) + b"secr") + frame(b"Z", b"I"))
 
 
-def make_enforcement(tmp_path_factory) -> Enforcement:
+def make_enforcement(tmp_path_factory) -> LockingService:
     path = tmp_path_factory.mktemp("fuzz-rules") / "rules.yaml"
     path.write_text(RULES)
-    return Enforcement(Settings(rules=[str(path)]), load_rules([str(path)]), metrics=None)
+    return LockingService(Settings(rules=[str(path)]), load_rules([str(path)]), metrics=None)
 
 
 @pytest.fixture(scope="module")
@@ -117,20 +117,20 @@ def catalog_response() -> bytes:
     return out + frame(b"Z", b"I")
 
 
-def new_session(enforcement: Enforcement | None) -> Session:
+def new_session(enforcement: LockingService | None) -> Session:
     startup = parse_startup(startup_packet())
     if enforcement is None:
         s = Session(startup)
         s.server_data(AUTH_OK)
         s.take_output()
         return s
-    s = Session(startup, enforcer=enforcement.enforcer_for(startup))
+    s = Session(startup, locking_for=enforcement.locking_for)
     s.server_data(AUTH_OK)
     s.take_output()
-    assert s.pending and s.pending[0].hidden  # the setup query went out
+    assert s.in_flight and s.in_flight[0].hidden  # the setup query went out
     s.server_data(catalog_response())
     s.take_output()
-    assert s.enforcer.tables is not None and ACCOUNTS_OID in s.enforcer.tables.by_oid
+    assert s.locking.tables is not None and ACCOUNTS_OID in s.locking.tables.by_oid
     return s
 
 
@@ -366,7 +366,7 @@ def test_relay_session_only_protocol_violations_escape(conv):
         # whatever the bytes, a relay forwards complete frames unchanged
         assert client.startswith(to_server)
         assert server.startswith(to_client)
-        assert len(client) - len(to_server) == s.client_reader.pending_bytes()
+        assert len(client) - len(to_server) == s.buffered_client_bytes()
 
 
 @FUZZ
@@ -414,7 +414,7 @@ def test_enforcer_request_response_cycles(enforcement, data):
             return
         check_outputs(s)
         response = b""
-        for item in list(s.pending):
+        for item in s.in_flight:
             kind = item.kind
             if kind in (0, 7):      # QUERY, CALL
                 body = b"".join(data.draw(st.lists(backend_message(), max_size=4)))

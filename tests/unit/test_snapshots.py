@@ -1,5 +1,5 @@
 """The snapshot store and its transaction log: bounded, and undone with rolled-back work."""
-from proxy.snapshots import Budget, SnapshotStore, TransactionLog
+from proxy.locking.snapshots import Budget, SnapshotStore, TransactionLog
 from proxy.values import ReadValue, normalize_key
 
 

@@ -1,23 +1,24 @@
-"""Process-wide enforcement state: the rules in force, what each database has, shared caches.
+"""Process-wide locking state: the rules in force, what each database has, shared caches.
 
 Rules are swapped atomically on reload: a session picks up the new `Generation` at its next
 statement; statements already planned keep the generation they were planned with.
 """
 from __future__ import annotations
 
-import asyncio
 import logging
 import os
 from dataclasses import dataclass, field
 
 from proxy.catalog import Catalog, catalog_query
+from proxy.locking.session_locking import SessionLocking
 from proxy.config import ConfigError, Settings
 from proxy.rewrite.cache import RewriteCache
 from proxy.rules.loader import load_rules
 from proxy.rules.model import RuleError, RuleSet
 from proxy.rules.protected import ProtectedTable
 from proxy.rules.resolve import resolve, wanted_tables
-from proxy.snapshots import Budget, SnapshotStore
+from proxy.session.info import SessionInfo
+from proxy.locking.snapshots import Budget, SnapshotStore
 
 log = logging.getLogger("optimist.rules")
 
@@ -70,7 +71,9 @@ class Generation:
         return None
 
 
-class Enforcement:
+class LockingService:
+    """Shared by every session of one proxy process; sessions hold a SessionLocking each."""
+
     def __init__(self, settings: Settings, ruleset: RuleSet, metrics=None) -> None:
         self.settings = settings
         self.generation = Generation(ruleset)
@@ -83,7 +86,7 @@ class Enforcement:
             metrics.rules_loaded(ruleset, ok=True)
 
     @classmethod
-    def from_settings(cls, settings: Settings, metrics=None) -> "Enforcement":
+    def from_settings(cls, settings: Settings, metrics=None) -> "LockingService":
         try:
             ruleset = load_rules(settings.rules)
         except RuleError as exc:
@@ -92,9 +95,8 @@ class Enforcement:
                  ", ".join(ruleset.sources) or "-", ruleset.version)
         return cls(settings, ruleset, metrics)
 
-    def enforcer_for(self, startup):
-        from proxy.enforcer import Enforcer
-        return Enforcer(self, startup)
+    def locking_for(self, info: SessionInfo) -> SessionLocking:
+        return SessionLocking(self, info)
 
     def role_store(self, database: str, role: str) -> SnapshotStore:
         key = (database, role)
@@ -148,13 +150,6 @@ class Enforcement:
                 found[path] = -1.0
         return found
 
-    def start_watching(self, interval: float = 1.0) -> None:
-        """Reload when a rule file changes (SIGHUP is wired by the app)."""
-        loop = asyncio.get_running_loop()
-
-        async def watch() -> None:
-            while True:
-                await asyncio.sleep(interval)
-                if self._source_mtimes() != self._mtimes:
-                    self.reload("file change")
-        self._watcher = loop.create_task(watch())
+    def rules_changed(self) -> bool:
+        """A rule file changed since the last (re)load: the app polls this (SIGHUP aside)."""
+        return self._source_mtimes() != self._mtimes

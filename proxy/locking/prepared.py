@@ -1,0 +1,84 @@
+"""The client's prepared statements and portals as the locking logic needs them, and the
+hidden statements the proxy prepares for their checked forms."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from proxy.locking.capture import CapturePlan
+from proxy.rules.protected import ProtectedTable
+from proxy.wire.messages import Field
+
+
+@dataclass(frozen=True, slots=True)
+class WriteTarget:
+    """A statement that writes a protected table, with its cached plan."""
+    table: ProtectedTable
+    plan: Any  # WritePlan | InsertPlan
+    literals: tuple[str, ...]
+
+
+@dataclass(slots=True)
+class PreparedStatement:
+    text: str
+    param_types: tuple[int, ...]
+    target: WriteTarget | None
+    # writes that can never be checked: (table or None, reason), counted at each execution
+    unverified: tuple[tuple[ProtectedTable | None, str], ...] = ()
+    # RowDescription fields from a Describe of the statement
+    fields: tuple[Field, ...] | None = None
+    # (n_params, mask) -> RenderedSql of the checked form
+    rendered: dict[tuple, Any] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class Portal:
+    statement: PreparedStatement | None
+    work: Any = None  # StatementWork of a checked write
+    capture: CapturePlan | None = None
+    result_formats: tuple[int, ...] | list[int] = ()
+
+
+class PreparedRegistry:
+    """Statements and portals by name; portals end with the transaction (as in PostgreSQL)."""
+
+    def __init__(self) -> None:
+        self.statements: dict[bytes, PreparedStatement] = {}
+        self.portals: dict[bytes, Portal] = {}
+        # (sql, parameter types) -> name of the proxy's own prepared statement
+        self._hidden: dict[tuple, bytes] = {}
+        self._counter = 0
+
+    def parsed(self, name: bytes, statement: PreparedStatement) -> None:
+        previous = self.statements.get(name)
+        if previous is not None and previous.text == statement.text \
+                and previous.param_types == statement.param_types:
+            # the same statement parsed again (asyncpg without a statement cache: Parse,
+            # Describe, then Parse again with Bind): what its Describe taught still holds
+            statement.fields = previous.fields
+        self.statements[name] = statement
+
+    def closed(self, kind: bytes, name: bytes) -> None:
+        (self.statements if kind == b"S" else self.portals).pop(name, None)
+
+    def described(self, kind: bytes, name: bytes) -> PreparedStatement | Portal | None:
+        return (self.statements if kind == b"S" else self.portals).get(name)
+
+    def hidden_name(self, key: tuple) -> tuple[bytes, bool]:
+        """The name of the proxy's statement for `key`, and whether it must be prepared now."""
+        name = self._hidden.get(key)
+        if name is not None:
+            return name, False
+        self._counter += 1
+        name = b"optimist_%d" % self._counter
+        self._hidden[key] = name
+        return name, True
+
+    def forget_statements(self) -> None:
+        """DISCARD ALL / DEALLOCATE ALL: every prepared statement is gone server-side."""
+        self._hidden.clear()
+        self.statements.clear()
+
+    def transaction_ended(self) -> None:
+        if self.portals:
+            self.portals.clear()

@@ -1,0 +1,75 @@
+"""Recognising the errors and notices the proxy's own SQL raised server-side (conflicts,
+audit findings, refusals), reshaping them for the client, and reporting conflicts to the
+log and the metrics."""
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from proxy import conflicts
+from proxy.locking.knowledge import Knowledge
+from proxy.session.info import SessionInfo
+from proxy.values import normalize_text_key
+from proxy.wire import messages as m
+
+conflict_log = logging.getLogger("optimist.conflicts")
+
+
+class ConflictReporter:
+    def __init__(self, info: SessionInfo, knowledge: Knowledge, metrics: Any) -> None:
+        self.info = info
+        self.knowledge = knowledge
+        self.metrics = metrics
+
+    def error(self, fields: dict[str, str], tables: Any) -> bytes | None:
+        """The client's version of an ErrorResponse, or None to relay it unchanged."""
+        if conflicts.is_refusal(fields):
+            fields.pop("W", None)  # the DO block that raised it is our plumbing
+            return m.encode_fields(b"E", fields)
+        conflict = conflicts.parse_conflict(fields)
+        if conflict is None:
+            return None
+        self._report(conflict, tables)
+        return m.encode_fields(b"E", conflicts.strip_internal_context(fields))
+
+    def notice(self, fields: dict[str, str], tables: Any) -> bytes | None:
+        conflict = conflicts.parse_conflict(fields)
+        if conflict is None:
+            return None
+        self._report(conflict, tables)
+        return b""  # an audit finding is for the operators, not the application
+
+    def _report(self, conflict: conflicts.Conflict, tables: Any) -> None:
+        if not conflict.audit:
+            self._mark_stale(conflict, tables)
+        if self.metrics is not None:
+            self.metrics.conflict(conflict.table, conflict.kind, audit=conflict.audit)
+        info = self.info
+        conflict_log.warning(
+            "%s conflict on %s", "would-be" if conflict.audit else "refused", conflict.table,
+            extra={"fields": {
+                "table": conflict.table, "key": conflict.key, "kind": conflict.kind,
+                "audit": conflict.audit, "user": info.user, "database": info.database,
+                "application_name": info.application_name, "client": info.peer,
+                "columns": sorted(conflict.columns)}})
+
+    def _mark_stale(self, conflict: conflicts.Conflict, tables: Any) -> None:
+        if tables is None:
+            return
+        schema, _, name = conflict.table.partition(".")
+        table = tables.by_name.get((schema, name))
+        if table is None or not isinstance(conflict.key, dict):
+            return
+        try:
+            key = tuple(normalize_text_key(table.column_type_oids[c], _json_text(conflict.key[c]))
+                        for c in table.key)
+        except KeyError:
+            return
+        self.knowledge.mark_stale(table, key)
+
+
+def _json_text(value: object) -> str:
+    """A key value from a conflict's JSON DETAIL as PostgreSQL's text form."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return value if isinstance(value, str) else str(value)

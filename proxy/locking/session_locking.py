@@ -1,0 +1,279 @@
+"""The locking logic of one session: fed the messages the Session decodes, it answers with
+typed actions (proxy.session.actions) and never touches the Session itself.
+
+The work is split by concern: `bootstrap` (catalog and guard functions), `writes` (checked
+forms of writes), `knowledge` (what the session read and learned), `transactions` (undoing
+with rollbacks), `reporting` (conflicts and refusals), `prepared` (statements and portals).
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from proxy.locking.bootstrap import Bootstrap
+from proxy.locking.capture import CapturePlan, plan_capture
+from proxy.locking.counting import WriteCounts
+from proxy.locking.knowledge import Knowledge
+from proxy.locking.prepared import Portal, PreparedRegistry, PreparedStatement
+from proxy.locking.reporting import ConflictReporter
+from proxy.locking.snapshots import SnapshotStore
+from proxy.locking.transactions import TRANSACTION_TAGS, SessionReset, Transactions
+from proxy.locking.writes import Unchecked, WriteChecker
+from proxy.rewrite import lexer
+from proxy.session.actions import Hold, Send
+from proxy.session.inflight import (RELAYED, UNRESOLVED, Completion, DescribeEntry, Entry,
+                                    ExecuteEntry, InternalEntry, Job, Kind, QueryEntry)
+from proxy.session.info import SessionInfo
+from proxy.wire import messages as m
+
+_BIND_ENTRY = RELAYED[Kind.BIND]
+_CAPTURE_PLANS_MAX = 10000
+
+
+class SessionLocking:
+    def __init__(self, service: Any, info: SessionInfo) -> None:
+        self.service = service
+        self.info = info
+        self.counts = WriteCounts(service.metrics)
+        store = SnapshotStore(service.settings.snapshot_rows_per_session, service.budget)
+        self.knowledge = Knowledge(store, lambda: service.role_store(info.database, info.user))
+        self.registry = PreparedRegistry()
+        self.bootstrap = Bootstrap(service, info.database, info.user, self.knowledge.txlog)
+        self.transactions = Transactions(self.knowledge)
+        self.writes = WriteChecker(service, info, self.knowledge, self.registry, self.counts)
+        self.reporter = ConflictReporter(info, self.knowledge, service.metrics)
+        # inside an extended-protocol batch (up to Sync): the catalog is not refreshed there
+        self._in_batch = False
+
+    @property
+    def tables(self) -> Any:
+        return self.bootstrap.tables
+
+    # ---------------------------------------------------------------- life cycle
+
+    def authenticated(self) -> Job | None:
+        return self.bootstrap.job(self.info.status)
+
+    def close(self) -> None:
+        self.knowledge.close()
+
+    def _refresh(self) -> Hold | None:
+        if self.bootstrap.stale():
+            job = self.bootstrap.job(self.info.status)
+            if job is not None:
+                return Hold(job)
+        return None
+
+    # ---------------------------------------------------------------- client messages
+
+    def sync(self) -> None:
+        self._in_batch = False
+
+    def query(self, sql: str, raw: bytes) -> Send | Hold | None:
+        hold = self._refresh()
+        if hold is not None:
+            return hold
+        tables = self.tables
+        if tables is None or not tables.by_oid:
+            return None
+        generation, guards = self.bootstrap.generation, self.bootstrap.guards
+        scs = self.info.standard_conforming_strings
+        stripped = sql.strip().rstrip(";")
+        stmts = lexer.split_statements(sql, scs) if ";" in stripped else [sql]
+        works = [self.writes.simple(generation, tables, guards, stmt) for stmt in stmts]
+        entry = QueryEntry(stmts, works)
+        if not any(w is not None for w in works):
+            return Send((raw,), (entry,))
+        text = ";\n".join(w.sql if w is not None else s for s, w in zip(stmts, works))
+        return Send((m.encode_query(text.encode(self.info.encoding, "surrogateescape")),),
+                    (entry,))
+
+    def parse(self, parse: m.Parse) -> Hold | None:
+        if not self._in_batch:
+            hold = self._refresh()
+            if hold is not None:
+                return hold
+        self._in_batch = True
+        self.registry.parsed(parse.name, self.writes.prepared(self.bootstrap.generation,
+                                                              self.tables, parse))
+        return None
+
+    def bind(self, bind: m.Bind, raw: bytes) -> Send | None:
+        self._in_batch = True
+        registry = self.registry
+        info = registry.statements.get(bind.statement)
+        if info is not None and info.unverified:
+            for hit in info.unverified:
+                self.counts.unverified_hit(hit)
+        target = info.target if info is not None else None
+        if target is None:
+            registry.portals[bind.portal] = self._plain_portal(info, bind)
+            return None
+        if not self.bootstrap.guards:
+            self.counts.unverified(target.table, "guards_unavailable")
+            registry.portals[bind.portal] = Portal(info)
+            return None
+        try:
+            checked = self.writes.checked_bind(info, target, bind)  # type: ignore[arg-type]
+        except Unchecked as exc:
+            self.counts.unverified(target.table, exc.reason)
+            registry.portals[bind.portal] = self._plain_portal(info, bind)
+            return None
+        registry.portals[bind.portal] = Portal(info if checked.work is not None else None,
+                                               work=checked.work)
+        if checked.parse is None:
+            return Send((checked.bind,), (_BIND_ENTRY,))
+        return Send((checked.parse, checked.bind),
+                    (InternalEntry(Kind.PARSE, surface=True), _BIND_ENTRY))
+
+    def _plain_portal(self, info: PreparedStatement | None, bind: m.Bind) -> Portal:
+        return Portal(info, capture=self._statement_capture(info, bind.result_formats),
+                      result_formats=bind.result_formats)
+
+    def describe(self, kind: bytes, name: bytes, raw: bytes) -> Send:
+        self._in_batch = True
+        return Send((raw,), (DescribeEntry(kind, self.registry.described(kind, name)),))
+
+    def execute(self, portal_name: bytes, max_rows: int, raw: bytes) -> Send | None:
+        self._in_batch = True
+        portal = self.registry.portals.get(portal_name)
+        if portal is None:
+            return None
+        text = portal.statement.text if portal.statement is not None else ""
+        entry = ExecuteEntry(text, portal.work, portal)
+        if portal.work is not None and portal.work.strip == -1 and max_rows:
+            # the rows are ours, not the client's: a row limit (pgjdbc asks for one row
+            # when it expects none) must not suspend the write half-way
+            return Send((m.encode_execute(portal_name, 0),), (entry,))
+        return Send((raw,), (entry,))
+
+    def close_target(self, kind: bytes, name: bytes) -> None:
+        self._in_batch = True
+        self.registry.closed(kind, name)
+
+    # ---------------------------------------------------------------- capture plans
+
+    def _capture_plan(self, fields: Any) -> CapturePlan | None:
+        tables = self.tables
+        return plan_capture(fields, tables.by_oid, tables.attnames)
+
+    def _statement_capture(self, info: PreparedStatement | None,
+                           result_formats: Any) -> CapturePlan | None:
+        if info is None or info.fields is None or self.tables is None:
+            return None
+        plan = self._capture_plan(info.fields)
+        if plan is None:
+            return None
+        return plan.with_formats(result_formats, len(info.fields))
+
+    def _execute_capture(self, entry: ExecuteEntry) -> CapturePlan | None:
+        """What an Execute's rows carry, known once any Describe pipelined before it was
+        answered: resolved at its first row."""
+        portal = entry.portal
+        if portal.capture is None and portal.statement is not None \
+                and portal.statement.fields is not None:
+            portal.capture = self._statement_capture(portal.statement, portal.result_formats)
+        entry.capture = portal.capture
+        return entry.capture
+
+    # ---------------------------------------------------------------- server messages
+
+    def row_description(self, entry: Entry, body: Any) -> bytes | None:
+        tables = self.tables
+        if tables is None or not tables.by_oid:
+            return None
+        if type(entry) is DescribeEntry:
+            return self._described(entry, body)
+        work = entry.current_work() if type(entry) is QueryEntry else None
+        if work is not None:
+            entry.strip = work.strip
+            if work.strip == -1:
+                return b""
+            fields = m.decode_row_description(body)
+            return m.encode_row_description(fields[:-work.strip])
+        if type(entry) is not QueryEntry:
+            return None
+        key = bytes(body)
+        cache = tables.capture_plans
+        plan = cache.get(key, False)
+        if plan is False:
+            plan = self._capture_plan(m.decode_row_description(body))
+            if len(cache) < _CAPTURE_PLANS_MAX:
+                cache[key] = plan
+        entry.capture = plan
+        return None
+
+    def _described(self, entry: DescribeEntry, body: Any) -> bytes | None:
+        target = entry.target
+        if target is None:
+            return None
+        fields = m.decode_row_description(body)
+        if entry.target_kind == b"S":
+            target.fields = fields  # Executes of its portals capture with these
+            return None
+        portal: Portal = target
+        if portal.work is not None:
+            if portal.work.strip == -1:
+                return m.NO_DATA
+            return m.encode_row_description(fields[:-portal.work.strip])
+        if portal.statement is not None and portal.statement.fields is None:
+            # later Binds of the statement without a Describe (pgjdbc's S_1, named
+            # statements) capture with these fields and their own result formats
+            portal.statement.fields = fields
+        portal.capture = self._capture_plan(fields)
+        return None
+
+    def data_row(self, entry: Entry, body: Any) -> bytes | None:
+        strip = entry.strip
+        if strip:
+            values = m.decode_data_row(body)
+            work = entry.current_work() if type(entry) is QueryEntry else entry.work
+            if work is not None and work.extras:
+                added = values[-work.added:]
+                self.knowledge.learn(work, added[:len(work.extras)], self.info.encoding)
+            if strip == -1:
+                return b""
+            return m.encode_data_row(values[:-strip])
+        capture = entry.capture
+        if capture is UNRESOLVED:
+            capture = self._execute_capture(entry)  # type: ignore[arg-type]
+        if capture is not None:
+            self.knowledge.capture(capture, m.decode_data_row(body), self.info.encoding)
+        return None
+
+    def command_complete(self, entry: Entry, tag: bytes) -> None:
+        if self.tables is None:
+            return
+        word = tag.split(b" ", 1)[0]
+        if type(entry) is QueryEntry:
+            work, text = entry.current_work(), entry.current_text()
+        elif type(entry) is ExecuteEntry:
+            work, text = entry.work, entry.text
+        else:
+            work, text = None, ""  # a CommandComplete where none belongs: the server's problem
+        if word in TRANSACTION_TAGS:
+            reset = self.transactions.completed(tag, word, text, self.info.status,
+                                                self.info.standard_conforming_strings)
+            if reset & SessionReset.TEMPORARY_OBJECTS:
+                self.bootstrap.temporary_objects_dropped()
+            if reset & SessionReset.PREPARED_STATEMENTS:
+                self.registry.forget_statements()
+        elif work is not None:
+            rows = m.command_rows(tag)
+            if work.expected and rows is not None and rows < work.expected:
+                # nothing was raised, so every pinned row existed and matched: a trigger or a
+                # row-level security policy kept the write from applying (not a conflict)
+                self.counts.unapplied(work.table)
+        if type(entry) is QueryEntry:
+            entry.capture = None
+            entry.strip = 0
+
+    def ready(self, entry: Entry | None, status: bytes) -> None:
+        if status == b"I":
+            self.transactions.idle(isinstance(entry, Completion) and entry.failed)
+            self.registry.transaction_ended()
+
+    def error(self, entry: Entry | None, fields: dict[str, str]) -> bytes | None:
+        return self.reporter.error(fields, self.tables)
+
+    def notice(self, fields: dict[str, str]) -> bytes | None:
+        return self.reporter.notice(fields, self.tables)
