@@ -10,6 +10,7 @@ the process we hold *is* the postmaster).
 from __future__ import annotations
 
 import ctypes
+import logging
 import os
 import re
 import shutil
@@ -23,6 +24,7 @@ from pathlib import Path
 
 from proxy.embedded.binaries import find_bin_dir
 from proxy.embedded.errors import EmbeddedPostgresError
+from proxy.embedded.leases import Leases
 from proxy.embedded.privileges import (
     _ensure_install_readable,
     _ensure_system_user,
@@ -30,6 +32,8 @@ from proxy.embedded.privileges import (
     _is_root,
 )
 from proxy.netutil import free_port
+
+log = logging.getLogger("optimist.embedded")
 
 LOG_NAME = "postgres.log"
 CONF_NAME = "optimist.conf"
@@ -83,8 +87,11 @@ class EmbeddedPostgres:
     ``fast``: fsync/synchronous_commit/full_page_writes off (throw-away clusters).
     ``die_with_parent``: the postmaster gets SIGQUIT (immediate shutdown) when the thread
     that started it dies (Linux only) -- for test sessions that might be killed.
-    ``reuse_running``: if a postmaster already runs on ``data_dir`` (e.g. left by a
-    previous CLI run), adopt it instead of failing.
+    ``reuse_running``: share the server with other optimist processes on ``data_dir``: if a
+    postmaster already runs there (another `serve`, or one left by a killed CLI run), adopt
+    it instead of failing; :meth:`start` takes a lease (:mod:`.leases`) and :meth:`stop`
+    gives it back, stopping the server only if an optimist process started it and no other
+    live process still holds a lease.
     """
 
     def __init__(
@@ -118,6 +125,8 @@ class EmbeddedPostgres:
         self._proc: subprocess.Popen[bytes] | None = None
         self._adopted_pid: int | None = None
         self._ids: tuple[int, int] | None = None
+        self._leases = Leases(self._data_dir)
+        self._leased = False
 
     # ---------------------------------------------------------------- properties
     @property
@@ -320,6 +329,19 @@ class EmbeddedPostgres:
         if self.running:
             return self
         self.init()
+        if not self.reuse_running:
+            self._adopt_or_launch()
+            return self
+        # under the lock: a process leaving at this moment must see our lease (or we its stop)
+        with self._leases.locked():
+            if self._adopt_or_launch():
+                self._leases.mark_started(self.pid)
+            self._leases.take()
+            self._leased = True
+        return self
+
+    def _adopt_or_launch(self) -> bool:
+        """Adopt the running postmaster (``reuse_running``) or start one: True if started."""
         existing = self._existing_postmaster()
         if existing is not None:
             pid, port = existing
@@ -328,11 +350,15 @@ class EmbeddedPostgres:
                     f"a postmaster (pid {pid}) is already running on {self._data_dir}"
                 )
             self._adopted_pid, self._port = pid, port
-            return self
+            return False
+        self._launch()
+        return True
+
+    def _launch(self) -> None:
         if self._port is None:
             self._port = free_port(self._host)
         self._write_conf()
-        log = open(self.log_file, "ab")
+        logfile = open(self.log_file, "ab")
         if _is_root():
             ids = self._run_as()
             os.chown(self.log_file, ids["user"], ids["group"])
@@ -342,11 +368,11 @@ class EmbeddedPostgres:
         try:
             self._proc = subprocess.Popen(
                 [self._bin("postgres"), "-D", str(self._data_dir)],
-                stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL, stdout=logfile, stderr=subprocess.STDOUT,
                 env=self._env(), cwd=str(self._data_dir), start_new_session=True, **kwargs,
             )
         finally:
-            log.close()
+            logfile.close()
         deadline = time.monotonic() + self.startup_timeout
         while True:
             if self._proc.poll() is not None:
@@ -357,7 +383,7 @@ class EmbeddedPostgres:
                     f"({self._data_dir}); log tail:\n{self.log_tail()}"
                 )
             if self._ready():
-                return self
+                return
             if time.monotonic() > deadline:
                 self._signal_group(signal.SIGKILL)
                 self._wait(5)
@@ -431,7 +457,30 @@ class EmbeddedPostgres:
     def stop(self, mode: str = "fast", timeout: float = 30.0) -> None:
         """Shut down (``smart``/``fast``/``immediate``); escalates to SIGKILL after ``timeout``.
 
-        Also stops a server another process left running on this data directory."""
+        Also stops a server another process left running on this data directory -- unless
+        this instance shares the server (``reuse_running``): see :meth:`_leave`."""
+        if self._leased:
+            self._leave(mode, timeout)
+        else:
+            self._shut_down(mode, timeout)
+
+    def _leave(self, mode: str, timeout: float) -> None:
+        """Give back our lease; the last holder of a server optimist started stops it."""
+        with self._leases.locked():
+            self._leases.drop()
+            self._leased = False
+            pid = self.pid
+            others = self._leases.holders()
+            if pid is not None and not others and self._leases.started_by_optimist(pid):
+                self._shut_down(mode, timeout)
+            elif pid is not None:
+                log.info("leaving the embedded PostgreSQL (pid %d) running: %s", pid,
+                         f"still used by pid {', '.join(map(str, others))}" if others
+                         else "optimist did not start it")
+        self._proc = None
+        self._adopted_pid = None
+
+    def _shut_down(self, mode: str, timeout: float) -> None:
         pid = self.pid
         if pid is None:
             self._proc = None
