@@ -30,6 +30,7 @@ from proxy.embedded.privileges import (
     _ensure_system_user,
     _ensure_traversable,
     _is_root,
+    make_dirs,
 )
 from proxy.netutil import free_port
 
@@ -42,8 +43,16 @@ CONF_NAME = "optimist.conf"
 FAST_SETTINGS = {"fsync": "off", "synchronous_commit": "off", "full_page_writes": "off"}
 
 
+#: The default data directory when running as root: under /var/lib, whose ancestors everyone
+#: may traverse, so (unlike /root/.local/share) no directory's mode has to change.
+ROOT_DATA_DIR = Path("/var/lib/optimist/pgdata")
+
+
 def default_data_dir() -> Path:
-    """The CLI's persistent data directory: ``<user data dir>/optimist/pgdata``."""
+    """The CLI's persistent data directory: ``<user data dir>/optimist/pgdata``, or
+    :data:`ROOT_DATA_DIR` for root (whose home the system user could not reach)."""
+    if _is_root():
+        return ROOT_DATA_DIR
     try:
         import platformdirs
 
@@ -215,8 +224,10 @@ class EmbeddedPostgres:
 
     def _prepare_dirs(self) -> None:
         d = self._data_dir
-        d.mkdir(parents=True, exist_ok=True)
-        if _is_root():
+        if not _is_root():
+            d.mkdir(parents=True, exist_ok=True)
+        else:
+            make_dirs(d)
             uid, gid = self._run_as()["user"], self._run_as()["group"]
             _ensure_traversable(d)
             _ensure_install_readable(self._bin_dir)
