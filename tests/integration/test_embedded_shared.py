@@ -26,13 +26,15 @@ class Serve:
 
     def __init__(self, data: Path, port: int | None = None):
         self.port = port or free_port()
-        self.log = tempfile.NamedTemporaryFile(prefix="optimist-serve-", suffix=".log", delete=False)
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "proxy", "serve", "--data-dir", str(data), "--listen", f"127.0.0.1:{self.port}"],
-            cwd=str(REPO), stdout=self.log, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        fd, log = tempfile.mkstemp(prefix="optimist-serve-", suffix=".log")
+        self.log = Path(log)
+        with os.fdopen(fd, "wb") as out:  # the child keeps its own copy of the descriptor
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "proxy", "serve", "--data-dir", str(data), "--listen", f"127.0.0.1:{self.port}"],
+                cwd=str(REPO), stdout=out, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"})
 
     def output(self) -> str:
-        return Path(self.log.name).read_text(errors="replace")
+        return self.log.read_text(errors="replace")
 
     def wait_listening(self) -> Serve:
         assert wait_for_port("127.0.0.1", self.port, 90, self.proc), f"serve did not listen:\n{self.output()}"
@@ -50,7 +52,7 @@ class Serve:
         if self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait(10)
-        os.unlink(self.log.name)
+        self.log.unlink(missing_ok=True)
 
 
 def postmaster(data: Path) -> tuple[int, int] | None:
