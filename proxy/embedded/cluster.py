@@ -469,11 +469,12 @@ class EmbeddedPostgres:
         """Shut down (``smart``/``fast``/``immediate``); escalates to SIGKILL after ``timeout``.
 
         Also stops a server another process left running on this data directory -- unless
-        this instance shares the server (``reuse_running``): see :meth:`_leave`."""
-        if self._leased:
-            self._leave(mode, timeout)
-        else:
+        this instance shares the server (``reuse_running``): see :meth:`_leave`; a second
+        call, or one without a lease, then does nothing, so it cannot stop another's server."""
+        if not self.reuse_running:
             self._shut_down(mode, timeout)
+        elif self._leased:
+            self._leave(mode, timeout)
 
     def _leave(self, mode: str, timeout: float) -> None:
         """Give back our lease; the last holder of a server optimist started stops it."""

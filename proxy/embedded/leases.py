@@ -1,7 +1,7 @@
 """Which optimist processes use the server of a shared data directory.
 
-Each process sharing the server holds a lease, a file ``optimist-leases/<pid>`` holding the
-process' start time (so a recycled pid does not pass for the old process); leases of dead
+Each process sharing the server holds a lease, a file ``optimist-leases/<pid>.<n>`` (``n``
+tells apart several instances in one process) holding the process' start time (so a recycled pid does not pass for the old process); leases of dead
 processes are ignored.  ``optimist-leases/started`` records the postmaster an optimist
 process started itself: only such a server is ever stopped, by the last lease holder to
 leave.  Every read-modify-decide runs under an exclusive ``flock`` on
@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import itertools
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,6 +21,8 @@ from pathlib import Path
 LEASE_DIR = "optimist-leases"
 STARTED = "started"
 LOCK = ".lock"
+
+_instances = itertools.count(1)
 
 
 def process_identity(pid: int) -> str | None:
@@ -44,6 +47,7 @@ class Leases:
 
     def __init__(self, data_dir: Path) -> None:
         self.dir = data_dir / LEASE_DIR
+        self._mine: Path | None = None
 
     @contextlib.contextmanager
     def locked(self) -> Iterator[Leases]:
@@ -55,21 +59,24 @@ class Leases:
         finally:
             os.close(fd)  # releases the lock
 
-    def take(self, pid: int | None = None) -> None:
-        pid = os.getpid() if pid is None else pid
-        (self.dir / str(pid)).write_text(process_identity(pid) or "")
+    def take(self) -> None:
+        pid = os.getpid()
+        self._mine = self.dir / f"{pid}.{next(_instances)}"
+        self._mine.write_text(process_identity(pid) or "")
 
-    def drop(self, pid: int | None = None) -> None:
-        with contextlib.suppress(FileNotFoundError):
-            (self.dir / str(os.getpid() if pid is None else pid)).unlink()
+    def drop(self) -> None:
+        if self._mine is not None:
+            self._mine.unlink(missing_ok=True)
+            self._mine = None
 
     def holders(self) -> list[int]:
         """Pids of the live processes holding a lease; stale lease files are removed."""
         live = []
         for path in self.dir.iterdir():
-            if not path.name.isdigit():
+            pid_text = path.name.split(".")[0]
+            if not pid_text.isdigit():
                 continue
-            pid = int(path.name)
+            pid = int(pid_text)
             try:
                 recorded = path.read_text()
             except OSError:

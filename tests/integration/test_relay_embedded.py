@@ -183,3 +183,19 @@ def test_an_explicit_data_dir_gets_traversable_parents_and_says_so(scratch, capl
         pg.stop()
     assert scratch.stat().st_mode & 0o777 == 0o711
     assert f"added g+x,o+x to {scratch} (mode 0700 -> 0711)" in caplog.text
+
+
+def test_shared_instances_in_one_process_hold_their_own_lease(scratch):
+    first = EmbeddedPostgres(scratch / "data", fast=True, reuse_running=True).start()
+    second = EmbeddedPostgres(scratch / "data", fast=True, reuse_running=True).start()
+    try:
+        assert second.pid == first.pid
+        pid = first.pid
+        second.stop()
+        second.stop()  # a second stop has no lease to give back: it must not stop the server
+        assert query_direct(first.dsn, "select 1") == [(1,)]
+        first.stop()
+        assert not (scratch / "data" / "postmaster.pid").exists()
+        assert not Path(f"/proc/{pid}").exists() or "Z" in Path(f"/proc/{pid}/stat").read_text().split(")")[1][:3]
+    finally:
+        EmbeddedPostgres(scratch / "data").stop()
