@@ -27,6 +27,8 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
+from proxy.sqlnames import quote_literal_any
+
 __all__ = [
     "AUDIT_MARKER",
     "CONFLICT_MESSAGE_PREFIX",
@@ -218,8 +220,6 @@ def reject_message(table: Any, reason: str) -> tuple[str, str]:
 def reject_sql(table: Any, reason: str) -> str:
     """A statement that fails with the reject error in place of the refused write, so it runs
     (and fails) in the client's transaction like the write would have."""
-    from proxy.rewrite.lexer import quote_literal_any
-
     message, hint = reject_message(table, reason)
     return (
         "DO $optimist$ BEGIN RAISE EXCEPTION USING ERRCODE = '" + REJECT_SQLSTATE + "', "

@@ -11,6 +11,10 @@ from __future__ import annotations
 import re
 from typing import Iterator, NamedTuple
 
+from proxy.sqlnames import fold_identifier, identifier_value
+# re-exported: callers imported the quoting helpers from here before proxy.sqlnames existed
+from proxy.sqlnames import quote_ident, quote_literal, quote_literal_any  # noqa: F401
+
 __all__ = [
     "MUST_PARSE",
     "PLACEHOLDER_BASE",
@@ -337,9 +341,9 @@ def _ident_value(rest: list[tuple[str, str]], i: int) -> str | None:
         return None
     kind, text = rest[i]
     if kind == "ident":
-        return text.lower()
+        return fold_identifier(text)
     if kind == "qident" and text.startswith('"'):
-        return text[1:-1].replace('""', '"')
+        return identifier_value(text)
     return None
 
 
@@ -368,8 +372,8 @@ def write_target(stmt: str) -> tuple[str | None, str] | None:
     if m:
         first, second = m.group(1), m.group(2)
         if second is None:
-            return None, _fold(first)
-        return _fold(first), _fold(second)
+            return None, identifier_value(first)
+        return identifier_value(first), identifier_value(second)
     if _WITH_HEAD.match(stmt):
         return MUST_PARSE
     c = stmt[:1]
@@ -381,12 +385,6 @@ def write_target(stmt: str) -> tuple[str | None, str] | None:
     if _WRITE_WORD.match(stmt):
         return MUST_PARSE  # a write whose target we could not read (U&"..", catalog.schema.t)
     return None
-
-
-def _fold(name: str) -> str:
-    if name.startswith('"'):
-        return name[1:-1].replace('""', '"')
-    return name.lower()
 
 
 # --------------------------------------------------------------------------------------------
@@ -674,55 +672,3 @@ def literal_text(literal: str, standard_conforming_strings: bool = True) -> str 
             return sign + str(int(literal.replace("_", ""), 0))
         return sign + literal.replace("_", "")
     return None
-
-
-def quote_literal(value: str, standard_conforming_strings: bool = True) -> str:
-    """A PostgreSQL string literal holding value (E'' with backslash escapes when scs is off)."""
-    if "\x00" in value:
-        raise ValueError("PostgreSQL text cannot contain NUL characters")
-    if standard_conforming_strings:
-        return "'" + value.replace("'", "''") + "'"
-    return "E'" + value.replace("\\", "\\\\").replace("'", "''") + "'"
-
-
-def quote_literal_any(value: str) -> str:
-    """A string literal that reads the same whatever standard_conforming_strings is: for text
-    baked into cached SQL (names, JSON). '' quoting unless backslashes, then dollar quoting."""
-    if "\x00" in value:
-        raise ValueError("PostgreSQL text cannot contain NUL characters")
-    if "\\" not in value:
-        return "'" + value.replace("'", "''") + "'"
-    tag = "$o$"
-    i = 0
-    while (value + tag).find(tag) != len(value):  # the first closing tag must be ours
-        i += 1
-        tag = f"$o{i}$"
-    return tag + value + tag
-
-
-_PLAIN_IDENT = re.compile(r"[a-z_][a-z0-9_$]*\Z")
-# PostgreSQL keywords that cannot be used bare as column names (reserved, plus the
-# type/function-name and column-name categories): quoting these is always safe.
-_KEYWORDS = frozenset(
-    """all analyse analyze and any array as asc asymmetric authorization between bigint binary
-    bit boolean both case cast char character check coalesce collate collation column concurrently
-    constraint create cross current_catalog current_date current_role current_schema current_time
-    current_timestamp current_user dec decimal default deferrable desc distinct do else end except
-    exists extract false fetch float for foreign freeze from full grant greatest group grouping
-    having ilike in initially inner inout int integer intersect interval into is isnull join
-    json json_array json_arrayagg json_object json_objectagg lateral leading least left like limit
-    localtime localtimestamp national natural nchar none normalize not notnull null nullif numeric
-    offset on only or order out outer overlaps overlay placing position precision primary real
-    references returning right row select session_user setof similar smallint some substring
-    symmetric system_user table tablesample then time timestamp to trailing treat trim true union
-    unique user using values varchar variadic verbose when where window with xmlattributes
-    xmlconcat xmlelement xmlexists xmlforest xmlnamespaces xmlparse xmlpi xmlroot xmlserialize
-    xmltable""".split()
-)
-
-
-def quote_ident(name: str) -> str:
-    """An identifier as PostgreSQL's quote_ident() would write it."""
-    if _PLAIN_IDENT.match(name) and name not in _KEYWORDS:
-        return name
-    return '"' + name.replace('"', '""') + '"'

@@ -32,7 +32,7 @@ from sqlglot.dialects.postgres import Postgres
 from sqlglot.errors import ParseError, TokenError
 from sqlglot.tokens import TokenType
 
-from proxy.rewrite.lexer import PLACEHOLDER_BASE, literal_text, quote_ident, quote_literal_any
+from proxy.rewrite.lexer import PLACEHOLDER_BASE, literal_text
 from proxy.rewrite.lexer import _tokens as _lexer_tokens
 from proxy.rewrite.render import (
     Lit,
@@ -46,6 +46,7 @@ from proxy.rewrite.render import (
     jsonb_object,
 )
 from proxy.rules.protected import ProtectedTable
+from proxy.sqlnames import fold_identifier, quote_ident, quote_literal_any
 
 __all__ = [
     "InsertPlan",
@@ -342,7 +343,7 @@ class _Target:
 def _fold(ident: exp.Identifier | None) -> str | None:
     if ident is None:
         return None
-    return ident.this if ident.quoted else ident.this.lower()
+    return ident.this if ident.quoted else fold_identifier(ident.this)
 
 
 def _target_of(table_node: exp.Expression) -> _Target | None:
