@@ -20,9 +20,11 @@ __all__ = [
     "PLACEHOLDER_BASE",
     "Statement",
     "classify",
+    "classify_uncached",
     "denormalize",
     "literal_text",
     "normalize",
+    "normalize_uncached",
     "quote_ident",
     "quote_literal",
     "quote_literal_any",
@@ -288,6 +290,11 @@ _NEEDS_DETAIL = frozenset(
 
 
 def classify(stmt: str, standard_conforming_strings: bool = True) -> Statement:
+    """The statement's first keyword and transaction-control details (from its cached scan)."""
+    return _scan_module.scan(stmt, standard_conforming_strings).statement
+
+
+def classify_uncached(stmt: str, standard_conforming_strings: bool = True) -> Statement:
     m = _FIRST_WORD.match(stmt)
     if m and (m.end() == len(stmt) or not _IDENT_CHAR_RE.match(stmt, m.end())):
         keyword = m.group(1).upper()
@@ -454,8 +461,17 @@ def normalize(
     """Replace literals by $90001, $90002, ... placeholders: (template, literal texts in order).
 
     `denormalize(template, literals)` gives stmt back exactly. A unary minus directly before a
-    number belongs to the literal ('id = -5' -> 'id = $90001', literal '-5').
+    number belongs to the literal ('id = -5' -> 'id = $90001', literal '-5'). From the
+    statement's cached scan (proxy.rewrite.scan).
     """
+    found = _scan_module.scan(stmt, standard_conforming_strings)
+    return found.template, found.literals
+
+
+def normalize_uncached(
+    stmt: str, standard_conforming_strings: bool = True
+) -> tuple[str, tuple[str, ...]]:
+    """normalize() without the cache: one pass over the statement."""
     if not _MAY_HAVE_LITERAL.search(stmt):
         return stmt, ()
     rx = _NORM if standard_conforming_strings else _NORM_BACKSLASH
@@ -672,3 +688,8 @@ def literal_text(literal: str, standard_conforming_strings: bool = True) -> str 
             return sign + str(int(literal.replace("_", ""), 0))
         return sign + literal.replace("_", "")
     return None
+
+
+# normalize() and classify() read the statement's one cached scan; scan.py builds it from the
+# *_uncached functions above (imported last: scan.py imports this module)
+from proxy.rewrite import scan as _scan_module  # noqa: E402
