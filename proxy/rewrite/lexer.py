@@ -11,9 +11,14 @@ from __future__ import annotations
 import re
 from typing import Iterator, NamedTuple
 
-from proxy.sqlnames import fold_identifier, identifier_value
-# re-exported: callers imported the quoting helpers from here before proxy.sqlnames existed
-from proxy.sqlnames import quote_ident, quote_literal, quote_literal_any  # noqa: F401
+# quote_* are re-exported: callers imported them from here before proxy.sqlnames existed
+from proxy.sqlnames import (  # noqa: F401
+    fold_identifier,
+    identifier_value,
+    quote_ident,
+    quote_literal,
+    quote_literal_any,
+)
 
 __all__ = [
     "MUST_PARSE",
