@@ -12,6 +12,7 @@ from types import MappingProxyType
 from typing import Any, Literal, Mapping
 
 from proxy.rules.protected import Bump, Mode, Policy, Strategy
+
 # rule files name tables as SQL does; the loader (and tests) take these helpers from here
 from proxy.sqlnames import parse_identifier as fold_identifier  # noqa: F401
 from proxy.sqlnames import quote_ident, split_identifiers  # noqa: F401
