@@ -1,14 +1,16 @@
 """What the database says about the protected tables: columns, types, primary keys.
 
-Sans-IO core: `catalog_query()` builds one self-contained SELECT (no parameters, so the session
+Sans-IO: `catalog_query()` builds one self-contained SELECT (no parameters, so the session
 can send it in-band as a simple Query on the client's own server connection) and
-`Catalog.from_rows()` reads its result in text format, as DataRows carry it. `fetch_catalog()`
-is the small asyncpg helper for `optimist check` and tests.
+`Catalog.from_rows()` reads its result in text format, as DataRows carry it. The live fetch for
+`optimist check` and tests is `proxy.catalog_fetch.fetch_catalog()`.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Iterable, Sequence
+
+from proxy.sqlnames import quote_e_literal
 
 # Result columns of catalog_query(), in order.
 CATALOG_COLUMNS = (
@@ -21,11 +23,9 @@ INTEGER_TYPE_OIDS = frozenset({21, 23, 20, 1700})  # int2, int4, int8, numeric
 TIMESTAMP_TYPE_OIDS = frozenset({1114, 1184})  # timestamp, timestamptz
 
 
-def sql_literal(text: str) -> str:
-    """An E'' literal: safe whatever standard_conforming_strings says."""
-    if "\0" in text:
-        raise ValueError("a name cannot contain a NUL character")
-    return "E'" + text.replace("\\", "\\\\").replace("'", "''") + "'"
+# names go in as E'' literals: the query is cached and must read the same whatever the
+# session's standard_conforming_strings is
+sql_literal = quote_e_literal
 
 
 _QUERY = """\
@@ -180,24 +180,3 @@ class Catalog:
             pk = tuple(c.name for c in cols if c.name in keys.get(toid, ()))
             tables[toid] = CatalogTable(toid, schema, table, {c.name: c for c in cols}, pk)
         return cls(tables)
-
-
-def _as_text(value: object) -> str | None:
-    if value is None:
-        return None
-    if isinstance(value, bool):
-        return "t" if value else "f"
-    return str(value)
-
-
-async def fetch_catalog(dsn: str, tables: Iterable[tuple[str, str]], *,
-                        timeout: float = 10.0) -> Catalog:
-    """Run catalog_query() over a fresh asyncpg connection (for `optimist check`, tests)."""
-    import asyncpg  # only the tools need a driver; the proxy sends the query in-band
-
-    conn = await asyncpg.connect(dsn, timeout=timeout)
-    try:
-        records = await conn.fetch(catalog_query(tables), timeout=timeout)
-    finally:
-        await conn.close()
-    return Catalog.from_rows([[_as_text(v) for v in r.values()] for r in records])

@@ -9,7 +9,7 @@ import asyncio
 from pathlib import Path
 from typing import Sequence
 
-from proxy.catalog import fetch_catalog
+from proxy.catalog_fetch import fetch_catalog
 from proxy.rules.loader import load_rules
 from proxy.rules.model import RuleError
 from proxy.rules.resolve import resolve, wanted_tables

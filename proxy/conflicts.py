@@ -27,6 +27,8 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
+from proxy.sqlnames import quote_literal_any
+
 __all__ = [
     "AUDIT_MARKER",
     "CONFLICT_MESSAGE_PREFIX",
@@ -225,8 +227,6 @@ def is_refusal(fields: Mapping[str, str]) -> bool:
 def reject_sql(table: Any, reason: str) -> str:
     """A statement that fails with the reject error in place of the refused write, so it runs
     (and fails) in the client's transaction like the write would have."""
-    from proxy.rewrite.lexer import quote_literal_any
-
     message, hint = reject_message(table, reason)
     return (
         "DO $optimist$ BEGIN RAISE EXCEPTION USING ERRCODE = '" + REJECT_SQLSTATE + "', "

@@ -31,7 +31,7 @@ def upstream_dsn(value: str) -> str:
 
 
 async def _protected_tables(ruleset, dsn: str | None):
-    from proxy.catalog import fetch_catalog
+    from proxy.catalog_fetch import fetch_catalog
     from proxy.rules.resolve import resolve, wanted_tables
     catalog = await fetch_catalog(upstream_dsn(dsn), wanted_tables(ruleset))
     protected, problems = resolve(ruleset, catalog)

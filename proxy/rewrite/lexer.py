@@ -11,14 +11,25 @@ from __future__ import annotations
 import re
 from typing import Iterator, NamedTuple
 
+# quote_* are re-exported: callers imported them from here before proxy.sqlnames existed
+from proxy.sqlnames import (  # noqa: F401
+    fold_identifier,
+    identifier_value,
+    quote_ident,
+    quote_literal,
+    quote_literal_any,
+)
+
 __all__ = [
     "MUST_PARSE",
     "PLACEHOLDER_BASE",
     "Statement",
     "classify",
+    "classify_uncached",
     "denormalize",
     "literal_text",
     "normalize",
+    "normalize_uncached",
     "quote_ident",
     "quote_literal",
     "quote_literal_any",
@@ -284,6 +295,11 @@ _NEEDS_DETAIL = frozenset(
 
 
 def classify(stmt: str, standard_conforming_strings: bool = True) -> Statement:
+    """The statement's first keyword and transaction-control details (from its cached scan)."""
+    return _scan_module.scan(stmt, standard_conforming_strings).statement
+
+
+def classify_uncached(stmt: str, standard_conforming_strings: bool = True) -> Statement:
     m = _FIRST_WORD.match(stmt)
     if m and (m.end() == len(stmt) or not _IDENT_CHAR_RE.match(stmt, m.end())):
         keyword = m.group(1).upper()
@@ -337,9 +353,9 @@ def _ident_value(rest: list[tuple[str, str]], i: int) -> str | None:
         return None
     kind, text = rest[i]
     if kind == "ident":
-        return text.lower()
+        return fold_identifier(text)
     if kind == "qident" and text.startswith('"'):
-        return text[1:-1].replace('""', '"')
+        return identifier_value(text)
     return None
 
 
@@ -368,8 +384,8 @@ def write_target(stmt: str) -> tuple[str | None, str] | None:
     if m:
         first, second = m.group(1), m.group(2)
         if second is None:
-            return None, _fold(first)
-        return _fold(first), _fold(second)
+            return None, identifier_value(first)
+        return identifier_value(first), identifier_value(second)
     if _WITH_HEAD.match(stmt):
         return MUST_PARSE
     c = stmt[:1]
@@ -381,12 +397,6 @@ def write_target(stmt: str) -> tuple[str | None, str] | None:
     if _WRITE_WORD.match(stmt):
         return MUST_PARSE  # a write whose target we could not read (U&"..", catalog.schema.t)
     return None
-
-
-def _fold(name: str) -> str:
-    if name.startswith('"'):
-        return name[1:-1].replace('""', '"')
-    return name.lower()
 
 
 # --------------------------------------------------------------------------------------------
@@ -456,8 +466,17 @@ def normalize(
     """Replace literals by $90001, $90002, ... placeholders: (template, literal texts in order).
 
     `denormalize(template, literals)` gives stmt back exactly. A unary minus directly before a
-    number belongs to the literal ('id = -5' -> 'id = $90001', literal '-5').
+    number belongs to the literal ('id = -5' -> 'id = $90001', literal '-5'). From the
+    statement's cached scan (proxy.rewrite.scan).
     """
+    found = _scan_module.scan(stmt, standard_conforming_strings)
+    return found.template, found.literals
+
+
+def normalize_uncached(
+    stmt: str, standard_conforming_strings: bool = True
+) -> tuple[str, tuple[str, ...]]:
+    """normalize() without the cache: one pass over the statement."""
     if not _MAY_HAVE_LITERAL.search(stmt):
         return stmt, ()
     rx = _NORM if standard_conforming_strings else _NORM_BACKSLASH
@@ -676,53 +695,6 @@ def literal_text(literal: str, standard_conforming_strings: bool = True) -> str 
     return None
 
 
-def quote_literal(value: str, standard_conforming_strings: bool = True) -> str:
-    """A PostgreSQL string literal holding value (E'' with backslash escapes when scs is off)."""
-    if "\x00" in value:
-        raise ValueError("PostgreSQL text cannot contain NUL characters")
-    if standard_conforming_strings:
-        return "'" + value.replace("'", "''") + "'"
-    return "E'" + value.replace("\\", "\\\\").replace("'", "''") + "'"
-
-
-def quote_literal_any(value: str) -> str:
-    """A string literal that reads the same whatever standard_conforming_strings is: for text
-    baked into cached SQL (names, JSON). '' quoting unless backslashes, then dollar quoting."""
-    if "\x00" in value:
-        raise ValueError("PostgreSQL text cannot contain NUL characters")
-    if "\\" not in value:
-        return "'" + value.replace("'", "''") + "'"
-    tag = "$o$"
-    i = 0
-    while (value + tag).find(tag) != len(value):  # the first closing tag must be ours
-        i += 1
-        tag = f"$o{i}$"
-    return tag + value + tag
-
-
-_PLAIN_IDENT = re.compile(r"[a-z_][a-z0-9_$]*\Z")
-# PostgreSQL keywords that cannot be used bare as column names (reserved, plus the
-# type/function-name and column-name categories): quoting these is always safe.
-_KEYWORDS = frozenset(
-    """all analyse analyze and any array as asc asymmetric authorization between bigint binary
-    bit boolean both case cast char character check coalesce collate collation column concurrently
-    constraint create cross current_catalog current_date current_role current_schema current_time
-    current_timestamp current_user dec decimal default deferrable desc distinct do else end except
-    exists extract false fetch float for foreign freeze from full grant greatest group grouping
-    having ilike in initially inner inout int integer intersect interval into is isnull join
-    json json_array json_arrayagg json_object json_objectagg lateral leading least left like limit
-    localtime localtimestamp national natural nchar none normalize not notnull null nullif numeric
-    offset on only or order out outer overlaps overlay placing position precision primary real
-    references returning right row select session_user setof similar smallint some substring
-    symmetric system_user table tablesample then time timestamp to trailing treat trim true union
-    unique user using values varchar variadic verbose when where window with xmlattributes
-    xmlconcat xmlelement xmlexists xmlforest xmlnamespaces xmlparse xmlpi xmlroot xmlserialize
-    xmltable""".split()
-)
-
-
-def quote_ident(name: str) -> str:
-    """An identifier as PostgreSQL's quote_ident() would write it."""
-    if _PLAIN_IDENT.match(name) and name not in _KEYWORDS:
-        return name
-    return '"' + name.replace('"', '""') + '"'
+# normalize() and classify() read the statement's one cached scan; scan.py builds it from the
+# *_uncached functions above (imported last: scan.py imports this module)
+from proxy.rewrite import scan as _scan_module  # noqa: E402

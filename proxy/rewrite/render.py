@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Iterable, Mapping, NamedTuple, Sequence
 
-from proxy.rewrite.lexer import quote_ident, quote_literal, quote_literal_any
+from proxy.sqlnames import quote_ident, quote_literal, quote_literal_any
 
 __all__ = [
     "Lit",

@@ -13,6 +13,10 @@ from typing import Any, Literal, Mapping
 
 from proxy.rules.protected import Bump, Mode, Policy, Strategy
 
+# rule files name tables as SQL does; the loader (and tests) take these helpers from here
+from proxy.sqlnames import parse_identifier as fold_identifier  # noqa: F401
+from proxy.sqlnames import quote_ident, split_identifiers  # noqa: F401
+
 DEFAULT_SEARCH_PATH: tuple[str, ...] = ("public",)
 
 
@@ -40,7 +44,8 @@ class RuleError(Exception):
 
 @dataclass(frozen=True)
 class TableRule:
-    # names are folded like unquoted SQL identifiers (lower case) unless written "quoted"
+    # names are folded like unquoted SQL identifiers (ASCII A-Z lowered, see proxy.sqlnames)
+    # unless written "quoted"
     schema: str
     name: str
     # False when the file wrote an unqualified name: `schema` is then search_path[0], and
@@ -133,78 +138,3 @@ class RuleSet:
             if rule is not None:
                 return rule
         return self._unqualified.get(name)
-
-
-# --- SQL identifiers ------------------------------------------------------------------
-
-_ASCII_LOWER = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz")
-
-
-def _is_plain_start(ch: str) -> bool:
-    return ch == "_" or ch.isalpha()
-
-
-def _is_plain_char(ch: str) -> bool:
-    return ch in "_$" or ch.isalnum()
-
-
-def split_identifiers(text: str) -> list[str]:
-    """`Public."My Table"` -> ['public', 'My Table']; ValueError saying what is wrong.
-
-    PostgreSQL folds unquoted names to lower case (ASCII letters only) and keeps quoted
-    names exactly; rules follow the same convention so they name what SQL names.
-    """
-    parts: list[str] = []
-    i, n = 0, len(text)
-    while True:
-        if i < n and text[i] == '"':
-            j, buf = i + 1, []
-            while True:
-                if j >= n:
-                    raise ValueError(f"unterminated quoted name in {text!r}")
-                if text[j] == '"':
-                    if j + 1 < n and text[j + 1] == '"':
-                        buf.append('"')
-                        j += 2
-                        continue
-                    break
-                buf.append(text[j])
-                j += 1
-            if not buf:
-                raise ValueError(f'empty quoted name "" in {text!r}')
-            parts.append("".join(buf))
-            i = j + 1
-        else:
-            j = i
-            if j < n and _is_plain_start(text[j]):
-                j += 1
-                while j < n and _is_plain_char(text[j]):
-                    j += 1
-            if j == i:
-                raise ValueError(
-                    f"{text!r} is not a valid name: use letters, digits and _, or quote it "
-                    f"in double quotes (inside YAML quotes: '\"{text}\"')")
-            parts.append(text[i:j].translate(_ASCII_LOWER))
-            i = j
-        if i == n:
-            return parts
-        if text[i] != ".":
-            raise ValueError(
-                f"{text!r} is not a valid name: unexpected {text[i]!r}; quote it in double "
-                f"quotes (inside YAML quotes: '\"{text}\"')")
-        i += 1
-
-
-def fold_identifier(text: str) -> str:
-    """One name (a column, a schema): folded like SQL, ValueError if it is not one name."""
-    parts = split_identifiers(text)
-    if len(parts) != 1:
-        raise ValueError(f"{text!r} must be a single name, not a dotted one")
-    return parts[0]
-
-
-def quote_ident(name: str) -> str:
-    """The spelling that folds back to `name` (quoted only when it has to be)."""
-    plain = (bool(name) and _is_plain_start(name[0]) and all(_is_plain_char(c) for c in name)
-             and name == name.translate(_ASCII_LOWER))
-    return name if plain else '"' + name.replace('"', '""') + '"'

@@ -9,7 +9,8 @@ from urllib.parse import urlsplit, urlunsplit
 import psycopg
 import pytest
 
-from proxy.catalog import Catalog, catalog_query, fetch_catalog
+from proxy.catalog import Catalog, catalog_query
+from proxy.catalog_fetch import fetch_catalog
 
 SCHEMA = """
 CREATE SCHEMA cat;

@@ -1,0 +1,243 @@
+"""Assembling the guarded statement: edits spliced into the client's text (checks, presence
+subquery, version bump, sparse CASEs, RETURNING additions) as render pieces."""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Sequence
+
+from proxy.rewrite.clauses import Clauses
+from proxy.rewrite.pins import Pin, SetItem, Target, Value
+from proxy.rewrite.render import Read, cast, column_ref, compile_pieces, jsonb_object
+from proxy.rewrite.tokens import SqlText
+from proxy.rules.protected import ProtectedTable
+from proxy.sqlnames import quote_ident, quote_literal_any
+
+__all__ = ["Edit", "GuardBuilder", "returning_edit", "splice"]
+
+
+@dataclass(frozen=True)
+class Edit:
+    start: int
+    end: int  # == start for an insertion
+    pieces: tuple[object, ...]
+
+
+def splice(text: SqlText, edits: list[Edit]) -> tuple[object, ...]:
+    out: list[object] = []
+    pos = 0
+    for e in sorted(edits, key=lambda e: e.start):  # stable: insertions keep their order
+        out.extend(text.pieces(pos, e.start))
+        out.extend(e.pieces)
+        pos = e.end
+    out.extend(text.pieces(pos, len(text.sql)))
+    return compile_pieces(out)
+
+
+def _notify_expr(table: ProtectedTable, qualifier: str, op: str) -> str:
+    """pg_notify() as one more RETURNING item: PostgreSQL delivers it at commit, and drops it
+    if the transaction rolls back, which is exactly 'after a protected write commits'."""
+    key = ", ".join(f"{quote_literal_any(k)}, {column_ref(qualifier, k)}" for k in table.key)
+    version = (column_ref(qualifier, table.version_column)
+               if table.strategy == "version" and table.version_column else "NULL")
+    payload = (f"json_build_object('table', {quote_literal_any(table.qualified_name)}, "
+               f"'op', '{op}', 'key', json_build_object({key}), 'version', {version})::text")
+    return f"pg_notify({quote_literal_any(table.notify)}, {payload})"
+
+
+def returning_edit(text: SqlText, c: Clauses, qualifier: str, columns: Sequence[str],
+                    table: ProtectedTable | None = None, op: str = "update") -> Edit:
+    """RETURNING grows by the captured columns, then (rules with `notify`) the notification;
+    the proxy strips all of them before the client sees its rows."""
+    refs = ", ".join(column_ref(qualifier, col) for col in columns)
+    if table is not None and table.notify:
+        refs += ", " + _notify_expr(table, qualifier, op)
+    if c.returning >= 0:
+        return Edit(text.end, text.end, (", " + refs,))
+    return Edit(text.end, text.end, (" RETURNING " + refs,))
+
+
+class GuardBuilder:
+    """Everything needed to assemble the guarded statement for one set of read rows."""
+
+    def __init__(self, *, text: SqlText, table: ProtectedTable, kind: str, clauses: Clauses,
+                 target: Target, pins: list[Pin], rows: list[list[Value]],
+                 items: list[SetItem], checks: dict[str, str], sparse: list[str],
+                 bump: str | None, wrap_where: bool) -> None:
+        self.text = text
+        self.table = table
+        self.kind = kind
+        self.c = clauses
+        self.q = target.qualifier
+        self.pins = pins
+        self.rows = rows  # rows[i][k]: value of key column k for pinned row i
+        self.items = {it.column: it for it in items}
+        self.checks = checks  # column -> 'plain' | 'differing', in checked order
+        self.sparse = sparse
+        self.bump = bump
+        self.wrap_where = wrap_where
+        guarded = table.mode in ("enforce", "audit")
+        self.guarded = guarded
+        suffix = "_audit" if table.mode == "audit" else ""
+        self.f_modified = "pg_temp.optimist_modified" + suffix
+        self.f_present = "pg_temp.optimist_present" + suffix
+        self.info = quote_literal_any(json.dumps(
+            {"table": table.qualified_name, "schema": table.schema, "name": table.name,
+             "key": list(table.key), "op": kind},
+            ensure_ascii=False, separators=(",", ":")))
+        key_written = any(k in self.items for k in table.key)
+        self.lock = "FOR UPDATE" if kind == "delete" or key_written else "FOR NO KEY UPDATE"
+        self.relation = ("ONLY " if clauses.only else "") + quote_ident(table.schema) + "." \
+            + quote_ident(table.name)
+
+    # ---- small pieces
+
+    def col(self, column: str) -> str:
+        return column_ref(self.q, column)
+
+    def value(self, v: Value) -> list[object]:
+        return self.text.pieces(*v.span)
+
+    def new_value(self, column: str) -> list[object] | None:
+        item = self.items.get(column)
+        if item is None or item.value is None or not item.value.referenceable:
+            return None
+        return cast(self.value(item.value), self.table.column_types[column])
+
+    def read(self, row: int, column: str) -> Read:
+        return Read(row, column, self.table.column_types[column])
+
+    def row_pin(self, row: int) -> list[object]:
+        out: list[object] = []
+        for k, value in zip(self.table.key, self.rows[row]):
+            if out:
+                out.append(" AND ")
+            out += [self.col(k), " = ", *self.value(value)]
+        return out
+
+    def key_json(self, row: int | None) -> list[object]:
+        if row is None:  # inside the presence subquery: the scanned row's own key
+            return jsonb_object([(k, [quote_ident(k)]) for k in self.table.key])
+        return jsonb_object([
+            (k, cast(self.value(v), self.table.column_types[k]))
+            for k, v in zip(self.table.key, self.rows[row])
+        ])
+
+    # ---- checks
+
+    def column_check(self, row: int, column: str) -> list[object]:
+        r = self.read(row, column)
+        plain = [self.col(column), " IS NOT DISTINCT FROM ", r]
+        check = plain
+        if self.checks.get(column) == "differing":
+            new = self.new_value(column)
+            if new is not None:
+                check = ["(", *plain, " OR ", self.col(column), " IS NOT DISTINCT FROM ", *new, ")"]
+        if column in self.sparse:
+            # writing back what was read is not a write: no conflict on that column
+            new = self.new_value(column)
+            check = ["(", *new, " IS NOT DISTINCT FROM ", r, " OR ", *check, ")"]
+        return check
+
+    def row_checks(self, row: int) -> list[object] | None:
+        columns = [c for c in self.checks]
+        if not columns:
+            return None
+        out: list[object] = ["("]
+        for i, column in enumerate(columns):
+            if i:
+                out.append(" AND ")
+            out += self.column_check(row, column)
+        out.append(")")
+        # [read, current, attempted, passed]: the function reports the columns that failed
+        state_columns = []
+        for column in columns:
+            attempted = self.new_value(column)
+            state_columns.append((column, [
+                "jsonb_build_array(to_jsonb(", self.read(row, column), "), to_jsonb(",
+                self.col(column), "), ",
+                *(["to_jsonb(", *attempted, ")"] if attempted is not None else ["NULL"]),
+                ", to_jsonb(", *self.column_check(row, column), "))",
+            ]))
+        state = jsonb_object([("key", self.key_json_current()), ("columns", jsonb_object(state_columns))])
+        return ["(", *out, " OR ", self.f_modified, "(", self.info, ", ", *state, "))"]
+
+    def key_json_current(self) -> list[object]:
+        return jsonb_object([(k, [self.col(k)]) for k in self.table.key])
+
+    # ---- assembly
+
+    def build(self, mask: tuple[bool, ...]) -> tuple[object, ...]:
+        text, c = self.text, self.c
+        edits: list[Edit] = []
+        rows = [i for i, read in enumerate(mask) if read]
+        guarded = self.guarded and bool(rows)
+        if guarded:
+            for column in self.sparse:
+                edits.append(self.sparse_edit(column, rows))
+        if self.bump is not None:
+            edits.append(Edit(text.span(c.set_lo, c.set_hi)[1], text.span(c.set_lo, c.set_hi)[1],
+                               (self.bump,)))
+        if guarded:
+            where_end = text.span(c.where + 1, c.where_hi)[1]
+            if self.wrap_where:
+                after_where = text.toks[c.where].end + 1
+                edits.append(Edit(after_where, after_where, (" (",)))
+                edits.append(Edit(where_end, where_end, (")",)))
+            edits.append(Edit(where_end, where_end, tuple(self.guard(rows))))
+        edits.append(returning_edit(text, c, self.q, self.table.captured_columns, self.table,
+                                     self.kind))
+        return splice(text, edits)
+
+    def guard(self, rows: list[int]) -> list[object]:
+        out: list[object] = []
+        per_row = [(i, self.row_checks(i)) for i in rows]
+        if any(check is not None for _, check in per_row):
+            if len(self.rows) == 1:
+                out += [" AND ", *per_row[0][1]]
+            else:
+                out.append(" AND CASE")
+                for i, check in per_row:
+                    if check is not None:
+                        out += [" WHEN ", *self.row_pin(i), " THEN ", *check]
+                out.append(" ELSE true END")
+        # presence: lock the pinned rows first, then require every read row still to exist
+        existing = ["ARRAY(SELECT ", *self.key_json(None), " FROM ", self.relation, " WHERE "]
+        for n, pin in enumerate(self.pins):
+            if n:
+                existing.append(" AND ")
+            existing += self.unqualified_pin(pin)
+        existing += [" ", self.lock, ")"]
+        wanted: list[object] = ["ARRAY["]
+        for n, i in enumerate(rows):
+            if n:
+                wanted.append(", ")
+            wanted += self.key_json(i)
+        wanted.append("]")
+        out += [" AND ", self.f_present, "(", *existing, ", ", *wanted, ", ", self.info, ")"]
+        return out
+
+    def unqualified_pin(self, pin: Pin) -> list[object]:
+        col = quote_ident(pin.column)
+        if not pin.is_in:
+            return [col, " = ", *self.value(pin.values[0])]
+        out: list[object] = [col, " IN ("]
+        for n, v in enumerate(pin.values):
+            if n:
+                out.append(", ")
+            out += self.value(v)
+        out.append(")")
+        return out
+
+    def sparse_edit(self, column: str, rows: list[int]) -> Edit:
+        item = self.items[column]
+        original = self.value(item.value)
+        new = self.new_value(column)
+        out: list[object] = ["CASE"]
+        for i in rows:
+            out.append(" WHEN ")
+            if len(self.rows) > 1:
+                out += [*self.row_pin(i), " AND "]
+            out += [*new, " IS NOT DISTINCT FROM ", self.read(i, column), " THEN ", self.col(column)]
+        out += [" ELSE ", *original, " END"]
+        return Edit(item.value.span[0], item.value.span[1], tuple(out))
