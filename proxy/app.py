@@ -6,8 +6,10 @@ import logging
 import signal
 
 from proxy.config import Settings, parse_hostport
-from proxy.metrics import Metrics, MetricsServer, upstream_ready
+from proxy.http_endpoint import MetricsServer
+from proxy.metrics import Metrics
 from proxy.server import ProxyServer
+from proxy.upstream_probe import upstream_ready
 
 log = logging.getLogger("optimist")
 

@@ -1,17 +1,11 @@
-"""`optimist` command line: serve, demo, check, explain."""
+"""`optimist` command line: parses arguments and dispatches to serve, demo, check, explain."""
 from __future__ import annotations
 
 import argparse
-import asyncio
-import logging
-import os
 import sys
-from pathlib import Path
 
 from proxy import __version__
-from proxy.config import ConfigError, Settings, load_settings
-
-log = logging.getLogger("optimist")
+from proxy.config import ConfigError, load_settings
 
 SERVE_HELP = """\
 Run the proxy. Point applications at --listen instead of PostgreSQL.
@@ -112,9 +106,11 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     setup_logging(settings.log_level, settings.log_format)
     if args.command == "serve":
+        from proxy.runtime import serve
         return serve(settings)
     if args.command == "demo":
-        return demo(settings)
+        from proxy.demo import prepare_demo
+        return prepare_demo(settings)
     if args.command == "check":
         from proxy.check import check
         code, lines = check(settings.rules, settings.upstream)
@@ -128,55 +124,6 @@ def main(argv: list[str] | None = None) -> int:
             print(line)
         return code
     return 2
-
-
-def run_loop(coro) -> None:
-    try:
-        import uvloop
-    except ImportError:  # pragma: no cover - platforms without uvloop
-        asyncio.run(coro)
-    else:
-        uvloop.run(coro)
-
-
-def serve(settings: Settings, *, on_ready=None) -> int:
-    embedded = None
-    if settings.upstream is None:
-        from proxy.embedded import EmbeddedPostgres
-        embedded = EmbeddedPostgres(settings.data_dir, reuse_running=True)
-        log.info("starting the embedded PostgreSQL in %s", embedded.data_dir)
-        embedded.start()
-        settings.upstream = f"{embedded.host}:{embedded.port}"
-    if settings.rules:
-        # refuse broken rule files before forking workers or binding the port
-        from proxy.rules.loader import load_rules
-        from proxy.rules.model import RuleError
-        try:
-            load_rules(settings.rules)
-        except RuleError as exc:
-            log.error("rule files refused:\n%s", "\n".join(map(str, exc.problems)))
-            if embedded is not None:
-                embedded.stop()
-            return 2
-    try:
-        if settings.workers > 1:
-            from proxy.workers import run_workers
-            return run_workers(settings, settings.workers)
-        from proxy.app import ProxyApp
-        app = ProxyApp(settings)
-        run_loop(app.run(on_ready=on_ready))
-    except ConfigError as exc:
-        log.error("%s", exc)
-        return 2
-    finally:
-        if embedded is not None:
-            embedded.stop()
-    return 0
-
-
-def demo(settings: Settings) -> int:
-    from proxy.demo import prepare_demo
-    return prepare_demo(settings)
 
 
 if __name__ == "__main__":  # pragma: no cover

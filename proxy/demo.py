@@ -6,6 +6,7 @@ import subprocess
 from pathlib import Path
 
 from proxy.config import Settings
+from proxy.runtime import serve
 
 log = logging.getLogger("optimist.demo")
 
@@ -49,7 +50,6 @@ def _psql(bin_dir: Path, dsn: str, sql: str) -> str:
 
 
 def prepare_demo(settings: Settings) -> int:
-    from proxy.cli import serve
     from proxy.embedded import EmbeddedPostgres
 
     pg = EmbeddedPostgres(settings.data_dir, reuse_running=True)

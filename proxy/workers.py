@@ -15,6 +15,7 @@ import sys
 import tempfile
 
 from proxy.config import Settings, parse_hostport
+from proxy.event_loop import run_loop
 
 log = logging.getLogger("optimist.workers")
 
@@ -39,7 +40,6 @@ def _fork_worker(settings: Settings, index: int) -> int:
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             signal.signal(sig, signal.SIG_DFL)
         from proxy.app import ProxyApp
-        from proxy.cli import run_loop
         app = ProxyApp(settings, serve_metrics=False, reuse_port=True)
         log.info("worker %d (pid %d) starting", index, os.getpid())
         run_loop(app.run())
@@ -52,12 +52,13 @@ def _fork_worker(settings: Settings, index: int) -> int:
 
 
 def _supervise(settings: Settings, count: int) -> int:
-    from proxy.cli import run_loop
     workers = {_fork_worker(settings, i): i for i in range(count)}
     state = {"stopping": False, "failed": False}
 
     async def supervise() -> None:
-        from proxy.metrics import MetricsServer, multiprocess_registry, upstream_ready
+        from proxy.http_endpoint import MetricsServer
+        from proxy.metrics import multiprocess_registry
+        from proxy.upstream_probe import upstream_ready
         from prometheus_client import multiprocess
         loop = asyncio.get_running_loop()
         stop = asyncio.Event()
