@@ -5,11 +5,11 @@ import asyncio
 import logging
 import signal
 
-from proxy.config import Settings, parse_hostport
+from proxy.config import Settings, cannot_listen, parse_hostport
 from proxy.http_endpoint import MetricsServer
 from proxy.metrics import Metrics
 from proxy.server import ProxyServer
-from proxy.upstream_probe import upstream_ready
+from proxy.upstream_probe import readiness, upstream_ready
 
 log = logging.getLogger("optimist")
 
@@ -59,7 +59,10 @@ class ProxyApp:
             await asyncio.sleep(1.0)
 
     async def run(self, on_ready=None) -> None:
-        await self.server.start(reuse_port=self.reuse_port)
+        try:
+            await self.server.start(reuse_port=self.reuse_port)
+        except OSError as exc:
+            raise cannot_listen(self.listen, exc, "--listen") from None
         if self.enforcement is not None:
             self.enforcement.start_watching()
         try:
@@ -69,10 +72,13 @@ class ProxyApp:
         sampler = asyncio.get_running_loop().create_task(self._sample())
         if self.settings.metrics and self.serve_metrics:
             endpoint = parse_hostport(self.settings.metrics, 9187)
-            self.metrics_server = MetricsServer(self.metrics.registry,
-                                                lambda: upstream_ready(self.upstream),
+            self.metrics_server = MetricsServer(self.metrics.registry, lambda: readiness(
+                self.upstream, plain_relay=self.enforcement is None),
                                                 self._before_scrape)
-            await self.metrics_server.start(endpoint.host, endpoint.port)
+            try:
+                await self.metrics_server.start(endpoint.host, endpoint.port)
+            except OSError as exc:
+                raise cannot_listen(endpoint, exc, "--metrics") from None
             log.info("metrics on http://%s:%d/metrics", endpoint.host, endpoint.port)
         log.info("optimist listening on %s, forwarding to %s", self.listen, self.upstream)
         log.info("connect with: psql \"postgresql://postgres@%s:%d/postgres\"",

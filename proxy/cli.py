@@ -26,8 +26,10 @@ def _add_common(p: argparse.ArgumentParser) -> None:
                    help="rule file or directory of rule files (repeatable)")
     p.add_argument("--upstream", metavar="URL",
                    help="PostgreSQL server: postgresql://host:port or host:port")
-    p.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
-    p.add_argument("--log-format", choices=["text", "json"])
+    p.add_argument("--log-level", choices=["debug", "info", "warning", "error"],
+                   help="least severe messages logged (default info)")
+    p.add_argument("--log-format", choices=["text", "json"],
+                   help="one plain line or one JSON object per event (default text)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -41,7 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
                            formatter_class=argparse.RawDescriptionHelpFormatter)
     _add_common(serve)
     serve.add_argument("--listen", metavar="HOST:PORT", help="where clients connect "
-                       "(default 127.0.0.1:6432)")
+                       "(default 127.0.0.1:6432; a bare PORT means 127.0.0.1:PORT)")
     serve.add_argument("--metrics", metavar="HOST:PORT",
                        help="serve /metrics, /healthz and /readyz here")
     serve.add_argument("--drain-timeout", type=float, metavar="SECONDS",
@@ -77,18 +79,28 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = sub.add_parser("demo", help="run the proxy on an embedded PostgreSQL with a "
                           "sample schema and the example rules")
-    demo.add_argument("--listen", metavar="HOST:PORT")
-    demo.add_argument("--data-dir", metavar="DIR")
+    demo.add_argument("--listen", metavar="HOST:PORT",
+                      help="where clients connect (default 127.0.0.1:6432; a bare PORT "
+                           "means 127.0.0.1:PORT)")
+    demo.add_argument("--data-dir", metavar="DIR",
+                      help="data directory of the embedded PostgreSQL (default: per user)")
 
     check = sub.add_parser("check", help="validate rule files (and against a live database)")
-    check.add_argument("--rules", metavar="PATH", action="append", required=True)
+    check.add_argument("--rules", metavar="PATH", action="append", required=True,
+                       help="rule file or directory of rule files (repeatable)")
     check.add_argument("--upstream", metavar="URL",
-                       help="also check tables, keys, columns and types in this database")
+                       help="also check tables, keys, columns and types in this database "
+                            "(postgresql://user@host:port/db, or host:port for user and "
+                            "database postgres)")
 
     explain = sub.add_parser("explain", help="show what the proxy would do with a statement")
-    explain.add_argument("--rules", metavar="PATH", action="append", required=True)
-    explain.add_argument("--upstream", metavar="URL")
-    explain.add_argument("sql")
+    explain.add_argument("--rules", metavar="PATH", action="append", required=True,
+                         help="rule file or directory of rule files (repeatable)")
+    explain.add_argument("--upstream", metavar="URL",
+                         help="read the table's key, columns and types from this database "
+                              "(without it: from the rule files and any schema .sql beside "
+                              "them)")
+    explain.add_argument("sql", help="one SQL statement, quoted")
     return parser
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Sequence
 
+from proxy.config import upstream_dsn
 from proxy.rewrite import lexer
 from proxy.rewrite.planner import InsertPlan, Unverified, plan_insert, plan_write
 from proxy.rules.loader import load_rules
@@ -21,13 +22,6 @@ REASONS = {
     "not_target_table": "the protected table is not the statement's target",
     "unsupported": "this form of statement cannot be checked",
 }
-
-
-def upstream_dsn(value: str) -> str:
-    if "://" in value or "=" in value:
-        return value
-    host, _, port = value.rpartition(":")
-    return f"postgresql://postgres@{host or '127.0.0.1'}:{port or 5432}/postgres"
 
 
 async def _protected_tables(ruleset, dsn: str | None):

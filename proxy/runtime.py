@@ -18,7 +18,10 @@ def serve(settings: Settings, *, on_ready=None) -> int:
         log.info("starting the embedded PostgreSQL in %s", embedded.data_dir)
         embedded.start()
         settings.upstream = f"{embedded.host}:{embedded.port}"
-    if settings.rules:
+    if not settings.rules:
+        log.warning("no rules loaded: optimist is a plain relay and protects nothing; give "
+                    "rule files with --rules (or try `optimist demo`)")
+    else:
         # refuse broken rule files before forking workers or binding the port
         from proxy.rules.loader import load_rules
         from proxy.rules.model import RuleError

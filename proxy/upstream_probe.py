@@ -16,3 +16,11 @@ async def upstream_ready(target) -> tuple[bool, str]:
     except (OSError, asyncio.TimeoutError) as exc:
         return False, f"upstream {target} unreachable: {exc or 'timeout'}"
     return True, "ready"
+
+
+async def readiness(target, plain_relay: bool) -> tuple[bool, str]:
+    """/readyz: the upstream answers; the body also says when no rules protect anything."""
+    ok, why = await upstream_ready(target)
+    if ok and plain_relay:
+        return ok, f"{why} (no rules loaded: plain relay)"
+    return ok, why
