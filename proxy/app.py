@@ -59,10 +59,23 @@ class ProxyApp:
             await asyncio.sleep(1.0)
 
     async def run(self, on_ready=None) -> None:
+        # the metrics port first: a failure then leaves nothing listening behind it
+        if self.settings.metrics and self.serve_metrics:
+            endpoint = parse_hostport(self.settings.metrics, 9187)
+            self.metrics_server = MetricsServer(self.metrics.registry, lambda: readiness(
+                self.upstream, plain_relay=self.enforcement is None), self._before_scrape)
+            try:
+                await self.metrics_server.start(endpoint.host, endpoint.port)
+            except OSError as exc:
+                raise cannot_listen(endpoint, exc, "--metrics") from None
         try:
             await self.server.start(reuse_port=self.reuse_port)
         except OSError as exc:
+            if self.metrics_server is not None:
+                await self.metrics_server.close()
             raise cannot_listen(self.listen, exc, "--listen") from None
+        if self.metrics_server is not None:
+            log.info("metrics on http://%s:%d/metrics", endpoint.host, endpoint.port)
         if self.enforcement is not None:
             self.enforcement.start_watching()
         try:
@@ -70,16 +83,6 @@ class ProxyApp:
         except (NotImplementedError, RuntimeError):
             pass
         sampler = asyncio.get_running_loop().create_task(self._sample())
-        if self.settings.metrics and self.serve_metrics:
-            endpoint = parse_hostport(self.settings.metrics, 9187)
-            self.metrics_server = MetricsServer(self.metrics.registry, lambda: readiness(
-                self.upstream, plain_relay=self.enforcement is None),
-                                                self._before_scrape)
-            try:
-                await self.metrics_server.start(endpoint.host, endpoint.port)
-            except OSError as exc:
-                raise cannot_listen(endpoint, exc, "--metrics") from None
-            log.info("metrics on http://%s:%d/metrics", endpoint.host, endpoint.port)
         log.info("optimist listening on %s, forwarding to %s", self.listen, self.upstream)
         log.info("connect with: psql \"postgresql://postgres@%s:%d/postgres\"",
                  self.listen.host, self.listen.port)

@@ -1,12 +1,13 @@
 """Rewritten SQL laid out for reading: the text itself is kept, only line breaks are added
-(before WHERE and RETURNING, and before every AND/OR, indented by parenthesis depth)."""
+(before WHERE and RETURNING, before every AND/OR, indented by parenthesis depth, and after a
+comma once a line grows past `width`)."""
 from __future__ import annotations
 
 _CLAUSES = (" WHERE ", " RETURNING ")
 _JOINS = (" AND ", " OR ")
 
 
-def format_sql(sql: str, indent: str = "  ") -> list[str]:
+def format_sql(sql: str, indent: str = "  ", width: int = 100) -> list[str]:
     lines: list[str] = []
     current: list[str] = []
     depth, quote, i = 0, "", 0
@@ -25,6 +26,12 @@ def format_sql(sql: str, indent: str = "  ") -> list[str]:
             level = 0 if word in _CLAUSES else depth + 1
             current = [indent * level, word.strip(), " "]
             i += len(word)
+            continue
+        if ch == "," and sql.startswith(" ", i + 1) and sum(map(len, current)) > width:
+            current.append(ch)
+            lines.append("".join(current))
+            current = [indent * (depth + 1)]
+            i += 2
             continue
         if ch in "'\"":
             quote = ch
