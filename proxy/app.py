@@ -5,9 +5,11 @@ import asyncio
 import logging
 import signal
 
-from proxy.config import Settings, parse_hostport
-from proxy.metrics import Metrics, MetricsServer, upstream_ready
+from proxy.config import Settings, cannot_listen, parse_hostport
+from proxy.http_endpoint import MetricsServer
+from proxy.metrics import Metrics
 from proxy.server import ProxyServer
+from proxy.upstream_probe import readiness, upstream_ready
 
 log = logging.getLogger("optimist")
 
@@ -60,19 +62,28 @@ class ProxyApp:
             await asyncio.sleep(1.0)
 
     async def run(self, on_ready=None) -> None:
-        await self.server.start(reuse_port=self.reuse_port)
+        # the metrics port first: a failure then leaves nothing listening behind it
+        if self.settings.metrics and self.serve_metrics:
+            endpoint = parse_hostport(self.settings.metrics, 9187)
+            self.metrics_server = MetricsServer(self.metrics.registry, lambda: readiness(
+                self.upstream, plain_relay=self.locking is None), self._before_scrape)
+            try:
+                await self.metrics_server.start(endpoint.host, endpoint.port)
+            except OSError as exc:
+                raise cannot_listen(endpoint, exc, "--metrics") from None
+        try:
+            await self.server.start(reuse_port=self.reuse_port)
+        except OSError as exc:
+            if self.metrics_server is not None:
+                await self.metrics_server.close()
+            raise cannot_listen(self.listen, exc, "--listen") from None
+        if self.metrics_server is not None:
+            log.info("metrics on http://%s:%d/metrics", endpoint.host, endpoint.port)
         try:
             asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, self.reload, "SIGHUP")
         except (NotImplementedError, RuntimeError):
             pass
         sampler = asyncio.get_running_loop().create_task(self._sample())
-        if self.settings.metrics and self.serve_metrics:
-            endpoint = parse_hostport(self.settings.metrics, 9187)
-            self.metrics_server = MetricsServer(self.metrics.registry,
-                                                lambda: upstream_ready(self.upstream),
-                                                self._before_scrape)
-            await self.metrics_server.start(endpoint.host, endpoint.port)
-            log.info("metrics on http://%s:%d/metrics", endpoint.host, endpoint.port)
         log.info("optimist listening on %s, forwarding to %s", self.listen, self.upstream)
         log.info("connect with: psql \"postgresql://postgres@%s:%d/postgres\"",
                  self.listen.host, self.listen.port)

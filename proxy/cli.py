@@ -1,17 +1,11 @@
-"""`optimist` command line: serve, demo, check, explain."""
+"""`optimist` command line: parses arguments and dispatches to serve, demo, check, explain."""
 from __future__ import annotations
 
 import argparse
-import asyncio
-import logging
-import os
 import sys
-from pathlib import Path
 
 from proxy import __version__
-from proxy.config import ConfigError, Settings, load_settings
-
-log = logging.getLogger("optimist")
+from proxy.config import ConfigError, load_settings
 
 SERVE_HELP = """\
 Run the proxy. Point applications at --listen instead of PostgreSQL.
@@ -32,8 +26,10 @@ def _add_common(p: argparse.ArgumentParser) -> None:
                    help="rule file or directory of rule files (repeatable)")
     p.add_argument("--upstream", metavar="URL",
                    help="PostgreSQL server: postgresql://host:port or host:port")
-    p.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
-    p.add_argument("--log-format", choices=["text", "json"])
+    p.add_argument("--log-level", choices=["debug", "info", "warning", "error"],
+                   help="least severe messages logged (default info)")
+    p.add_argument("--log-format", choices=["text", "json"],
+                   help="one plain line or one JSON object per event (default text)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -47,7 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
                            formatter_class=argparse.RawDescriptionHelpFormatter)
     _add_common(serve)
     serve.add_argument("--listen", metavar="HOST:PORT", help="where clients connect "
-                       "(default 127.0.0.1:6432)")
+                       "(default 127.0.0.1:6432; a bare PORT means 127.0.0.1:PORT)")
     serve.add_argument("--metrics", metavar="HOST:PORT",
                        help="serve /metrics, /healthz and /readyz here")
     serve.add_argument("--drain-timeout", type=float, metavar="SECONDS",
@@ -83,18 +79,28 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = sub.add_parser("demo", help="run the proxy on an embedded PostgreSQL with a "
                           "sample schema and the example rules")
-    demo.add_argument("--listen", metavar="HOST:PORT")
-    demo.add_argument("--data-dir", metavar="DIR")
+    demo.add_argument("--listen", metavar="HOST:PORT",
+                      help="where clients connect (default 127.0.0.1:6432; a bare PORT "
+                           "means 127.0.0.1:PORT)")
+    demo.add_argument("--data-dir", metavar="DIR",
+                      help="data directory of the embedded PostgreSQL (default: per user)")
 
     check = sub.add_parser("check", help="validate rule files (and against a live database)")
-    check.add_argument("--rules", metavar="PATH", action="append", required=True)
+    check.add_argument("--rules", metavar="PATH", action="append", required=True,
+                       help="rule file or directory of rule files (repeatable)")
     check.add_argument("--upstream", metavar="URL",
-                       help="also check tables, keys, columns and types in this database")
+                       help="also check tables, keys, columns and types in this database "
+                            "(postgresql://user@host:port/db, or host:port for user and "
+                            "database postgres)")
 
     explain = sub.add_parser("explain", help="show what the proxy would do with a statement")
-    explain.add_argument("--rules", metavar="PATH", action="append", required=True)
-    explain.add_argument("--upstream", metavar="URL")
-    explain.add_argument("sql")
+    explain.add_argument("--rules", metavar="PATH", action="append", required=True,
+                         help="rule file or directory of rule files (repeatable)")
+    explain.add_argument("--upstream", metavar="URL",
+                         help="read the table's key, columns and types from this database "
+                              "(without it: from the rule files and any schema .sql beside "
+                              "them)")
+    explain.add_argument("sql", help="one SQL statement, quoted")
     return parser
 
 
@@ -112,9 +118,11 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     setup_logging(settings.log_level, settings.log_format)
     if args.command == "serve":
+        from proxy.runtime import serve
         return serve(settings)
     if args.command == "demo":
-        return demo(settings)
+        from proxy.demo import prepare_demo
+        return prepare_demo(settings)
     if args.command == "check":
         from proxy.check import check
         code, lines = check(settings.rules, settings.upstream)
@@ -128,55 +136,6 @@ def main(argv: list[str] | None = None) -> int:
             print(line)
         return code
     return 2
-
-
-def run_loop(coro) -> None:
-    try:
-        import uvloop
-    except ImportError:  # pragma: no cover - platforms without uvloop
-        asyncio.run(coro)
-    else:
-        uvloop.run(coro)
-
-
-def serve(settings: Settings, *, on_ready=None) -> int:
-    embedded = None
-    if settings.upstream is None:
-        from proxy.embedded import EmbeddedPostgres
-        embedded = EmbeddedPostgres(settings.data_dir, reuse_running=True)
-        log.info("starting the embedded PostgreSQL in %s", embedded.data_dir)
-        embedded.start()
-        settings.upstream = f"{embedded.host}:{embedded.port}"
-    if settings.rules:
-        # refuse broken rule files before forking workers or binding the port
-        from proxy.rules.loader import load_rules
-        from proxy.rules.model import RuleError
-        try:
-            load_rules(settings.rules)
-        except RuleError as exc:
-            log.error("rule files refused:\n%s", "\n".join(map(str, exc.problems)))
-            if embedded is not None:
-                embedded.stop()
-            return 2
-    try:
-        if settings.workers > 1:
-            from proxy.workers import run_workers
-            return run_workers(settings, settings.workers)
-        from proxy.app import ProxyApp
-        app = ProxyApp(settings)
-        run_loop(app.run(on_ready=on_ready))
-    except ConfigError as exc:
-        log.error("%s", exc)
-        return 2
-    finally:
-        if embedded is not None:
-            embedded.stop()
-    return 0
-
-
-def demo(settings: Settings) -> int:
-    from proxy.demo import prepare_demo
-    return prepare_demo(settings)
 
 
 if __name__ == "__main__":  # pragma: no cover

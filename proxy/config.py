@@ -1,6 +1,7 @@
 """Settings: command line over environment (OPTIMIST_*) over config file (TOML) over defaults."""
 from __future__ import annotations
 
+import errno
 import os
 import tomllib
 from dataclasses import dataclass, field, fields
@@ -22,12 +23,34 @@ class Endpoint:
         return self.unix_socket and f"{self.unix_socket}/.s.PGSQL.{self.port}" or f"{self.host}:{self.port}"
 
 
+def cannot_listen(endpoint: Endpoint, exc: OSError, option: str) -> ConfigError:
+    """A bind failure as one line saying what to do (not asyncio's traceback)."""
+    reason = os.strerror(exc.errno).lower() if exc.errno else str(exc)
+    hint = (f"is another optimist running? use {option}" if exc.errno == errno.EADDRINUSE
+            else f"use {option}")
+    return ConfigError(f"cannot listen on {endpoint}: {reason} ({hint})")
+
+
+POSTGRES_SCHEMES = ("postgresql://", "postgres://")
+
+
 def parse_hostport(value: str, default_port: int) -> Endpoint:
+    """`host:port`, `[v6]:port`, a bare `port` (on 127.0.0.1, as PgBouncer's listen_port),
+    a Unix socket directory, or a postgresql:// URL."""
     value = value.strip()
-    if value.startswith(("postgresql://", "postgres://")):
+    if "://" in value and not value.startswith(POSTGRES_SCHEMES):
+        scheme = value.split("://", 1)[0]
+        raise ConfigError(f"{value!r}: the URL scheme must be postgresql:// or postgres://, "
+                          f"not {scheme}://")
+    if value.isdigit():
+        return Endpoint("127.0.0.1", int(value))
+    if value.startswith(POSTGRES_SCHEMES):
         url = urlparse(value)
         host = unquote(url.hostname or "127.0.0.1")
-        port = url.port or default_port
+        try:
+            port = url.port or default_port
+        except ValueError:
+            raise ConfigError(f"invalid port in {value!r}") from None
         if host.startswith("/"):
             return Endpoint(host, port, unix_socket=host)
         return Endpoint(host, port)
@@ -130,4 +153,24 @@ def load_settings(cli: dict, environ=os.environ) -> Settings:
         raise ConfigError("client_tls must be disable, allow or require")
     if settings.client_tls == "require" and not settings.tls_cert:
         raise ConfigError("client_tls require needs tls_cert and tls_key")
+    # bad addresses are refused now, in one line, not when something first connects
+    for name, default_port in (("listen", 6432), ("upstream", 5432), ("metrics", 9187)):
+        value = getattr(settings, name)
+        if value:
+            try:
+                parse_hostport(value, default_port)
+            except ConfigError as exc:
+                raise ConfigError(f"--{name}: {exc}") from None
     return settings
+
+
+def upstream_dsn(value: str) -> str:
+    """A connection string for the tools (check, explain) from any --upstream form serve
+    accepts; the host:port forms connect as user postgres to database postgres."""
+    if value.startswith(POSTGRES_SCHEMES) or "=" in value:
+        return value
+    endpoint = parse_hostport(value, 5432)
+    if endpoint.unix_socket:
+        return f"postgresql://postgres@/postgres?host={endpoint.unix_socket}&port={endpoint.port}"
+    host = f"[{endpoint.host}]" if ":" in endpoint.host else endpoint.host
+    return f"postgresql://postgres@{host}:{endpoint.port}/postgres"

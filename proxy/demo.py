@@ -6,6 +6,7 @@ import subprocess
 from pathlib import Path
 
 from proxy.config import Settings
+from proxy.runtime import serve
 
 log = logging.getLogger("optimist.demo")
 
@@ -26,13 +27,14 @@ optimist demo is running.
   Connect:   psql "postgresql://postgres@{host}:{port}/{db}"
 
 Try a lost update. In two terminals, connect as above, then:
-  A: SELECT * FROM accounts WHERE id = 1;
-  B: SELECT * FROM accounts WHERE id = 1;
-  A: UPDATE accounts SET balance = balance + 10 WHERE id = 1;
-  B: UPDATE accounts SET balance = balance - 50 WHERE id = 1;
+  A: SELECT * FROM accounts WHERE id = 1;             -- balance 100.00
+  B: SELECT * FROM accounts WHERE id = 1;             -- balance 100.00
+  A: UPDATE accounts SET balance = 110 WHERE id = 1;   -- A deposits 10: 100 + 10
+  B: UPDATE accounts SET balance = 50 WHERE id = 1;    -- B withdraws 50: 100 - 50
      -> ERROR: optimistic lock conflict ... was modified by another session
-  B: SELECT * FROM accounts WHERE id = 1;   -- re-read, then retry
-     UPDATE accounts SET balance = balance - 50 WHERE id = 1;
+        (straight to PostgreSQL, B's write succeeds and A's deposit is lost)
+  B: SELECT * FROM accounts WHERE id = 1;             -- 110.00: re-read, then retry
+     UPDATE accounts SET balance = 60 WHERE id = 1;
 
 Rules: {rules}   (edit them; the proxy reloads on save)
 Stop with Ctrl-C.
@@ -49,7 +51,6 @@ def _psql(bin_dir: Path, dsn: str, sql: str) -> str:
 
 
 def prepare_demo(settings: Settings) -> int:
-    from proxy.cli import serve
     from proxy.embedded import EmbeddedPostgres
 
     pg = EmbeddedPostgres(settings.data_dir, reuse_running=True)

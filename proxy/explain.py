@@ -8,10 +8,16 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Sequence
 
+from proxy.catalog import Catalog
+from proxy.config import upstream_dsn
+from proxy.offline_catalog import (catalog_from_files, schema_files, statement_columns,
+                                   table_from_rule)
 from proxy.rewrite import lexer
 from proxy.rewrite.planner import InsertPlan, Unverified, plan_insert, plan_write
 from proxy.rules.loader import load_rules
 from proxy.rules.model import RuleError
+from proxy.rules.resolve import find_table, resolve
+from proxy.sql_display import format_sql
 
 REASONS = {
     "no_key_pin": "its WHERE does not pin the table's key by equality, so the rows it touches "
@@ -23,19 +29,39 @@ REASONS = {
 }
 
 
-def upstream_dsn(value: str) -> str:
-    if "://" in value or "=" in value:
-        return value
-    host, _, port = value.rpartition(":")
-    return f"postgresql://postgres@{host or '127.0.0.1'}:{port or 5432}/postgres"
-
-
 async def _protected_tables(ruleset, dsn: str | None):
     from proxy.catalog_fetch import fetch_catalog
-    from proxy.rules.resolve import resolve, wanted_tables
+    from proxy.rules.resolve import wanted_tables
     catalog = await fetch_catalog(upstream_dsn(dsn), wanted_tables(ruleset))
     protected, problems = resolve(ruleset, catalog)
     return {(t.schema, t.name): t for t in protected.values()}, problems
+
+
+def _offline_table(ruleset, rule, paths, sql):
+    """The rule's table as the schema files beside the rules (or the rule alone) describe it,
+    and the lines saying what that assumes."""
+    files = schema_files(paths)
+    catalog = catalog_from_files(files)
+    found = find_table(ruleset, rule, catalog)
+    if found is not None:
+        source = ", ".join(str(f) for f in files if f.is_file())
+        lines = [f"schema: planned from the rule files and {source}, without the live database "
+                 f"(pass --upstream URL to use it): assumes {found.qualified_name} is as that "
+                 f"file creates it, key ({', '.join(rule.key or found.primary_key)})"]
+    else:
+        found = table_from_rule(rule, statement_columns(sql), len(catalog.tables_by_oid) + 1)
+        catalog = Catalog({**catalog.tables_by_oid, found.oid: found})
+        key_source = "as the rule says" if rule.key is not None else "assumed: the rule names none"
+        lines = [f"schema: planned from the rule file alone, without the live schema (pass "
+                 f"--upstream URL to use it): assumes key ({', '.join(found.primary_key)}) "
+                 f"({key_source}), no columns but those the rule and the statement name, "
+                 "types unknown"]
+    protected, problems = resolve(ruleset, catalog)
+    table = next((t for t in protected.values() if t.oid == found.oid), None)
+    if table is None:
+        lines.extend(str(p) for p in problems if p.line == rule.source_line
+                     and p.file == rule.source_file)
+    return table, lines
 
 
 def explain(paths: Sequence[str], dsn: str | None, sql: str) -> tuple[int, list[str]]:
@@ -57,19 +83,25 @@ def explain(paths: Sequence[str], dsn: str | None, sql: str) -> tuple[int, list[
     out.append(f"rule: {rule.qualified_name} at {rule.where} (strategy {rule.strategy}, "
                f"mode {rule.mode})")
     if dsn is None:
-        out.append("error: explain needs --upstream to know the table's key, columns and types")
-        return 2, out
-    try:
-        tables, problems = asyncio.run(_protected_tables(ruleset, dsn))
-    except Exception as exc:  # a CLI: report, do not crash
-        out.append(f"error: cannot read the catalog: {type(exc).__name__}: {exc}")
-        return 2, out
-    table = next((t for (s, n), t in tables.items() if n == rule.name
-                  and (s == rule.schema or not rule.schema_explicit)), None)
-    if table is None:
-        out.extend(str(p) for p in problems)
-        out.append("action: relayed unchanged (the rule does not resolve against this database)")
-        return 1, out
+        table, assumptions = _offline_table(ruleset, rule, paths, sql)
+        out.extend(assumptions)
+        if table is None:
+            out.append("action: relayed unchanged (the rule does not fit the schema it was "
+                       "planned from)")
+            return 1, out
+    else:
+        try:
+            tables, problems = asyncio.run(_protected_tables(ruleset, dsn))
+        except Exception as exc:  # a CLI: report, do not crash
+            out.append(f"error: cannot read the catalog: {type(exc).__name__}: {exc}")
+            return 2, out
+        table = next((t for (s, n), t in tables.items() if n == rule.name
+                      and (s == rule.schema or not rule.schema_explicit)), None)
+        if table is None:
+            out.extend(str(p) for p in problems)
+            out.append("action: relayed unchanged (the rule does not resolve against this "
+                       "database)")
+            return 1, out
     template, literals = lexer.normalize(sql)
     kind = lexer.classify(sql).keyword
     plan = (plan_insert if kind == "INSERT" else plan_write)(template, table, 0)
@@ -82,24 +114,29 @@ def explain(paths: Sequence[str], dsn: str | None, sql: str) -> tuple[int, list[
     if isinstance(plan, InsertPlan):
         out.append("action: insert; the proxy learns the new rows through RETURNING "
                    f"({', '.join(plan.extra_returning)}), stripped before the client sees them")
-        out.append(f"rewritten: {plan.render_simple(literals)}")
+        out.append("rewritten:")
+        out.extend("  " + line for line in format_sql(plan.render_simple(literals)))
         return 0, out
     keys = plan.key_texts(literals)
     shown = [", ".join(f"{ref.column}={value if value is not None else f'${ref.param}'}"
                        for ref, value in zip(row, texts))
              for row, texts in zip(plan.pinned_rows, keys)]
     out.append(f"action: checked {plan.kind} of {len(keys)} pinned row(s): " + "; ".join(shown))
-    out.append(f"checked columns: {', '.join(plan.checked_columns) or '(none)'}")
+    checks = list(plan._builder.checks)  # the conflict checks (never columns are not among them)
+    sparse = [c for c in plan._builder.sparse if c not in checks]
+    out.append(f"checked columns: {', '.join(checks) or '(none)'}")
+    if sparse:
+        out.append(f"written only where unchanged since read (sparse_update): {', '.join(sparse)}")
     if table.unknown_original == "reject":
         out.append("if the session has not read the row: the write is refused (unknown_original: reject)")
     else:
         out.append("if the session has not read the row: passes unchecked, counted as not_read")
     reads = [{c: f"<read {c}>" for c in plan.checked_columns} for _ in keys]
     out.append("rewritten (simple protocol; <read c> stands for the value the session read):")
-    out.append("  " + plan.render_simple(literals, reads))
+    out.extend("  " + line for line in format_sql(plan.render_simple(literals, reads)))
     rendered = plan.render_extended(literals, 0)
     out.append("rewritten (extended protocol, prepared once per session):")
-    out.append("  " + rendered.sql)
+    out.extend("  " + line for line in format_sql(rendered.sql))
     for i, (row, column) in enumerate(rendered.extra_params):
         out.append(f"  extra parameter {i + 1}: the {column} read for pinned row {row + 1}")
     out.append(f"learned afterwards through RETURNING: {', '.join(plan.extra_returning)}")

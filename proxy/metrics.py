@@ -1,18 +1,13 @@
-"""Prometheus metrics and the small HTTP endpoint serving them with health probes.
+"""Prometheus metrics of one proxy process (served by proxy.http_endpoint).
 
 Labels are bounded: table names come from the rule files, reasons and kinds from fixed sets;
 no keys, values or SQL text ever become labels.
 """
 from __future__ import annotations
 
-import asyncio
-import logging
 import time
 
-from prometheus_client import (CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge,
-                               Histogram, generate_latest)
-
-log = logging.getLogger("optimist.metrics")
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 
 class Metrics:
@@ -153,68 +148,9 @@ class Metrics:
                 seen[key] = now
 
 
-class MetricsServer:
-    """/metrics, /healthz (the process is up) and /readyz (the upstream answers)."""
-
-    def __init__(self, registry, ready_check, before_scrape=None) -> None:
-        self.registry = registry
-        self.ready_check = ready_check
-        self.before_scrape = before_scrape
-        self.server = None
-
-    async def start(self, host: str, port: int) -> None:
-        self.server = await asyncio.start_server(self._handle, host, port)
-
-    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            request = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
-            path = request.split(b" ", 2)[1].decode("latin-1") if b" " in request else "/"
-            path = path.split("?", 1)[0]
-            if path == "/metrics":
-                if self.before_scrape is not None:
-                    self.before_scrape()
-                status, ctype, body = "200 OK", CONTENT_TYPE_LATEST, generate_latest(
-                    self.registry)
-            elif path == "/healthz":
-                status, ctype, body = "200 OK", "text/plain", b"ok\n"
-            elif path == "/readyz":
-                ok, why = await self.ready_check()
-                status = "200 OK" if ok else "503 Service Unavailable"
-                ctype, body = "text/plain", (why + "\n").encode()
-            else:
-                status, ctype, body = "404 Not Found", "text/plain", b"not found\n"
-            writer.write(f"HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: "
-                         f"{len(body)}\r\nConnection: close\r\n\r\n".encode() + body)
-            await writer.drain()
-        except (asyncio.TimeoutError, asyncio.IncompleteReadError, ConnectionError):
-            pass
-        except Exception:
-            log.exception("metrics request failed")
-        finally:
-            writer.close()
-
-    async def close(self) -> None:
-        if self.server is not None:
-            self.server.close()
-
-
 def multiprocess_registry() -> CollectorRegistry:
     """The aggregate of every worker's metrics (PROMETHEUS_MULTIPROC_DIR must be set)."""
     from prometheus_client import multiprocess
     registry = CollectorRegistry()
     multiprocess.MultiProcessCollector(registry)
     return registry
-
-
-async def upstream_ready(target) -> tuple[bool, str]:
-    """Can a TCP (or Unix socket) connection to PostgreSQL be opened right now?"""
-    try:
-        if target.unix_socket:
-            conn = asyncio.open_unix_connection(f"{target.unix_socket}/.s.PGSQL.{target.port}")
-        else:
-            conn = asyncio.open_connection(target.host, target.port)
-        _, writer = await asyncio.wait_for(conn, 2.0)
-        writer.close()
-    except (OSError, asyncio.TimeoutError) as exc:
-        return False, f"upstream {target} unreachable: {exc or 'timeout'}"
-    return True, "ready"

@@ -14,9 +14,13 @@ import signal
 import sys
 import tempfile
 
-from proxy.config import Settings, parse_hostport
+from proxy.config import ConfigError, Settings, cannot_listen, parse_hostport
+from proxy.event_loop import run_loop
 
 log = logging.getLogger("optimist.workers")
+
+# a worker that cannot start (e.g. its port is taken) exits so; restarting it would not help
+EXIT_CANNOT_START = 2
 
 
 def run_workers(settings: Settings, count: int) -> int:
@@ -39,10 +43,12 @@ def _fork_worker(settings: Settings, index: int) -> int:
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             signal.signal(sig, signal.SIG_DFL)
         from proxy.app import ProxyApp
-        from proxy.cli import run_loop
         app = ProxyApp(settings, serve_metrics=False, reuse_port=True)
         log.info("worker %d (pid %d) starting", index, os.getpid())
         run_loop(app.run())
+    except ConfigError as exc:
+        log.error("%s", exc)
+        code = EXIT_CANNOT_START
     except BaseException:  # a worker must never fall back into the supervisor's code
         log.exception("worker %d failed", index)
         code = 1
@@ -52,12 +58,13 @@ def _fork_worker(settings: Settings, index: int) -> int:
 
 
 def _supervise(settings: Settings, count: int) -> int:
-    from proxy.cli import run_loop
     workers = {_fork_worker(settings, i): i for i in range(count)}
     state = {"stopping": False, "failed": False}
 
     async def supervise() -> None:
-        from proxy.metrics import MetricsServer, multiprocess_registry, upstream_ready
+        from proxy.http_endpoint import MetricsServer
+        from proxy.metrics import multiprocess_registry
+        from proxy.upstream_probe import readiness
         from prometheus_client import multiprocess
         loop = asyncio.get_running_loop()
         stop = asyncio.Event()
@@ -77,11 +84,18 @@ def _supervise(settings: Settings, count: int) -> int:
         server = None
         if settings.metrics:
             endpoint = parse_hostport(settings.metrics, 9187)
-            server = MetricsServer(multiprocess_registry(),
-                                   lambda: upstream_ready(settings.upstream_endpoint))
-            await server.start(endpoint.host, endpoint.port)
-            log.info("aggregated metrics of %d workers on http://%s:%d/metrics", count,
-                     endpoint.host, endpoint.port)
+            server = MetricsServer(multiprocess_registry(), lambda: readiness(
+                settings.upstream_endpoint, plain_relay=not settings.rules))
+            try:
+                await server.start(endpoint.host, endpoint.port)
+            except OSError as exc:
+                log.error("%s", cannot_listen(endpoint, exc, "--metrics"))
+                state["failed"] = True
+                forward(signal.SIGTERM)
+                server = None
+            else:
+                log.info("aggregated metrics of %d workers on http://%s:%d/metrics", count,
+                         endpoint.host, endpoint.port)
         while workers:
             await asyncio.sleep(0.2)
             while True:
@@ -98,6 +112,10 @@ def _supervise(settings: Settings, count: int) -> int:
                 code = os.waitstatus_to_exitcode(status)
                 if state["stopping"]:
                     state["failed"] |= code != 0
+                    continue
+                if code == EXIT_CANNOT_START:
+                    state["failed"] = True
+                    forward(signal.SIGTERM)
                     continue
                 log.error("worker %d (pid %d) exited with %s; starting a new one", index, pid, code)
                 workers[_fork_worker(settings, index)] = index

@@ -5,7 +5,7 @@ from __future__ import annotations
 from enum import Flag, auto
 
 from proxy.locking.knowledge import Knowledge
-from proxy.rewrite import lexer
+from proxy.rewrite.scan import scan
 
 TRANSACTION_TAGS = frozenset({b"BEGIN", b"START", b"COMMIT", b"ROLLBACK", b"SAVEPOINT",
                               b"RELEASE", b"PREPARE", b"DISCARD", b"DEALLOCATE"})
@@ -33,7 +33,7 @@ class Transactions:
         elif word == b"COMMIT" or tag == b"PREPARE TRANSACTION":
             txlog.commit()
         elif word == b"ROLLBACK":
-            stmt = lexer.classify(text, scs) if text else None
+            stmt = scan(text, scs).statement if text else None
             if stmt is not None and stmt.rollback_to and stmt.savepoint:
                 txlog.rollback_to(stmt.savepoint)
                 if self.knowledge.has_stale:
@@ -42,11 +42,11 @@ class Transactions:
             elif status == b"I" or stmt is None or not stmt.rollback_to:
                 txlog.rollback()
         elif word == b"SAVEPOINT":
-            stmt = lexer.classify(text, scs)
+            stmt = scan(text, scs).statement
             if stmt.savepoint:
                 txlog.savepoint(stmt.savepoint)
         elif word == b"RELEASE":
-            stmt = lexer.classify(text, scs)
+            stmt = scan(text, scs).statement
             if stmt.savepoint:
                 txlog.release(stmt.savepoint)
         elif word == b"DISCARD":

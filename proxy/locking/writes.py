@@ -12,6 +12,7 @@ from proxy.locking.counting import Unverified, WriteCounts
 from proxy.locking.knowledge import Knowledge, RowKey
 from proxy.locking.prepared import PreparedRegistry, PreparedStatement, WriteTarget
 from proxy.rewrite import lexer
+from proxy.rewrite.scan import scan
 from proxy.rewrite.planner import InsertPlan, WritePlan, plan_insert, plan_write, written_tables
 from proxy.rules.protected import ProtectedTable
 from proxy.session.info import SessionInfo
@@ -75,7 +76,7 @@ class WriteChecker:
                unverified: list[Unverified] | None = None) -> ProtectedTable | None:
         """The protected table a write targets, or None. Writes that can never be checked
         are counted now, or, given `unverified`, listed there to be counted per execution."""
-        target = lexer.write_target(text)
+        target = lexer.write_target(text)  # a regex: most statements need no more
         if target is None:
             return None
         if target == lexer.MUST_PARSE:
@@ -91,7 +92,7 @@ class WriteChecker:
     def _hidden_writes(self, generation: Any, tables: Any, text: str) -> tuple[Unverified, ...]:
         """A WITH statement (or one whose head the lexer cannot read) may write protected
         tables where no guard can go: let it through, but never silently."""
-        template = lexer.normalize(text, self.info.standard_conforming_strings)[0]
+        template = scan(text, self.info.standard_conforming_strings).template
 
         def protected_written() -> tuple[Unverified, ...]:
             written = written_tables(template)
@@ -109,15 +110,14 @@ class WriteChecker:
             ("written", generation.version, self.info.database, template), protected_written)
 
     def plan(self, generation: Any, text: str, table: ProtectedTable) -> tuple[Any, tuple]:
-        scs = self.info.standard_conforming_strings
-        template, literals = lexer.normalize(text, scs)
-        kind = lexer.classify(text, scs).keyword
-        planner = plan_insert if kind == "INSERT" else plan_write
+        found = scan(text, self.info.standard_conforming_strings)
+        template = found.template
+        planner = plan_insert if found.keyword == "INSERT" else plan_write
         # plans depend on the table as this database has it: key by database too
         plan = self.service.cache.get(
             (generation.version, self.info.database, template),
             lambda: planner(template, table, 0))
-        return plan, tuple(literals)
+        return plan, found.literals
 
     # ---------------------------------------------------------------- simple protocol
 

@@ -294,11 +294,6 @@ _NEEDS_DETAIL = frozenset(
 )
 
 
-def classify(stmt: str, standard_conforming_strings: bool = True) -> Statement:
-    """The statement's first keyword and transaction-control details (from its cached scan)."""
-    return _scan_module.scan(stmt, standard_conforming_strings).statement
-
-
 def classify_uncached(stmt: str, standard_conforming_strings: bool = True) -> Statement:
     m = _FIRST_WORD.match(stmt)
     if m and (m.end() == len(stmt) or not _IDENT_CHAR_RE.match(stmt, m.end())):
@@ -460,23 +455,14 @@ _LITERAL_GROUPS = frozenset({"number", "string", "estring", "dollar"})
 _UPPER_CONTEXT_WORDS = _LITERAL_CONTEXT_WORDS
 
 
-def normalize(
+def normalize_uncached(
     stmt: str, standard_conforming_strings: bool = True
 ) -> tuple[str, tuple[str, ...]]:
     """Replace literals by $90001, $90002, ... placeholders: (template, literal texts in order).
 
     `denormalize(template, literals)` gives stmt back exactly. A unary minus directly before a
-    number belongs to the literal ('id = -5' -> 'id = $90001', literal '-5'). From the
-    statement's cached scan (proxy.rewrite.scan).
+    number belongs to the literal ('id = -5' -> 'id = $90001', literal '-5').
     """
-    found = _scan_module.scan(stmt, standard_conforming_strings)
-    return found.template, found.literals
-
-
-def normalize_uncached(
-    stmt: str, standard_conforming_strings: bool = True
-) -> tuple[str, tuple[str, ...]]:
-    """normalize() without the cache: one pass over the statement."""
     if not _MAY_HAVE_LITERAL.search(stmt):
         return stmt, ()
     rx = _NORM if standard_conforming_strings else _NORM_BACKSLASH
@@ -695,6 +681,6 @@ def literal_text(literal: str, standard_conforming_strings: bool = True) -> str 
     return None
 
 
-# normalize() and classify() read the statement's one cached scan; scan.py builds it from the
-# *_uncached functions above (imported last: scan.py imports this module)
-from proxy.rewrite import scan as _scan_module  # noqa: E402
+# One pass each; proxy.rewrite.scan caches both per statement (the hot path uses that).
+normalize = normalize_uncached
+classify = classify_uncached
