@@ -77,7 +77,7 @@ CATEGORIES = (  # first match wins, tested on the whole stack (or the leaf for s
     ("session state machine, framing, message codecs",
      lambda leaf, s: any(f in s for f in ("proxy/session.py", "wire/framing.py",
                                           "wire/messages.py", "proxy/pending.py"))),
-    ("relay glue (proxy/server.py)", lambda leaf, s: "proxy/server.py" in s),
+    ("relay glue (proxy/server/)", lambda leaf, s: "proxy/server/" in s),
     ("event loop and interpreter (uvloop, libuv, CPython)", lambda leaf, s: True),
 )
 
