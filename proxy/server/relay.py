@@ -75,8 +75,12 @@ class Relay:
             self.proxy.forward_cancel(decision.request)
             self.close()
         elif isinstance(decision, Refuse):
-            self.fail(decision.message, sqlstate=decision.sqlstate)
+            log.info("refusing the connection from %s: %s", self.peer, decision.message)
+            if not self.client.is_closing():
+                self.client.write(decision.reply())
+            self.close()
         elif isinstance(decision, Close):
+            # PostgreSQL's way with a communication error: no reply, a log line
             log.info("closing the connection from %s: %s", self.peer, decision.reason)
             self.close()
 
@@ -223,6 +227,8 @@ class Relay:
         return session.between_transactions()
 
     def client_lost(self) -> None:
+        if self.session is None and (reason := self.handshake.incomplete()):
+            log.info("the client at %s left: %s", self.peer, reason)
         self.client = None
         self.close()
 
