@@ -71,13 +71,13 @@ CATEGORIES = (  # first match wins, tested on the whole stack (or the leaf for s
     ("planner / render (cached plans)",
      lambda leaf, s: "rewrite/planner.py" in s or "rewrite/render.py" in s),
     ("capture, snapshots, learning from RETURNING",
-     lambda leaf, s: "proxy/capture.py" in s or "proxy/snapshots.py" in s
-     or "proxy/values.py" in s or "Enforcer._learn" in s),
+     lambda leaf, s: "locking/capture.py" in s or "locking/snapshots.py" in s
+     or "proxy/values.py" in s or "locking/knowledge.py" in s),
     ("locking logic, rest", lambda leaf, s: "proxy/locking/" in s),
     ("session state machine, framing, message codecs",
-     lambda leaf, s: any(f in s for f in ("proxy/session.py", "wire/framing.py",
+     lambda leaf, s: any(f in s for f in ("wire/framing.py",
                                           "wire/messages.py", "proxy/session/"))),
-    ("relay glue (proxy/server.py)", lambda leaf, s: "proxy/server.py" in s),
+    ("relay glue (proxy/server/)", lambda leaf, s: "proxy/server/" in s),
     ("event loop and interpreter (uvloop, libuv, CPython)", lambda leaf, s: True),
 )
 
