@@ -1,4 +1,5 @@
 """Wiring: settings -> rules, metrics, locking and the listening server."""
+
 from __future__ import annotations
 
 import asyncio
@@ -17,8 +18,9 @@ log = logging.getLogger("optimist")
 class ProxyApp:
     """One proxy process. `serve_metrics=False` for a worker whose supervisor serves them."""
 
-    def __init__(self, settings: Settings, *, serve_metrics: bool = True,
-                 reuse_port: bool = False) -> None:
+    def __init__(
+        self, settings: Settings, *, serve_metrics: bool = True, reuse_port: bool = False
+    ) -> None:
         self.settings = settings
         self.listen = settings.listen_endpoint
         self.upstream = settings.upstream_endpoint
@@ -28,11 +30,16 @@ class ProxyApp:
         self.locking = None
         if settings.rules:
             from proxy.locking import LockingService
+
             self.locking = LockingService.from_settings(settings, self.metrics)
         self.server = ProxyServer(
-            self.listen, self.upstream,
+            self.listen,
+            self.upstream,
             locking_for=self.locking.locking_for if self.locking else None,
-            drain_timeout=settings.drain_timeout, metrics=self.metrics, limits=settings)
+            drain_timeout=settings.drain_timeout,
+            metrics=self.metrics,
+            limits=settings,
+        )
         self.metrics_server = None
 
     def reload(self, reason: str) -> None:
@@ -65,8 +72,11 @@ class ProxyApp:
         # the metrics port first: a failure then leaves nothing listening behind it
         if self.settings.metrics and self.serve_metrics:
             endpoint = parse_hostport(self.settings.metrics, 9187)
-            self.metrics_server = MetricsServer(self.metrics.registry, lambda: readiness(
-                self.upstream, plain_relay=self.locking is None), self._before_scrape)
+            self.metrics_server = MetricsServer(
+                self.metrics.registry,
+                lambda: readiness(self.upstream, plain_relay=self.locking is None),
+                self._before_scrape,
+            )
             try:
                 await self.metrics_server.start(endpoint.host, endpoint.port)
             except OSError as exc:
@@ -85,8 +95,11 @@ class ProxyApp:
             pass
         sampler = asyncio.get_running_loop().create_task(self._sample())
         log.info("optimist listening on %s, forwarding to %s", self.listen, self.upstream)
-        log.info("connect with: psql \"postgresql://postgres@%s:%d/postgres\"",
-                 self.listen.host, self.listen.port)
+        log.info(
+            "connect with: psql \"postgresql://postgres@%s:%d/postgres\"",
+            self.listen.host,
+            self.listen.port,
+        )
         if on_ready is not None:
             on_ready(self)
         await self.server.serve_until_stopped()

@@ -5,17 +5,27 @@ can send it in-band as a simple Query on the client's own server connection) and
 `Catalog.from_rows()` reads its result in text format, as DataRows carry it. The live fetch for
 `optimist check` and tests is `proxy.catalog_fetch.fetch_catalog()`.
 """
+
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Iterable, Sequence
 
 from proxy.sqlnames import quote_e_literal
 
 # Result columns of catalog_query(), in order.
 CATALOG_COLUMNS = (
-    "schema_name", "table_name", "table_oid", "attnum", "column_name", "type_oid", "type_name",
-    "in_primary_key", "comparable", "not_null", "base_type_oid",
+    "schema_name",
+    "table_name",
+    "table_oid",
+    "attnum",
+    "column_name",
+    "type_oid",
+    "type_name",
+    "in_primary_key",
+    "comparable",
+    "not_null",
+    "base_type_oid",
 )
 
 # Base types (domains peeled) a bumped version column may have.
@@ -97,8 +107,7 @@ def catalog_query(tables: Iterable[tuple[str, str]]) -> str:
     """
     pairs = sorted(set(tables))
     if pairs:
-        wanted = "VALUES " + ", ".join(
-            f"({sql_literal(s)}, {sql_literal(n)})" for s, n in pairs)
+        wanted = "VALUES " + ", ".join(f"({sql_literal(s)}, {sql_literal(n)})" for s, n in pairs)
     else:
         wanted = "SELECT NULL::text, NULL::text WHERE false"
     return _QUERY.format(wanted=wanted)
@@ -156,21 +165,36 @@ class Catalog:
         return None
 
     @classmethod
-    def from_rows(cls, rows: Iterable[Sequence[str | None]]) -> "Catalog":
+    def from_rows(cls, rows: Iterable[Sequence[str | None]]) -> Catalog:
         """Rows of catalog_query() in text format (booleans 't'/'f')."""
         columns: dict[int, list[CatalogColumn]] = {}
         names: dict[int, tuple[str, str]] = {}
         keys: dict[int, list[str]] = {}
         for row in rows:
-            (schema, table, oid, attnum, column, type_oid, type_name, in_pk, comparable,
-             not_null, base_type_oid) = row
+            (
+                schema,
+                table,
+                oid,
+                attnum,
+                column,
+                type_oid,
+                type_name,
+                in_pk,
+                comparable,
+                not_null,
+                base_type_oid,
+            ) = row
             toid = int(oid)  # type: ignore[arg-type]
             names[toid] = (schema or "", table or "")
             col = CatalogColumn(
-                name=column or "", attnum=int(attnum), type_oid=int(type_oid),  # type: ignore[arg-type]
-                type_name=type_name or "", comparable=_bool(comparable),
+                name=column or "",
+                attnum=int(attnum),
+                type_oid=int(type_oid),  # type: ignore[arg-type]
+                type_name=type_name or "",
+                comparable=_bool(comparable),
                 not_null=_bool(not_null),
-                base_type_oid=int(base_type_oid) if base_type_oid else int(type_oid))  # type: ignore[arg-type]
+                base_type_oid=int(base_type_oid) if base_type_oid else int(type_oid),
+            )  # type: ignore[arg-type]
             columns.setdefault(toid, []).append(col)
             if _bool(in_pk):
                 keys.setdefault(toid, []).append(col.name)

@@ -1,8 +1,9 @@
 """The live catalog fetch, for `optimist check`, `optimist explain` and tests: the proxy itself
 sends catalog_query() in-band on the client's connection (see proxy.catalog)."""
+
 from __future__ import annotations
 
-from typing import Iterable
+from collections.abc import Iterable
 
 from proxy.catalog import Catalog, catalog_query
 
@@ -17,8 +18,9 @@ def _as_text(value: object) -> str | None:
     return str(value)
 
 
-async def fetch_catalog(dsn: str, tables: Iterable[tuple[str, str]], *,
-                        timeout: float = 10.0) -> Catalog:
+async def fetch_catalog(
+    dsn: str, tables: Iterable[tuple[str, str]], *, timeout: float = 10.0
+) -> Catalog:
     """Run catalog_query() over a fresh asyncpg connection (for `optimist check`, tests)."""
     import asyncpg  # only the tools need a driver; the proxy sends the query in-band
 

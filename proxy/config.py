@@ -1,4 +1,5 @@
 """Settings: command line over environment (OPTIMIST_*) over config file (TOML) over defaults."""
+
 from __future__ import annotations
 
 import errno
@@ -20,14 +21,21 @@ class Endpoint:
     unix_socket: str | None = None  # a directory holding .s.PGSQL.<port>
 
     def __str__(self) -> str:
-        return self.unix_socket and f"{self.unix_socket}/.s.PGSQL.{self.port}" or f"{self.host}:{self.port}"
+        return (
+            self.unix_socket
+            and f"{self.unix_socket}/.s.PGSQL.{self.port}"
+            or f"{self.host}:{self.port}"
+        )
 
 
 def cannot_listen(endpoint: Endpoint, exc: OSError, option: str) -> ConfigError:
     """A bind failure as one line saying what to do (not asyncio's traceback)."""
     reason = os.strerror(exc.errno).lower() if exc.errno else str(exc)
-    hint = (f"is another optimist running? use {option}" if exc.errno == errno.EADDRINUSE
-            else f"use {option}")
+    hint = (
+        f"is another optimist running? use {option}"
+        if exc.errno == errno.EADDRINUSE
+        else f"use {option}"
+    )
     return ConfigError(f"cannot listen on {endpoint}: {reason} ({hint})")
 
 
@@ -40,8 +48,9 @@ def parse_hostport(value: str, default_port: int) -> Endpoint:
     value = value.strip()
     if "://" in value and not value.startswith(POSTGRES_SCHEMES):
         scheme = value.split("://", 1)[0]
-        raise ConfigError(f"{value!r}: the URL scheme must be postgresql:// or postgres://, "
-                          f"not {scheme}://")
+        raise ConfigError(
+            f"{value!r}: the URL scheme must be postgresql:// or postgres://, not {scheme}://"
+        )
     if value.isdigit():
         return Endpoint("127.0.0.1", int(value))
     if value.startswith(POSTGRES_SCHEMES):

@@ -20,12 +20,14 @@ A guarded write calls two temporary functions (see docs/ARCHITECTURE.md):
 The ``_audit`` variants report the same thing as a NOTICE (whatever client_min_messages the
 client chose: the functions SET it locally) and return true, so the write goes through.
 """
+
 from __future__ import annotations
 
 import json
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any
 
 from proxy.sqlnames import quote_literal_any
 
@@ -116,7 +118,9 @@ _RAISE_ENFORCE = (
     "HINT = '" + HINT + "', SCHEMA = coalesce(i ->> 'schema', ''), "
     "TABLE = coalesce(i ->> 'name', '');"
 )
-_RAISE_AUDIT = "RAISE NOTICE USING MESSAGE = msg, DETAIL = detail, HINT = '" + HINT + "';\n  RETURN true;"
+_RAISE_AUDIT = (
+    "RAISE NOTICE USING MESSAGE = msg, DETAIL = detail, HINT = '" + HINT + "';\n  RETURN true;"
+)
 
 
 def guard_functions_sql(sqlstate: str = "40001") -> str:
@@ -133,13 +137,19 @@ def guard_functions_sql(sqlstate: str = "40001") -> str:
         suffix = "_audit" if audit else ""
         parts.append(
             _MODIFIED
-            % {**common, "name": "optimist_modified" + suffix,
-               "key_text": _KEY_TEXT % "(state -> 'key')"}
+            % {
+                **common,
+                "name": "optimist_modified" + suffix,
+                "key_text": _KEY_TEXT % "(state -> 'key')",
+            }
         )
         parts.append(
             _PRESENT
-            % {**common, "name": "optimist_present" + suffix,
-               "key_text_missing": _KEY_TEXT % "missing"}
+            % {
+                **common,
+                "name": "optimist_present" + suffix,
+                "key_text_missing": _KEY_TEXT % "missing",
+            }
         )
     return "".join(parts).strip()
 
@@ -161,7 +171,7 @@ def parse_conflict(fields: Mapping[str, str]) -> Conflict | None:
     message = fields.get("M", "")
     audit = message.startswith(AUDIT_MARKER)
     if audit:
-        message = message[len(AUDIT_MARKER):]
+        message = message[len(AUDIT_MARKER) :]
     if not message.startswith(CONFLICT_MESSAGE_PREFIX):
         return None
     try:
@@ -189,8 +199,7 @@ def strip_internal_context(fields: Mapping[str, str]) -> dict[str, str]:
     if context is None:
         return out
     kept = [
-        line for line in context.split("\n")
-        if not any(name in line for name in _FUNCTION_NAMES)
+        line for line in context.split("\n") if not any(name in line for name in _FUNCTION_NAMES)
     ]
     if kept:
         out["W"] = "\n".join(kept)
@@ -211,8 +220,9 @@ def reject_message(table: Any, reason: str) -> tuple[str, str]:
         "not_read": "the session has not read the row it writes",
         "column_not_read": "the session has not read every column the check needs",
     }.get(reason, reason)
-    message = (f"optimist: write to {table.qualified_name} refused: {what} "
-               f"(unknown_original: reject)")
+    message = (
+        f"optimist: write to {table.qualified_name} refused: {what} (unknown_original: reject)"
+    )
     hint = "SELECT the row (with the checked columns) in this session before changing it."
     return message, hint
 
@@ -221,7 +231,8 @@ def is_refusal(fields: Mapping[str, str]) -> bool:
     """The error of a statement `reject_sql` put in place of a refused write (both protocols
     refuse the same way: the server raises it in the client's own error flow)."""
     return fields.get("C") == REJECT_SQLSTATE and fields.get("M", "").startswith(
-        "optimist: write to")
+        "optimist: write to"
+    )
 
 
 def reject_sql(table: Any, reason: str) -> str:
@@ -230,7 +241,13 @@ def reject_sql(table: Any, reason: str) -> str:
     message, hint = reject_message(table, reason)
     return (
         "DO $optimist$ BEGIN RAISE EXCEPTION USING ERRCODE = '" + REJECT_SQLSTATE + "', "
-        "MESSAGE = " + quote_literal_any(message) + ", HINT = " + quote_literal_any(hint)
-        + ", SCHEMA = " + quote_literal_any(table.schema) + ", TABLE = "
-        + quote_literal_any(table.name) + "; END $optimist$"
+        "MESSAGE = "
+        + quote_literal_any(message)
+        + ", HINT = "
+        + quote_literal_any(hint)
+        + ", SCHEMA = "
+        + quote_literal_any(table.schema)
+        + ", TABLE = "
+        + quote_literal_any(table.name)
+        + "; END $optimist$"
     )

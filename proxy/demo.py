@@ -1,4 +1,5 @@
 """`optimist demo`: the embedded PostgreSQL, the sample schema, the example rules, the proxy."""
+
 from __future__ import annotations
 
 import logging
@@ -42,9 +43,12 @@ Stop with Ctrl-C.
 
 
 def _psql(bin_dir: Path, dsn: str, sql: str) -> str:
-    result = subprocess.run([str(bin_dir / "psql"), dsn, "-X", "-q", "-t", "-A",
-                             "-v", "ON_ERROR_STOP=1", "-c", sql],
-                            capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        [str(bin_dir / "psql"), dsn, "-X", "-q", "-t", "-A", "-v", "ON_ERROR_STOP=1", "-c", sql],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     if result.returncode != 0:
         raise RuntimeError(result.stderr.strip())
     return result.stdout.strip()
@@ -59,8 +63,7 @@ def prepare_demo(settings: Settings) -> int:
     try:
         base = pg.dsn
         admin = base.rsplit("/", 1)[0] + "/postgres"
-        exists = _psql(pg.bin_dir, admin,
-                       f"SELECT 1 FROM pg_database WHERE datname = '{DEMO_DB}'")
+        exists = _psql(pg.bin_dir, admin, f"SELECT 1 FROM pg_database WHERE datname = '{DEMO_DB}'")
         if not exists:
             _psql(pg.bin_dir, admin, f"CREATE DATABASE {DEMO_DB}")
         demo_dsn = base.rsplit("/", 1)[0] + f"/{DEMO_DB}"
@@ -72,8 +75,11 @@ def prepare_demo(settings: Settings) -> int:
         listen = settings.listen_endpoint
 
         def ready(app) -> None:
-            print(TRY.format(host=listen.host, port=listen.port, db=DEMO_DB,
-                             rules=settings.rules[0]), flush=True)
+            print(
+                TRY.format(host=listen.host, port=listen.port, db=DEMO_DB, rules=settings.rules[0]),
+                flush=True,
+            )
+
         return serve(settings, on_ready=ready)
     finally:
         pg.stop()

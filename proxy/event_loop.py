@@ -1,4 +1,5 @@
 """The event loop every optimist process runs on: uvloop where available."""
+
 from __future__ import annotations
 
 import asyncio

@@ -3,6 +3,7 @@
 It runs the same code the proxy runs (lexer prefilter, rules lookup, planner, render), with the
 values a session would have read shown as placeholders.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -10,8 +11,12 @@ from collections.abc import Sequence
 
 from proxy.catalog import Catalog
 from proxy.config import upstream_dsn
-from proxy.offline_catalog import (catalog_from_files, schema_files, statement_columns,
-                                   table_from_rule)
+from proxy.offline_catalog import (
+    catalog_from_files,
+    schema_files,
+    statement_columns,
+    table_from_rule,
+)
 from proxy.rewrite import lexer
 from proxy.rewrite.planner import InsertPlan, Unverified, plan_insert, plan_write
 from proxy.rules.loader import load_rules
@@ -21,7 +26,7 @@ from proxy.sql_display import format_sql
 
 REASONS = {
     "no_key_pin": "its WHERE does not pin the table's key by equality, so the rows it touches "
-                  "cannot be known before it runs (bulk writes pass unchecked and are counted)",
+    "cannot be known before it runs (bulk writes pass unchecked and are counted)",
     "where_current_of": "WHERE CURRENT OF names a cursor position, not a key",
     "parse_error": "it could not be parsed; it is passed through untouched and counted",
     "not_target_table": "the protected table is not the statement's target",
@@ -32,6 +37,7 @@ REASONS = {
 async def _protected_tables(ruleset, dsn: str | None):
     from proxy.catalog_fetch import fetch_catalog
     from proxy.rules.resolve import wanted_tables
+
     catalog = await fetch_catalog(upstream_dsn(dsn), wanted_tables(ruleset))
     protected, problems = resolve(ruleset, catalog)
     return {(t.schema, t.name): t for t in protected.values()}, problems
@@ -45,22 +51,27 @@ def _offline_table(ruleset, rule, paths, sql):
     found = find_table(ruleset, rule, catalog)
     if found is not None:
         source = ", ".join(str(f) for f in files if f.is_file())
-        lines = [f"schema: planned from the rule files and {source}, without the live database "
-                 f"(pass --upstream URL to use it): assumes {found.qualified_name} is as that "
-                 f"file creates it, key ({', '.join(rule.key or found.primary_key)})"]
+        lines = [
+            f"schema: planned from the rule files and {source}, without the live database "
+            f"(pass --upstream URL to use it): assumes {found.qualified_name} is as that "
+            f"file creates it, key ({', '.join(rule.key or found.primary_key)})"
+        ]
     else:
         found = table_from_rule(rule, statement_columns(sql), len(catalog.tables_by_oid) + 1)
         catalog = Catalog({**catalog.tables_by_oid, found.oid: found})
         key_source = "as the rule says" if rule.key is not None else "assumed: the rule names none"
-        lines = [f"schema: planned from the rule file alone, without the live schema (pass "
-                 f"--upstream URL to use it): assumes key ({', '.join(found.primary_key)}) "
-                 f"({key_source}), no columns but those the rule and the statement name, "
-                 "types unknown"]
+        lines = [
+            f"schema: planned from the rule file alone, without the live schema (pass "
+            f"--upstream URL to use it): assumes key ({', '.join(found.primary_key)}) "
+            f"({key_source}), no columns but those the rule and the statement name, "
+            "types unknown"
+        ]
     protected, problems = resolve(ruleset, catalog)
     table = next((t for t in protected.values() if t.oid == found.oid), None)
     if table is None:
-        lines.extend(str(p) for p in problems if p.line == rule.source_line
-                     and p.file == rule.source_file)
+        lines.extend(
+            str(p) for p in problems if p.line == rule.source_line and p.file == rule.source_file
+        )
     return table, lines
 
 
@@ -72,22 +83,28 @@ def explain(paths: Sequence[str], dsn: str | None, sql: str) -> tuple[int, list[
     out = [f"statement: {sql.strip()}"]
     target = lexer.write_target(sql)
     if target is None:
-        out.append("action: relayed unchanged (not an UPDATE, DELETE or INSERT; reads are "
-                   "captured from their results when they include a protected table's key)")
+        out.append(
+            "action: relayed unchanged (not an UPDATE, DELETE or INSERT; reads are "
+            "captured from their results when they include a protected table's key)"
+        )
         return 0, out
     schema, name = target
     rule = ruleset.lookup(schema, name) if schema != "*" else None
     if rule is None:
-        out.append(f"action: relayed unchanged (no rule protects {name if schema == '*' else target[1]})")
+        out.append(
+            f"action: relayed unchanged (no rule protects {name if schema == '*' else target[1]})"
+        )
         return 0, out
-    out.append(f"rule: {rule.qualified_name} at {rule.where} (strategy {rule.strategy}, "
-               f"mode {rule.mode})")
+    out.append(
+        f"rule: {rule.qualified_name} at {rule.where} (strategy {rule.strategy}, mode {rule.mode})"
+    )
     if dsn is None:
         table, assumptions = _offline_table(ruleset, rule, paths, sql)
         out.extend(assumptions)
         if table is None:
-            out.append("action: relayed unchanged (the rule does not fit the schema it was "
-                       "planned from)")
+            out.append(
+                "action: relayed unchanged (the rule does not fit the schema it was planned from)"
+            )
             return 1, out
     else:
         try:
@@ -95,32 +112,47 @@ def explain(paths: Sequence[str], dsn: str | None, sql: str) -> tuple[int, list[
         except Exception as exc:  # a CLI: report, do not crash
             out.append(f"error: cannot read the catalog: {type(exc).__name__}: {exc}")
             return 2, out
-        table = next((t for (s, n), t in tables.items() if n == rule.name
-                      and (s == rule.schema or not rule.schema_explicit)), None)
+        table = next(
+            (
+                t
+                for (s, n), t in tables.items()
+                if n == rule.name and (s == rule.schema or not rule.schema_explicit)
+            ),
+            None,
+        )
         if table is None:
             out.extend(str(p) for p in problems)
-            out.append("action: relayed unchanged (the rule does not resolve against this "
-                       "database)")
+            out.append(
+                "action: relayed unchanged (the rule does not resolve against this database)"
+            )
             return 1, out
     template, literals = lexer.normalize(sql)
     kind = lexer.classify(sql).keyword
     plan = (plan_insert if kind == "INSERT" else plan_write)(template, table, 0)
     if isinstance(plan, Unverified):
-        out.append(f"action: passes unverified, reason {plan.reason}: "
-                   f"{REASONS.get(plan.reason, plan.reason)}")
+        out.append(
+            f"action: passes unverified, reason {plan.reason}: "
+            f"{REASONS.get(plan.reason, plan.reason)}"
+        )
         if plan.detail:
             out.append(f"detail: {plan.detail}")
         return 0, out
     if isinstance(plan, InsertPlan):
-        out.append("action: insert; the proxy learns the new rows through RETURNING "
-                   f"({', '.join(plan.extra_returning)}), stripped before the client sees them")
+        out.append(
+            "action: insert; the proxy learns the new rows through RETURNING "
+            f"({', '.join(plan.extra_returning)}), stripped before the client sees them"
+        )
         out.append("rewritten:")
         out.extend("  " + line for line in format_sql(plan.render_simple(literals)))
         return 0, out
     keys = plan.key_texts(literals)
-    shown = [", ".join(f"{ref.column}={value if value is not None else f'${ref.param}'}"
-                       for ref, value in zip(row, texts))
-             for row, texts in zip(plan.pinned_rows, keys)]
+    shown = [
+        ", ".join(
+            f"{ref.column}={value if value is not None else f'${ref.param}'}"
+            for ref, value in zip(row, texts)
+        )
+        for row, texts in zip(plan.pinned_rows, keys)
+    ]
     out.append(f"action: checked {plan.kind} of {len(keys)} pinned row(s): " + "; ".join(shown))
     checks = list(plan._builder.checks)  # the conflict checks (never columns are not among them)
     sparse = [c for c in plan._builder.sparse if c not in checks]
@@ -128,7 +160,9 @@ def explain(paths: Sequence[str], dsn: str | None, sql: str) -> tuple[int, list[
     if sparse:
         out.append(f"written only where unchanged since read (sparse_update): {', '.join(sparse)}")
     if table.unknown_original == "reject":
-        out.append("if the session has not read the row: the write is refused (unknown_original: reject)")
+        out.append(
+            "if the session has not read the row: the write is refused (unknown_original: reject)"
+        )
     else:
         out.append("if the session has not read the row: passes unchecked, counted as not_read")
     reads = [{c: f"<read {c}>" for c in plan.checked_columns} for _ in keys]

@@ -1,4 +1,5 @@
 """The small HTTP endpoint: /metrics, /healthz and /readyz."""
+
 from __future__ import annotations
 
 import asyncio
@@ -29,8 +30,7 @@ class MetricsServer:
             if path == "/metrics":
                 if self.before_scrape is not None:
                     self.before_scrape()
-                status, ctype, body = "200 OK", CONTENT_TYPE_LATEST, generate_latest(
-                    self.registry)
+                status, ctype, body = "200 OK", CONTENT_TYPE_LATEST, generate_latest(self.registry)
             elif path == "/healthz":
                 status, ctype, body = "200 OK", "text/plain", b"ok\n"
             elif path == "/readyz":
@@ -39,10 +39,13 @@ class MetricsServer:
                 ctype, body = "text/plain", (why + "\n").encode()
             else:
                 status, ctype, body = "404 Not Found", "text/plain", b"not found\n"
-            writer.write(f"HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: "
-                         f"{len(body)}\r\nConnection: close\r\n\r\n".encode() + body)
+            writer.write(
+                f"HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: "
+                f"{len(body)}\r\nConnection: close\r\n\r\n".encode()
+                + body
+            )
             await writer.drain()
-        except (asyncio.TimeoutError, asyncio.IncompleteReadError, ConnectionError):
+        except (TimeoutError, asyncio.IncompleteReadError, ConnectionError):
             pass
         except Exception:
             log.exception("metrics request failed")

@@ -1,4 +1,5 @@
 """Logging: one line per event, plain text or JSON (`--log-format json`)."""
+
 from __future__ import annotations
 
 import json

@@ -3,6 +3,7 @@
 Labels are bounded: table names come from the rule files, reasons and kinds from fixed sets;
 no keys, values or SQL text ever become labels.
 """
+
 from __future__ import annotations
 
 import time
@@ -20,61 +21,120 @@ class Metrics:
 
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         r = self.registry = registry or CollectorRegistry()
-        self.conflicts = Counter("optimist_conflicts", "Writes refused because the row changed "
-                                 "since this session read it", ["table", "kind"], registry=r)
-        self.audit_conflicts = Counter("optimist_audit_conflicts", "Conflicts audit-mode rules "
-                                       "let through", ["table", "kind"], registry=r)
-        self.checked_writes = Counter("optimist_checked_writes", "Writes sent with an "
-                                      "optimistic check", ["table"], registry=r)
-        self.unverified_writes = Counter("optimist_unverified_writes", "Writes to protected "
-                                         "tables that passed without a check", ["table", "reason"],
-                                         registry=r)
-        self.unparsed_statements = Counter("optimist_unparsed_statements", "Statements that "
-                                           "might write a protected table but could not be "
-                                           "parsed: relayed untouched", registry=r)
-        self.unapplied_writes = Counter("optimist_unapplied_writes", "Checked writes that matched "
-                                        "no row without a conflict (a trigger or row-level "
-                                        "security kept them out)", ["table"], registry=r)
-        self.client_connections = Gauge("optimist_client_connections", "Open client connections",
-                                        registry=r, multiprocess_mode="livesum")
-        self.client_connections_total = Counter("optimist_client_connections_opened",
-                                                "Client connections accepted", registry=r)
-        self.server_connections = Gauge("optimist_server_connections",
-                                        "Open connections to PostgreSQL", registry=r,
-                                        multiprocess_mode="livesum")
-        self.server_connections_total = Counter("optimist_server_connections_opened",
-                                                "Connections opened to PostgreSQL", registry=r)
-        self.upstream_up = Gauge("optimist_upstream_up", "1 if the last connection attempt to "
-                                 "PostgreSQL succeeded", registry=r, multiprocess_mode="livemin")
+        self.conflicts = Counter(
+            "optimist_conflicts",
+            "Writes refused because the row changed since this session read it",
+            ["table", "kind"],
+            registry=r,
+        )
+        self.audit_conflicts = Counter(
+            "optimist_audit_conflicts",
+            "Conflicts audit-mode rules let through",
+            ["table", "kind"],
+            registry=r,
+        )
+        self.checked_writes = Counter(
+            "optimist_checked_writes", "Writes sent with an optimistic check", ["table"], registry=r
+        )
+        self.unverified_writes = Counter(
+            "optimist_unverified_writes",
+            "Writes to protected tables that passed without a check",
+            ["table", "reason"],
+            registry=r,
+        )
+        self.unparsed_statements = Counter(
+            "optimist_unparsed_statements",
+            "Statements that "
+            "might write a protected table but could not be "
+            "parsed: relayed untouched",
+            registry=r,
+        )
+        self.unapplied_writes = Counter(
+            "optimist_unapplied_writes",
+            "Checked writes that matched "
+            "no row without a conflict (a trigger or row-level "
+            "security kept them out)",
+            ["table"],
+            registry=r,
+        )
+        self.client_connections = Gauge(
+            "optimist_client_connections",
+            "Open client connections",
+            registry=r,
+            multiprocess_mode="livesum",
+        )
+        self.client_connections_total = Counter(
+            "optimist_client_connections_opened", "Client connections accepted", registry=r
+        )
+        self.server_connections = Gauge(
+            "optimist_server_connections",
+            "Open connections to PostgreSQL",
+            registry=r,
+            multiprocess_mode="livesum",
+        )
+        self.server_connections_total = Counter(
+            "optimist_server_connections_opened", "Connections opened to PostgreSQL", registry=r
+        )
+        self.upstream_up = Gauge(
+            "optimist_upstream_up",
+            "1 if the last connection attempt to PostgreSQL succeeded",
+            registry=r,
+            multiprocess_mode="livemin",
+        )
         self.upstream_up.set(1)
-        self.statements = Counter("optimist_statements", "Statements by type (a prepared "
-                                  "statement counts at each execution)", ["type"], registry=r)
+        self.statements = Counter(
+            "optimist_statements",
+            "Statements by type (a prepared statement counts at each execution)",
+            ["type"],
+            registry=r,
+        )
         self.bytes_total = Counter("optimist_bytes", "Bytes relayed", ["direction"], registry=r)
-        self.rule_reloads = Counter("optimist_rule_reloads", "Rule loads by result", ["result"],
-                                    registry=r)
+        self.rule_reloads = Counter(
+            "optimist_rule_reloads", "Rule loads by result", ["result"], registry=r
+        )
         # an info-style gauge (1 for the version in force) rather than Info, which
         # prometheus-client cannot aggregate across worker processes
-        self.rules_version = Gauge("optimist_rules_version_info", "The rules in force",
-                                   ["version"], registry=r, multiprocess_mode="livemax")
-        self.rules_loaded_at = Gauge("optimist_rules_loaded_timestamp_seconds",
-                                     "When the rules in force were loaded", registry=r,
-                                     multiprocess_mode="livemax")
-        self.rules_count = Gauge("optimist_rule_tables", "Number of table rules in force",
-                                 registry=r, multiprocess_mode="livemax")
-        self.snapshot_entries = Gauge("optimist_snapshot_entries", "Row snapshots held",
-                                      registry=r, multiprocess_mode="livesum")
-        self.snapshot_evictions = Counter("optimist_snapshot_evictions",
-                                          "Row snapshots evicted by the memory bounds", registry=r)
-        self.rewrite_cache = Counter("optimist_rewrite_cache_lookups", "Rewrite cache lookups",
-                                     ["result"], registry=r)
+        self.rules_version = Gauge(
+            "optimist_rules_version_info",
+            "The rules in force",
+            ["version"],
+            registry=r,
+            multiprocess_mode="livemax",
+        )
+        self.rules_loaded_at = Gauge(
+            "optimist_rules_loaded_timestamp_seconds",
+            "When the rules in force were loaded",
+            registry=r,
+            multiprocess_mode="livemax",
+        )
+        self.rules_count = Gauge(
+            "optimist_rule_tables",
+            "Number of table rules in force",
+            registry=r,
+            multiprocess_mode="livemax",
+        )
+        self.snapshot_entries = Gauge(
+            "optimist_snapshot_entries",
+            "Row snapshots held",
+            registry=r,
+            multiprocess_mode="livesum",
+        )
+        self.snapshot_evictions = Counter(
+            "optimist_snapshot_evictions", "Row snapshots evicted by the memory bounds", registry=r
+        )
+        self.rewrite_cache = Counter(
+            "optimist_rewrite_cache_lookups", "Rewrite cache lookups", ["result"], registry=r
+        )
         self._version = None
         self._seen = {"evictions": 0, "hit": 0, "miss": 0}
         self.statement_tally: dict[str, int] = {}
         self.bytes_tally = {"client_to_server": 0, "server_to_client": 0}
         self.query_duration = Histogram(
-            "optimist_query_duration_seconds", "Time from a client's request to the server's "
-            "ReadyForQuery", registry=r,
-            buckets=(.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 10))
+            "optimist_query_duration_seconds",
+            "Time from a client's request to the server's ReadyForQuery",
+            registry=r,
+            buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 10),
+        )
 
     # ---- called from the hot paths: keep them trivial
 
@@ -140,9 +200,11 @@ class Metrics:
         """Copy the enforcement's own counters into metrics (called once a second)."""
         self.snapshot_entries.set(budget.used)
         seen = self._seen
-        for key, now, counter in (("evictions", budget.evictions, self.snapshot_evictions),
-                                  ("hit", cache.hits, self.rewrite_cache.labels("hit")),
-                                  ("miss", cache.misses, self.rewrite_cache.labels("miss"))):
+        for key, now, counter in (
+            ("evictions", budget.evictions, self.snapshot_evictions),
+            ("hit", cache.hits, self.rewrite_cache.labels("hit")),
+            ("miss", cache.misses, self.rewrite_cache.labels("miss")),
+        ):
             if now > seen[key]:
                 counter.inc(now - seen[key])
                 seen[key] = now
@@ -151,6 +213,7 @@ class Metrics:
 def multiprocess_registry() -> CollectorRegistry:
     """The aggregate of every worker's metrics (PROMETHEUS_MULTIPROC_DIR must be set)."""
     from prometheus_client import multiprocess
+
     registry = CollectorRegistry()
     multiprocess.MultiProcessCollector(registry)
     return registry

@@ -5,6 +5,7 @@ rules/example-schema.sql) or, for a table none of them creates, from the rule al
 `key:` (else an assumed `id`), its version column and the columns it or the statement names.
 Every guess is reported, so the reader knows what the plan takes on trust.
 """
+
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
@@ -18,14 +19,20 @@ from proxy.catalog import Catalog, CatalogColumn, CatalogTable
 DataType = exp.DataType.Type
 # sqlglot type -> (format_type() name, type OID, has an equality operator)
 _TYPES = {
-    DataType.SMALLINT: ("smallint", 21, True), DataType.INT: ("integer", 23, True),
-    DataType.BIGINT: ("bigint", 20, True), DataType.TEXT: ("text", 25, True),
-    DataType.BOOLEAN: ("boolean", 16, True), DataType.DATE: ("date", 1082, True),
-    DataType.UUID: ("uuid", 2950, True), DataType.JSONB: ("jsonb", 3802, True),
-    DataType.JSON: ("json", 114, False), DataType.XML: ("xml", 142, False),
+    DataType.SMALLINT: ("smallint", 21, True),
+    DataType.INT: ("integer", 23, True),
+    DataType.BIGINT: ("bigint", 20, True),
+    DataType.TEXT: ("text", 25, True),
+    DataType.BOOLEAN: ("boolean", 16, True),
+    DataType.DATE: ("date", 1082, True),
+    DataType.UUID: ("uuid", 2950, True),
+    DataType.JSONB: ("jsonb", 3802, True),
+    DataType.JSON: ("json", 114, False),
+    DataType.XML: ("xml", 142, False),
     DataType.TIMESTAMP: ("timestamp without time zone", 1114, True),
     DataType.TIMESTAMPTZ: ("timestamp with time zone", 1184, True),
-    DataType.DOUBLE: ("double precision", 701, True), DataType.FLOAT: ("real", 700, True),
+    DataType.DOUBLE: ("double precision", 701, True),
+    DataType.FLOAT: ("real", 700, True),
 }
 ASSUMED_KEY = ("id",)
 
@@ -66,16 +73,20 @@ def _table_from_create(create: exp.Create, oid: int) -> CatalogTable | None:
             type_name, type_oid, comparable = _column_type(item.args.get("kind"))
             kinds = [c.kind for c in item.constraints]
             primary = any(isinstance(k, exp.PrimaryKeyColumnConstraint) for k in kinds)
-            not_null = primary or any(isinstance(k, exp.NotNullColumnConstraint)
-                                      and not k.args.get("allow_null") for k in kinds)
-            columns[item.name] = CatalogColumn(item.name, len(columns) + 1, type_oid, type_name,
-                                               comparable, not_null, type_oid)
+            not_null = primary or any(
+                isinstance(k, exp.NotNullColumnConstraint) and not k.args.get("allow_null")
+                for k in kinds
+            )
+            columns[item.name] = CatalogColumn(
+                item.name, len(columns) + 1, type_oid, type_name, comparable, not_null, type_oid
+            )
             if primary:
                 key.append(item.name)
         elif isinstance(item, exp.PrimaryKey):
             key.extend(e.name for e in item.expressions)
-    return CatalogTable(oid, table.db or "public", table.name, columns,
-                        tuple(c for c in columns if c in key))
+    return CatalogTable(
+        oid, table.db or "public", table.name, columns, tuple(c for c in columns if c in key)
+    )
 
 
 def catalog_from_files(files: Sequence[Path]) -> Catalog:
@@ -108,8 +119,15 @@ def table_from_rule(rule, statement_columns: Iterable[str], oid: int) -> Catalog
             type_name, type_oid = "timestamp with time zone", 1184
         else:
             type_name, type_oid = "unknown", 0
-        columns[name] = CatalogColumn(name, len(columns) + 1, type_oid, type_name, True,
-                                      name in key or name == rule.version_column, type_oid)
+        columns[name] = CatalogColumn(
+            name,
+            len(columns) + 1,
+            type_oid,
+            type_name,
+            True,
+            name in key or name == rule.version_column,
+            type_oid,
+        )
     return CatalogTable(oid, rule.schema, rule.name, columns, tuple(key))
 
 

@@ -1,6 +1,7 @@
 """Rewritten SQL laid out for reading: the text itself is kept, only line breaks are added
 (before WHERE and RETURNING, before every AND/OR, indented by parenthesis depth, and after a
 comma once a line grows past `width`)."""
+
 from __future__ import annotations
 
 _CLAUSES = (" WHERE ", " RETURNING ")

@@ -4,6 +4,7 @@ One place for it because a name folded two ways is a rule silently never applied
 downcase_identifier() folds only ASCII A-Z in an unquoted name (`Ärzte` stays `Ärzte`), so
 `str.lower()` is wrong for any non-ASCII letter.
 """
+
 from __future__ import annotations
 
 __all__ = [
@@ -103,7 +104,8 @@ def split_identifiers(text: str) -> list[str]:
             if j == i:
                 raise ValueError(
                     f"{text!r} is not a valid name: use letters, digits and _, or quote it "
-                    f"in double quotes (inside YAML quotes: '\"{text}\"')")
+                    f"in double quotes (inside YAML quotes: '\"{text}\"')"
+                )
             parts.append(fold_identifier(text[i:j]))
             i = j
         if i == n:
@@ -111,7 +113,8 @@ def split_identifiers(text: str) -> list[str]:
         if text[i] != ".":
             raise ValueError(
                 f"{text!r} is not a valid name: unexpected {text[i]!r}; quote it in double "
-                f"quotes (inside YAML quotes: '\"{text}\"')")
+                f"quotes (inside YAML quotes: '\"{text}\"')"
+            )
         i += 1
 
 
@@ -126,8 +129,7 @@ def parse_identifier(text: str) -> str:
 def quote_ident(name: str) -> str:
     """`name` as PostgreSQL's quote_ident() writes it: bare only when it starts with a-z or _,
     has only a-z, 0-9 and _, and is not a keyword that would need quoting."""
-    if (name and name[0] in _SAFE_START and _SAFE_CHARS.issuperset(name)
-            and name not in KEYWORDS):
+    if name and name[0] in _SAFE_START and _SAFE_CHARS.issuperset(name) and name not in KEYWORDS:
         return name
     return '"' + name.replace('"', '""') + '"'
 

@@ -1,4 +1,5 @@
 """TLS contexts: toward clients (answering SSLRequest with 'S') and toward PostgreSQL."""
+
 from __future__ import annotations
 
 import logging

@@ -1,4 +1,5 @@
 """Is PostgreSQL reachable? A bare connect, for /readyz and optimist_upstream_up."""
+
 from __future__ import annotations
 
 import asyncio
@@ -13,7 +14,7 @@ async def upstream_ready(target) -> tuple[bool, str]:
             conn = asyncio.open_connection(target.host, target.port)
         _, writer = await asyncio.wait_for(conn, 2.0)
         writer.close()
-    except (OSError, asyncio.TimeoutError) as exc:
+    except (TimeoutError, OSError) as exc:
         return False, f"upstream {target} unreachable: {exc or 'timeout'}"
     return True, "ready"
 

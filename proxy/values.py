@@ -4,6 +4,7 @@ A row's key arrives in a DataRow as text or binary and comes back in a write as 
 a bound parameter in either format; all of them are normalised to one Python value per type so
 the snapshot of a row is found whichever way the application spelled its key.
 """
+
 from __future__ import annotations
 
 import struct
@@ -24,9 +25,10 @@ _INFINITY = 0x7FFFFFFFFFFFFFFF
 @dataclass(frozen=True, slots=True)
 class ReadValue:
     """One column value as the session read it, in the format and type it came in."""
-    format: int          # 0 text, 1 binary
+
+    format: int  # 0 text, 1 binary
     type_oid: int
-    data: bytes | None   # None: SQL NULL
+    data: bytes | None  # None: SQL NULL
 
     def as_text(self, encoding: str = "utf-8") -> str | None:
         """The value's text form, or raise ValueError when a binary value cannot be shown."""
@@ -66,8 +68,11 @@ def binary_to_text(type_oid: int, data: bytes) -> str:
         return (_EPOCH_2000.date() + timedelta(days=days)).isoformat()
     if type_oid == 1083:  # time: microseconds since midnight
         (micros,) = struct.unpack("!q", data)
-        return str(timedelta(microseconds=micros)).rjust(8, "0") if micros < 86400 * 10**6 \
+        return (
+            str(timedelta(microseconds=micros)).rjust(8, "0")
+            if micros < 86400 * 10**6
             else "24:00:00"
+        )
     if type_oid == 1186:  # interval: microseconds, days, months
         micros, days, months = struct.unpack("!qii", data)
         return f"{months} mons {days} days {micros} microseconds"

@@ -4,6 +4,7 @@ Each worker binds the listen port with SO_REUSEPORT, so the kernel spreads conne
 them. Cancel requests need no routing: the proxy relays PostgreSQL's own BackendKeyData, so
 whichever worker receives a CancelRequest forwards it straight to the server.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -43,6 +44,7 @@ def _fork_worker(settings: Settings, index: int) -> int:
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             signal.signal(sig, signal.SIG_DFL)
         from proxy.app import ProxyApp
+
         app = ProxyApp(settings, serve_metrics=False, reuse_port=True)
         log.info("worker %d (pid %d) starting", index, os.getpid())
         run_loop(app.run())
@@ -62,10 +64,12 @@ def _supervise(settings: Settings, count: int) -> int:
     state = {"stopping": False, "failed": False}
 
     async def supervise() -> None:
+        from prometheus_client import multiprocess
+
         from proxy.http_endpoint import MetricsServer
         from proxy.metrics import multiprocess_registry
         from proxy.upstream_probe import readiness
-        from prometheus_client import multiprocess
+
         loop = asyncio.get_running_loop()
         stop = asyncio.Event()
 
@@ -84,8 +88,10 @@ def _supervise(settings: Settings, count: int) -> int:
         server = None
         if settings.metrics:
             endpoint = parse_hostport(settings.metrics, 9187)
-            server = MetricsServer(multiprocess_registry(), lambda: readiness(
-                settings.upstream_endpoint, plain_relay=not settings.rules))
+            server = MetricsServer(
+                multiprocess_registry(),
+                lambda: readiness(settings.upstream_endpoint, plain_relay=not settings.rules),
+            )
             try:
                 await server.start(endpoint.host, endpoint.port)
             except OSError as exc:
@@ -94,8 +100,12 @@ def _supervise(settings: Settings, count: int) -> int:
                 forward(signal.SIGTERM)
                 server = None
             else:
-                log.info("aggregated metrics of %d workers on http://%s:%d/metrics", count,
-                         endpoint.host, endpoint.port)
+                log.info(
+                    "aggregated metrics of %d workers on http://%s:%d/metrics",
+                    count,
+                    endpoint.host,
+                    endpoint.port,
+                )
         while workers:
             await asyncio.sleep(0.2)
             while True:

@@ -28,7 +28,6 @@ import pytest
 from proxy.embedded import EmbeddedPostgres, find_bin_dir
 from tests.support import ProxyProcess
 
-
 # --------------------------------------------------------------------------- reporting
 
 
@@ -125,12 +124,26 @@ class _ProxyFactory:
         self.pg = pg
         self.made: list[ProxyProcess] = []
 
-    def __call__(self, *extra_args: str, rules=None, metrics: bool = False, drain_timeout: float | None = None,
-                 env: dict[str, str] | None = None, upstream: tuple[str, int] | None = None,
-                 start: bool = True) -> ProxyProcess:
+    def __call__(
+        self,
+        *extra_args: str,
+        rules=None,
+        metrics: bool = False,
+        drain_timeout: float | None = None,
+        env: dict[str, str] | None = None,
+        upstream: tuple[str, int] | None = None,
+        start: bool = True,
+    ) -> ProxyProcess:
         host, port = upstream or (self.pg.host, self.pg.port)
-        p = ProxyProcess(host, port, rules=rules, metrics=metrics, drain_timeout=drain_timeout,
-                         extra_args=extra_args, env=env)
+        p = ProxyProcess(
+            host,
+            port,
+            rules=rules,
+            metrics=metrics,
+            drain_timeout=drain_timeout,
+            extra_args=extra_args,
+            env=env,
+        )
         if not start:
             self.made.append(p)
             return p
@@ -150,7 +163,11 @@ class _ProxyFactory:
             already = p.proc.poll()
             code = p.stop()
             if code != 0:
-                how = f"had already exited with {already}" if already is not None else f"exited with {code} on SIGTERM"
+                how = (
+                    f"had already exited with {already}"
+                    if already is not None
+                    else f"exited with {code} on SIGTERM"
+                )
                 problems.append(f"{p!r} {how}\n{p.describe()}")
             p.cleanup()
         return problems

@@ -28,6 +28,7 @@ Grafana cannot run on the build machine, so this is the closest honest thing:
 
 Needs ``prometheus`` on PATH (Debian/Ubuntu: ``apt-get install prometheus``).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -56,8 +57,10 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-FOOTER = ("rendered from dashboard.json with real Prometheus data by tools/dashboard_snapshot.py "
-          "(Grafana not available on the build machine)")
+FOOTER = (
+    "rendered from dashboard.json with real Prometheus data by tools/dashboard_snapshot.py "
+    "(Grafana not available on the build machine)"
+)
 
 # ----------------------------------------------------------------------------- processes
 
@@ -94,8 +97,9 @@ def http_get(url: str, timeout: float = 10.0) -> tuple[int, bytes]:
         return e.code, e.read()
 
 
-def wait_until(pred, timeout: float, what: str, proc: subprocess.Popen | None = None,
-               log: Path | None = None) -> None:
+def wait_until(
+    pred, timeout: float, what: str, proc: subprocess.Popen | None = None, log: Path | None = None
+) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc is not None and proc.poll() is not None:
@@ -117,8 +121,14 @@ class Child:
     def __init__(self, name: str, cmd: list[str], log: Path, **kw) -> None:
         self.name, self.log = name, log
         self.fh = open(log, "wb")
-        self.proc = subprocess.Popen(cmd, stdout=self.fh, stderr=subprocess.STDOUT,
-                                     stdin=subprocess.DEVNULL, preexec_fn=_pdeathsig, **kw)
+        self.proc = subprocess.Popen(
+            cmd,
+            stdout=self.fh,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            preexec_fn=_pdeathsig,
+            **kw,
+        )
 
     def stop(self, timeout: float = 15.0) -> None:
         if self.proc.poll() is None:
@@ -183,9 +193,20 @@ def sku(i: int) -> str:
 class Load:
     """The load envelope (0..1) over the run: a morning ramp, a plateau, a lunch dip, a spike."""
 
-    POINTS = [(0.0, 0.30), (0.08, 0.45), (0.30, 0.95), (0.45, 1.0), (0.52, 0.40),
-              (0.62, 0.45), (0.70, 0.80), (0.80, 0.75), (0.84, 1.0), (0.90, 1.0),
-              (0.94, 0.65), (1.0, 0.70)]
+    POINTS = [
+        (0.0, 0.30),
+        (0.08, 0.45),
+        (0.30, 0.95),
+        (0.45, 1.0),
+        (0.52, 0.40),
+        (0.62, 0.45),
+        (0.70, 0.80),
+        (0.80, 0.75),
+        (0.84, 1.0),
+        (0.90, 1.0),
+        (0.94, 0.65),
+        (1.0, 0.70),
+    ]
 
     def __init__(self, duration: float) -> None:
         self.duration = duration
@@ -221,8 +242,7 @@ class Stats:
 
 
 class Workload:
-    def __init__(self, dsn: str, duration: float, rules_file: Path, seed: int,
-                 log=print) -> None:
+    def __init__(self, dsn: str, duration: float, rules_file: Path, seed: int, log=print) -> None:
         self.dsn = dsn
         self.load = Load(duration)
         self.rules_file = rules_file
@@ -243,23 +263,28 @@ class Workload:
         return index == 0 or index < round(self.load.level() * count)
 
     def hot(self, hot_n: int, total: int, p_hot: float = 0.75) -> int:
-        return self.rng.randint(1, hot_n) if self.rng.random() < p_hot else \
-            self.rng.randint(1, total)
+        return (
+            self.rng.randint(1, hot_n) if self.rng.random() < p_hot else self.rng.randint(1, total)
+        )
 
     async def pg_conn(self, client_side: bool = False):
         """psycopg; `client_side`: values bound into the SQL text (simple query protocol),
         the way many legacy applications talk."""
         import psycopg
+
         self.stats.inc("connections")
         kw = {"cursor_factory": psycopg.AsyncClientCursor} if client_side else {}
-        return await psycopg.AsyncConnection.connect(self.dsn, autocommit=True,
-                                                     application_name="snapshot-workload", **kw)
+        return await psycopg.AsyncConnection.connect(
+            self.dsn, autocommit=True, application_name="snapshot-workload", **kw
+        )
 
     async def apg_conn(self):
         import asyncpg
+
         self.stats.inc("connections")
-        return await asyncpg.connect(self.dsn, server_settings={
-            "application_name": "snapshot-workload"})
+        return await asyncpg.connect(
+            self.dsn, server_settings={"application_name": "snapshot-workload"}
+        )
 
     async def worker_loop(self, name: str, index: int, count: int, kind: str, step) -> None:
         """Keep a connection while active (the load decides), run `step(conn)` repeatedly."""
@@ -273,8 +298,11 @@ class Workload:
                     await asyncio.sleep(0.5)
                     continue
                 if conn is None:
-                    conn = await (self.apg_conn() if kind == "asyncpg" else
-                                  self.pg_conn(client_side=kind == "psycopg-client"))
+                    conn = await (
+                        self.apg_conn()
+                        if kind == "asyncpg"
+                        else self.pg_conn(client_side=kind == "psycopg-client")
+                    )
                 try:
                     await step(conn)
                 except Exception as exc:  # a workload must not die of one error
@@ -300,6 +328,7 @@ class Workload:
 
     async def teller(self, conn) -> None:
         import asyncpg
+
         aid = self.hot(25, N_ACCOUNTS, 0.7)
         in_tx = self.rng.random() < 0.3
         for attempt in range(4):
@@ -309,7 +338,8 @@ class Workload:
                     await tx.start()
                 try:
                     row = await conn.fetchrow(
-                        "SELECT id, owner, balance, version FROM accounts WHERE id = $1", aid)
+                        "SELECT id, owner, balance, version FROM accounts WHERE id = $1", aid
+                    )
                     self.stats.inc("reads")
                     if row is None:
                         self.stats.inc("accounts gone (closed)")
@@ -318,8 +348,11 @@ class Workload:
                         return
                     await asyncio.sleep(self.rng.uniform(0.02, 0.12))  # the teller types
                     delta = self.rng.choice([-50, -20, 10, 25, 100])
-                    await conn.execute("UPDATE accounts SET balance = $1 WHERE id = $2",
-                                       row["balance"] + delta, aid)
+                    await conn.execute(
+                        "UPDATE accounts SET balance = $1 WHERE id = $2",
+                        row["balance"] + delta,
+                        aid,
+                    )
                     if tx:
                         await tx.commit()
                     self.stats.inc("accounts writes ok")
@@ -343,11 +376,15 @@ class Workload:
     async def closer(self, conn) -> None:
         """Closes (deletes) a hot account someone may be editing, reopens it later."""
         import asyncpg
+
         await self.pause(0.8, 2.0)
         if self.closed_accounts and self.rng.random() < 0.5:
             aid = self.closed_accounts.pop()
-            await conn.execute("INSERT INTO accounts (id, owner, balance) VALUES ($1, $2, 0)",
-                               aid, f"reopened {aid}")
+            await conn.execute(
+                "INSERT INTO accounts (id, owner, balance) VALUES ($1, $2, 0)",
+                aid,
+                f"reopened {aid}",
+            )
             self.stats.inc("accounts reopened")
             return
         aid = self.rng.randint(1, 25)
@@ -367,6 +404,7 @@ class Workload:
 
     async def clerk(self, conn) -> None:
         import psycopg
+
         cid = self.hot(30, N_CUSTOMERS)
         for attempt in range(3):
             cur = await conn.execute("SELECT * FROM customers WHERE id = %s", (cid,))
@@ -381,16 +419,24 @@ class Workload:
             elif what < 0.75:
                 form["credit_limit"] = form["credit_limit"] + self.rng.choice([-250, 250, 500])
             elif what < 0.92:
-                form["last_name"] = form["last_name"].split("-")[0] + f"-{cid}" + \
-                    self.rng.choice(["", "a", "b"])
+                form["last_name"] = (
+                    form["last_name"].split("-")[0] + f"-{cid}" + self.rng.choice(["", "a", "b"])
+                )
             else:
                 form["salutation"] = self.rng.choice(["Mr", "Ms", "Mrs", "Dr"])
             try:
                 await conn.execute(
                     "UPDATE customers SET salutation = %s, first_name = %s, last_name = %s, "
                     "credit_limit = %s, notes = %s, updated_at = now() WHERE id = %s",
-                    (form["salutation"], form["first_name"], form["last_name"],
-                     form["credit_limit"], form["notes"], cid))
+                    (
+                        form["salutation"],
+                        form["first_name"],
+                        form["last_name"],
+                        form["credit_limit"],
+                        form["notes"],
+                        cid,
+                    ),
+                )
                 self.stats.inc("customers writes ok")
                 break
             except psycopg.errors.SerializationFailure:
@@ -400,12 +446,16 @@ class Workload:
 
     async def scorer(self, conn) -> None:
         import asyncpg
+
         cid = self.hot(30, N_CUSTOMERS, 0.6)
         r = await conn.fetchrow("SELECT id, credit_score FROM customers WHERE id = $1", cid)
         self.stats.inc("reads")
         try:
-            await conn.execute("UPDATE customers SET credit_score = $1 WHERE id = $2",
-                               max(300, min(850, r[1] + self.rng.randint(-40, 40))), cid)
+            await conn.execute(
+                "UPDATE customers SET credit_score = $1 WHERE id = $2",
+                max(300, min(850, r[1] + self.rng.randint(-40, 40))),
+                cid,
+            )
             self.stats.inc("customers writes ok")
         except asyncpg.exceptions.SerializationError:
             self.stats.inc("conflicts customers")
@@ -413,17 +463,21 @@ class Workload:
 
     async def loan_officer(self, conn) -> None:
         import asyncpg
+
         cid = self.hot(30, N_CUSTOMERS)
         for attempt in range(3):
             r = await conn.fetchrow(
                 "SELECT id, first_name, last_name, credit_limit, credit_score FROM customers "
-                "WHERE id = $1", cid)
+                "WHERE id = $1",
+                cid,
+            )
             self.stats.inc("reads")
             await asyncio.sleep(self.rng.uniform(0.05, 0.2))  # decides on the score
             new_limit = r[3] + (500 if (r[4] or 0) > 600 else -500)
             try:
-                await conn.execute("UPDATE customers SET credit_limit = $1 WHERE id = $2",
-                                   new_limit, cid)
+                await conn.execute(
+                    "UPDATE customers SET credit_limit = $1 WHERE id = $2", new_limit, cid
+                )
                 self.stats.inc("customers writes ok")
                 break
             except asyncpg.exceptions.SerializationError:
@@ -435,14 +489,19 @@ class Workload:
 
     async def manager(self, conn) -> None:
         import asyncpg
+
         rid = self.rng.randint(1, 20)
         await conn.fetchrow("SELECT id, title, amount, status FROM reports WHERE id = $1", rid)
         self.stats.inc("reads")
         await asyncio.sleep(self.rng.uniform(0.03, 0.15))
         decision = "approved" if self.rng.random() < 0.6 else "rejected"
         try:
-            await conn.execute("UPDATE reports SET status = $1, approved_by = $2 WHERE id = $3",
-                               decision, f"manager{self.rng.randint(1, 5)}", rid)
+            await conn.execute(
+                "UPDATE reports SET status = $1, approved_by = $2 WHERE id = $3",
+                decision,
+                f"manager{self.rng.randint(1, 5)}",
+                rid,
+            )
             self.stats.inc("reports writes ok")
         except asyncpg.exceptions.SerializationError:
             self.stats.inc("conflicts reports")
@@ -450,13 +509,15 @@ class Workload:
 
     async def resubmitter(self, conn) -> None:
         import asyncpg
+
         rid = self.rng.randint(1, 20)
         r = await conn.fetchrow("SELECT id, status FROM reports WHERE id = $1", rid)
         self.stats.inc("reads")
         if r["status"] != "submitted":
             try:
-                await conn.execute("UPDATE reports SET status = 'submitted', approved_by = NULL "
-                                   "WHERE id = $1", rid)
+                await conn.execute(
+                    "UPDATE reports SET status = 'submitted', approved_by = NULL WHERE id = $1", rid
+                )
                 self.stats.inc("reports writes ok")
             except asyncpg.exceptions.SerializationError:
                 self.stats.inc("conflicts reports")
@@ -468,18 +529,21 @@ class Workload:
         await conn.fetchrow("SELECT * FROM reports WHERE id = $1", rid)
         self.stats.inc("reads")
         tag = await conn.execute("UPDATE reports SET status = 'rejected' WHERE id = $1", rid)
-        self.stats.inc("reports unapplied (frozen, 0 rows)" if tag.endswith(" 0")
-                       else "reports writes ok")
+        self.stats.inc(
+            "reports unapplied (frozen, 0 rows)" if tag.endswith(" 0") else "reports writes ok"
+        )
         await self.pause(0.6, 1.6)
 
     async def mobile_approver(self, conn) -> None:
         """Approves without reading: unknown_original: reject refuses it (55000)."""
         import asyncpg
+
         await self.pause(2.0, 5.0)
         rid = self.rng.randint(1, 40)
         try:
-            await conn.execute("UPDATE reports SET status = 'approved', approved_by = 'mobile' "
-                               "WHERE id = $1", rid)
+            await conn.execute(
+                "UPDATE reports SET status = 'approved', approved_by = 'mobile' WHERE id = $1", rid
+            )
             self.stats.inc("reports writes ok")
         except asyncpg.exceptions.ObjectNotInPrerequisiteStateError:
             self.stats.inc("reports blind writes refused (55000)")
@@ -488,16 +552,20 @@ class Workload:
 
     async def catalog(self, conn) -> None:
         import psycopg
+
         s = sku(self.hot(15, N_PRODUCTS, 0.8))
         for attempt in range(3):
             cur = await conn.execute(
-                "SELECT sku, name, price, stock, modified_at FROM products WHERE sku = %s", (s,))
+                "SELECT sku, name, price, stock, modified_at FROM products WHERE sku = %s", (s,)
+            )
             r = await cur.fetchone()
             self.stats.inc("reads")
             await asyncio.sleep(self.rng.uniform(0.02, 0.1))
             try:
-                await conn.execute("UPDATE products SET stock = %s WHERE sku = %s",
-                                   (max(0, r[3] + self.rng.choice([-3, -1, 5, 10])), s))
+                await conn.execute(
+                    "UPDATE products SET stock = %s WHERE sku = %s",
+                    (max(0, r[3] + self.rng.choice([-3, -1, 5, 10])), s),
+                )
                 self.stats.inc("products writes ok")
                 break
             except psycopg.errors.SerializationFailure:
@@ -511,15 +579,18 @@ class Workload:
         """Writes rows it never read (not_read) or whose checked columns it did not read."""
         if self.rng.random() < 0.5:
             aid = self.rng.randint(41, N_ACCOUNTS)
-            await conn.execute("UPDATE accounts SET owner = %s WHERE id = %s",
-                               (f"renamed {aid}", aid))
+            await conn.execute(
+                "UPDATE accounts SET owner = %s WHERE id = %s", (f"renamed {aid}", aid)
+            )
             self.stats.inc("blind writes accounts (not_read)")
         else:
             cid = self.rng.randint(31, N_CUSTOMERS)
             cur = await conn.execute("SELECT id, first_name FROM customers WHERE id = %s", (cid,))
             await cur.fetchone()
-            await conn.execute("UPDATE customers SET notes = 'migrated', credit_score = %s "
-                               "WHERE id = %s", (self.rng.randint(400, 800), cid))
+            await conn.execute(
+                "UPDATE customers SET notes = 'migrated', credit_score = %s WHERE id = %s",
+                (self.rng.randint(400, 800), cid),
+            )
             self.stats.inc("partial-read writes customers (column_not_read)")
         await self.pause(0.3, 0.8)
 
@@ -530,15 +601,19 @@ class Workload:
             return
         job = self.rng.choice(["prices", "interest", "scores"])
         if job == "prices":
-            cur = await conn.execute("UPDATE products SET price = round(price * 1.01, 2) "
-                                     "WHERE stock < 20")
+            cur = await conn.execute(
+                "UPDATE products SET price = round(price * 1.01, 2) WHERE stock < 20"
+            )
         elif job == "interest":
             lo = self.rng.randint(1, N_ACCOUNTS - 200)
-            cur = await conn.execute("UPDATE accounts SET balance = balance * 1.001 "
-                                     "WHERE id BETWEEN %s AND %s", (lo, lo + 200))
+            cur = await conn.execute(
+                "UPDATE accounts SET balance = balance * 1.001 WHERE id BETWEEN %s AND %s",
+                (lo, lo + 200),
+            )
         else:
-            cur = await conn.execute("UPDATE customers SET updated_at = now() "
-                                     "WHERE credit_score < 500")
+            cur = await conn.execute(
+                "UPDATE customers SET updated_at = now() WHERE credit_score < 500"
+            )
         self.stats.inc(f"bulk updates (no_key_pin) {job}")
         self.stats.inc("bulk rows updated", max(cur.rowcount, 0))
 
@@ -568,8 +643,7 @@ class Workload:
                     cid = self.rng.randint(1, N_CUSTOMERS)
                     cur = await conn.execute("SELECT * FROM customers WHERE id = %s", (cid,))
                     await cur.fetchall()
-                    cur = await conn.execute("SELECT * FROM reports WHERE customer_id = %s",
-                                             (cid,))
+                    cur = await conn.execute("SELECT * FROM reports WHERE customer_id = %s", (cid,))
                     await cur.fetchall()
                     self.stats.inc("reads", 2)
                 finally:
@@ -579,7 +653,7 @@ class Workload:
     async def _sleep_unless_stopped(self, seconds: float) -> None:
         try:
             await asyncio.wait_for(self.stop.wait(), seconds)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             pass
 
     # -- the rule edit
@@ -606,21 +680,28 @@ class Workload:
     async def run(self) -> None:
         self.release = asyncio.Event()
         self.load = Load(self.load.duration)
-        plan = [("teller", self.teller, 10, "asyncpg"), ("closer", self.closer, 1, "asyncpg"),
-                ("clerk", self.clerk, 6, "psycopg-client"),
-                ("scorer", self.scorer, 2, "asyncpg"),
-                ("loan_officer", self.loan_officer, 3, "asyncpg"),
-                ("manager", self.manager, 5, "asyncpg"),
-                ("resubmitter", self.resubmitter, 2, "asyncpg"),
-                ("clawback", self.clawback, 1, "asyncpg"),
-                ("mobile_approver", self.mobile_approver, 1, "asyncpg"),
-                ("catalog", self.catalog, 4, "psycopg-client"),
-                ("blind_writer", self.blind_writer, 2, "psycopg-client"),
-                ("bulk", self.bulk, 1, "psycopg")]
-        tasks = [asyncio.create_task(self.worker_loop(name, i, n, kind, fn))
-                 for name, fn, n, kind in plan for i in range(n)]
-        extra = [asyncio.create_task(c) for c in (self.exporter(), self.web_requests(),
-                                                  self.rule_edit())]
+        plan = [
+            ("teller", self.teller, 10, "asyncpg"),
+            ("closer", self.closer, 1, "asyncpg"),
+            ("clerk", self.clerk, 6, "psycopg-client"),
+            ("scorer", self.scorer, 2, "asyncpg"),
+            ("loan_officer", self.loan_officer, 3, "asyncpg"),
+            ("manager", self.manager, 5, "asyncpg"),
+            ("resubmitter", self.resubmitter, 2, "asyncpg"),
+            ("clawback", self.clawback, 1, "asyncpg"),
+            ("mobile_approver", self.mobile_approver, 1, "asyncpg"),
+            ("catalog", self.catalog, 4, "psycopg-client"),
+            ("blind_writer", self.blind_writer, 2, "psycopg-client"),
+            ("bulk", self.bulk, 1, "psycopg"),
+        ]
+        tasks = [
+            asyncio.create_task(self.worker_loop(name, i, n, kind, fn))
+            for name, fn, n, kind in plan
+            for i in range(n)
+        ]
+        extra = [
+            asyncio.create_task(c) for c in (self.exporter(), self.web_requests(), self.rule_edit())
+        ]
         while not self.load.over():
             await asyncio.sleep(0.25)
         self.stop.set()
@@ -654,8 +735,10 @@ class Prom:
         return doc
 
     def query_range(self, expr: str, start: float, end: float, step: float) -> dict:
-        return self._get("/api/v1/query_range", {"query": expr, "start": f"{start:.3f}",
-                                                 "end": f"{end:.3f}", "step": step})
+        return self._get(
+            "/api/v1/query_range",
+            {"query": expr, "start": f"{start:.3f}", "end": f"{end:.3f}", "step": step},
+        )
 
     def query(self, expr: str, at: float) -> dict:
         return self._get("/api/v1/query", {"query": expr, "time": f"{at:.3f}"})
@@ -664,8 +747,9 @@ class Prom:
 def substitute(expr: str, rate_interval: str, step: float, range_s: float) -> str:
     """Grafana's variables, as a Grafana would expand them for this panel."""
     out = expr
-    out = out.replace("$__rate_interval", rate_interval).replace("${__rate_interval}",
-                                                                  rate_interval)
+    out = out.replace("$__rate_interval", rate_interval).replace(
+        "${__rate_interval}", rate_interval
+    )
     out = out.replace("$__interval", f"{int(step)}s").replace("${__interval}", f"{int(step)}s")
     out = out.replace("$__range", f"{int(range_s)}s")
     # template variables: "All" (the dashboard's allValue is .*)
@@ -707,10 +791,12 @@ def fmt_unit(v: float | None, unit: str | None, decimals: int | None = None) -> 
         return "-"
     unit = unit or "short"
     if unit in ("ops", "reqps", "short", "none", "Bps"):
-        suffix = {"ops": " ops/s", "reqps": " req/s", "short": "", "none": "",
-                  "Bps": "B/s"}[unit]
-        steps = ([(1e9, " GB/s"), (1e6, " MB/s"), (1e3, " kB/s")] if unit == "Bps" else
-                 [(1e9, " Bil"), (1e6, " Mil"), (1e3, " K")])
+        suffix = {"ops": " ops/s", "reqps": " req/s", "short": "", "none": "", "Bps": "B/s"}[unit]
+        steps = (
+            [(1e9, " GB/s"), (1e6, " MB/s"), (1e3, " kB/s")]
+            if unit == "Bps"
+            else [(1e9, " Bil"), (1e6, " Mil"), (1e3, " K")]
+        )
         for f, name in steps:
             if abs(v) >= f:
                 if unit == "Bps":
@@ -738,13 +824,36 @@ def fmt_unit(v: float | None, unit: str | None, decimals: int | None = None) -> 
 # ----------------------------------------------------------------------------- rendering
 
 THEME = {
-    "bg": "#111217", "panel": "#181b1f", "border": "#2a2d33", "text": "#ccccdc",
-    "muted": "#8e8e99", "grid": "#26282d", "header": "#1f2228",
+    "bg": "#111217",
+    "panel": "#181b1f",
+    "border": "#2a2d33",
+    "text": "#ccccdc",
+    "muted": "#8e8e99",
+    "grid": "#26282d",
+    "header": "#1f2228",
 }
-GRAFANA_COLORS = {"green": "#73BF69", "red": "#F2495C", "yellow": "#FADE2A",
-                  "orange": "#FF9830", "blue": "#5794F2", "purple": "#B877D9"}
-PALETTE = ["#73BF69", "#F2CC0C", "#8AB8FF", "#FF780A", "#F2495C", "#5794F2", "#B877D9",
-           "#705DA0", "#37872D", "#FADE2A", "#447EBC", "#C15C17"]
+GRAFANA_COLORS = {
+    "green": "#73BF69",
+    "red": "#F2495C",
+    "yellow": "#FADE2A",
+    "orange": "#FF9830",
+    "blue": "#5794F2",
+    "purple": "#B877D9",
+}
+PALETTE = [
+    "#73BF69",
+    "#F2CC0C",
+    "#8AB8FF",
+    "#FF780A",
+    "#F2495C",
+    "#5794F2",
+    "#B877D9",
+    "#705DA0",
+    "#37872D",
+    "#FADE2A",
+    "#447EBC",
+    "#C15C17",
+]
 
 
 def color_of(name: str) -> str:
@@ -756,12 +865,13 @@ class Canvas:
 
     def __init__(self, width: int, height: int, dpi: int = 100) -> None:
         import matplotlib
+
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
+
         self.plt = plt
         self.W, self.H, self.dpi = width, height, dpi
-        self.fig = plt.figure(figsize=(width / dpi, height / dpi), dpi=dpi,
-                              facecolor=THEME["bg"])
+        self.fig = plt.figure(figsize=(width / dpi, height / dpi), dpi=dpi, facecolor=THEME["bg"])
 
     def fx(self, x: float) -> float:
         return x / self.W
@@ -771,17 +881,34 @@ class Canvas:
 
     def rect(self, x, y, w, h, face, edge=None, radius=3, lw=1.0, alpha=1.0):
         from matplotlib.patches import FancyBboxPatch
-        p = FancyBboxPatch((self.fx(x), self.fy(y + h)), w / self.W, h / self.H,
-                           boxstyle=f"round,pad=0,rounding_size={radius / self.W}",
-                           transform=self.fig.transFigure, facecolor=face,
-                           edgecolor=edge or face, linewidth=lw, alpha=alpha,
-                           mutation_aspect=self.W / self.H, zorder=-10)
+
+        p = FancyBboxPatch(
+            (self.fx(x), self.fy(y + h)),
+            w / self.W,
+            h / self.H,
+            boxstyle=f"round,pad=0,rounding_size={radius / self.W}",
+            transform=self.fig.transFigure,
+            facecolor=face,
+            edgecolor=edge or face,
+            linewidth=lw,
+            alpha=alpha,
+            mutation_aspect=self.W / self.H,
+            zorder=-10,
+        )
         self.fig.add_artist(p)
 
-    def text(self, x, y, s, size=9, color=None, weight="normal", ha="left", va="top",
-             **kw):
-        return self.fig.text(self.fx(x), self.fy(y), s, fontsize=size, color=color or
-                             THEME["text"], fontweight=weight, ha=ha, va=va, **kw)
+    def text(self, x, y, s, size=9, color=None, weight="normal", ha="left", va="top", **kw):
+        return self.fig.text(
+            self.fx(x),
+            self.fy(y),
+            s,
+            fontsize=size,
+            color=color or THEME["text"],
+            fontweight=weight,
+            ha=ha,
+            va=va,
+            **kw,
+        )
 
     def axes(self, x, y, w, h):
         ax = self.fig.add_axes([self.fx(x), self.fy(y + h), w / self.W, h / self.H])
@@ -792,8 +919,16 @@ class Canvas:
 
     def line(self, x0, y0, x1, y1, color, lw=1.0):
         from matplotlib.lines import Line2D
-        self.fig.add_artist(Line2D([self.fx(x0), self.fx(x1)], [self.fy(y0), self.fy(y1)],
-                                   transform=self.fig.transFigure, color=color, linewidth=lw))
+
+        self.fig.add_artist(
+            Line2D(
+                [self.fx(x0), self.fx(x1)],
+                [self.fy(y0), self.fy(y1)],
+                transform=self.fig.transFigure,
+                color=color,
+                linewidth=lw,
+            )
+        )
 
 
 class Series:
@@ -836,7 +971,7 @@ def to_series(result: dict, fmt: str, grid: list[float]) -> list[Series]:
 
 class Renderer:
     COLS = 24
-    ROW_H = 36          # px per grid row (Grafana: 30 + margins)
+    ROW_H = 36  # px per grid row (Grafana: 30 + margins)
     GAP = 8
     MARGIN = 16
     HEADER = 92
@@ -878,8 +1013,16 @@ class Renderer:
             x += lw + vw + 12
 
     def footer(self) -> None:
-        self.cv.text(self.width / 2, self.height - self.FOOTER / 2, FOOTER, size=9,
-                     color=THEME["muted"], ha="center", va="center", style="italic")
+        self.cv.text(
+            self.width / 2,
+            self.height - self.FOOTER / 2,
+            FOOTER,
+            size=9,
+            color=THEME["muted"],
+            ha="center",
+            va="center",
+            style="italic",
+        )
 
     def frame(self, panel: dict) -> tuple[float, float, float, float]:
         x, y, w, h = self.box(panel["gridPos"])
@@ -889,12 +1032,25 @@ class Renderer:
 
     def row(self, panel: dict) -> None:
         x, y, w, h = self.box(panel["gridPos"])
-        self.cv.text(x + 2, y + h / 2 + 3, "⌄  " + panel.get("title", ""), size=11,
-                     weight="bold", va="center")
+        self.cv.text(
+            x + 2,
+            y + h / 2 + 3,
+            "⌄  " + panel.get("title", ""),
+            size=11,
+            weight="bold",
+            va="center",
+        )
 
     def message(self, x, y, w, h, text, color=None) -> None:
-        self.cv.text(x + w / 2, y + h / 2, text, size=11, color=color or THEME["muted"],
-                     ha="center", va="center")
+        self.cv.text(
+            x + w / 2,
+            y + h / 2,
+            text,
+            size=11,
+            color=color or THEME["muted"],
+            ha="center",
+            va="center",
+        )
 
     # -- panel types
 
@@ -911,6 +1067,7 @@ class Renderer:
 
     def _style_axes(self, ax, unit: str | None) -> None:
         from matplotlib.ticker import FuncFormatter, MaxNLocator
+
         ax.tick_params(colors=THEME["muted"], labelsize=8, length=0, pad=4)
         ax.grid(True, color=THEME["grid"], linewidth=0.8)
         ax.set_axisbelow(True)
@@ -920,10 +1077,12 @@ class Renderer:
             if unit == "percentunit":
                 return _trim(f"{v * 100:.1f}") + "%"
             return fmt_unit(v, unit)
+
         ax.yaxis.set_major_formatter(FuncFormatter(yfmt))
 
     def timeseries(self, panel: dict, series: list[Series], t0: float, t1: float) -> None:
         import numpy as np
+
         x, y, w, h = self.frame(panel)
         fc = panel.get("fieldConfig", {}).get("defaults", {})
         unit = fc.get("unit")
@@ -954,8 +1113,16 @@ class Renderer:
             if bars:
                 step = (times[1] - times[0]) if len(times) > 1 else 1
                 vz = np.nan_to_num(v)
-                ax.bar(times, vz, width=step * 0.8, bottom=base if stacked else 0, color=c,
-                       alpha=fill or 0.6, edgecolor=c, linewidth=0.6)
+                ax.bar(
+                    times,
+                    vz,
+                    width=step * 0.8,
+                    bottom=base if stacked else 0,
+                    color=c,
+                    alpha=fill or 0.6,
+                    edgecolor=c,
+                    linewidth=0.6,
+                )
                 if stacked:
                     base = base + vz
                 continue
@@ -964,14 +1131,23 @@ class Renderer:
                 shown_top = np.where(np.isnan(v), np.nan, top)
                 ax.plot(times, shown_top, color=c, linewidth=1.1)
                 if fill:
-                    ax.fill_between(times, base, top, where=~np.isnan(v), color=c,
-                                    alpha=fill, linewidth=0, interpolate=False)
+                    ax.fill_between(
+                        times,
+                        base,
+                        top,
+                        where=~np.isnan(v),
+                        color=c,
+                        alpha=fill,
+                        linewidth=0,
+                        interpolate=False,
+                    )
                 base = top
             else:
                 ax.plot(times, v, color=c, linewidth=1.1)
                 if fill:
-                    ax.fill_between(times, 0, v, where=~np.isnan(v), color=c, alpha=fill,
-                                    linewidth=0)
+                    ax.fill_between(
+                        times, 0, v, where=~np.isnan(v), color=c, alpha=fill, linewidth=0
+                    )
         lo = fc.get("min")
         ymax = ax.get_ylim()[1]
         if lo is not None:
@@ -982,8 +1158,14 @@ class Renderer:
         # legend
         ly = y + h - leg_h - 4
         colx = [x + w - 12 - 92 * (len(calcs) - 1 - k) for k in range(len(calcs))]
-        names = {"mean": "Mean", "max": "Max", "lastNotNull": "Last *", "last": "Last",
-                 "min": "Min", "sum": "Total"}
+        names = {
+            "mean": "Mean",
+            "max": "Max",
+            "lastNotNull": "Last *",
+            "last": "Last",
+            "min": "Min",
+            "sum": "Total",
+        }
         self.cv.text(x + 12, ly, "Name", size=8, color=THEME["muted"])
         for cx, c in zip(colx, calcs):
             self.cv.text(cx, ly, names.get(c, c), size=8, color="#6e9fff", ha="right")
@@ -996,11 +1178,17 @@ class Renderer:
             for cx, c in zip(colx, calcs):
                 self.cv.text(cx, ry, fmt_unit(vals.get(c), unit), size=8, ha="right")
         if len(series) > max_rows:
-            self.cv.text(x + 32, ly + row_h * (len(shown) + 1) + 2,
-                         f"+ {len(series) - max_rows} more", size=8, color=THEME["muted"])
+            self.cv.text(
+                x + 32,
+                ly + row_h * (len(shown) + 1) + 2,
+                f"+ {len(series) - max_rows} more",
+                size=8,
+                color=THEME["muted"],
+            )
 
     def stat(self, panel: dict, series: list[Series], t0: float, t1: float) -> None:
         import numpy as np
+
         x, y, w, h = self.frame(panel)
         fc = panel.get("fieldConfig", {}).get("defaults", {})
         unit = fc.get("unit")
@@ -1021,7 +1209,9 @@ class Renderer:
         if color is None:
             # Grafana's default thresholds when a panel has none: green, red from 80
             steps = fc.get("thresholds", {}).get("steps") or [
-                {"color": "green", "value": None}, {"color": "red", "value": 80}]
+                {"color": "green", "value": None},
+                {"color": "red", "value": 80},
+            ]
             color = color_of(steps[0]["color"])
             for st in steps[1:]:
                 if value is not None and st.get("value") is not None and value >= st["value"]:
@@ -1031,15 +1221,22 @@ class Renderer:
             ax.set_xticks([])
             ax.set_yticks([])
             v = np.array(s.values, dtype=float)
-            ax.fill_between(s.times, 0, v, where=~np.isnan(v), color=color, alpha=0.18,
-                            linewidth=0)
+            ax.fill_between(s.times, 0, v, where=~np.isnan(v), color=color, alpha=0.18, linewidth=0)
             ax.plot(s.times, v, color=color, linewidth=1.0, alpha=0.8)
             ax.set_xlim(t0, t1)
             fv = s.finite()
             top = max(fv) if fv else 1
             ax.set_ylim(min(0, min(fv)) if fv else 0, (top or 1) * 1.15)
-        self.cv.text(x + w / 2, y + h * 0.48, text, size=24, color=color, weight="bold",
-                     ha="center", va="center")
+        self.cv.text(
+            x + w / 2,
+            y + h * 0.48,
+            text,
+            size=24,
+            color=color,
+            weight="bold",
+            ha="center",
+            va="center",
+        )
 
     def table(self, panel: dict, frames: dict[str, list[dict]]) -> None:
         x, y, w, h = self.frame(panel)
@@ -1112,8 +1309,16 @@ class Renderer:
         self.cv.plt.close(self.cv.fig)
 
 
-def render(dashboard: dict, prom: Prom, start: float, end: float, step: float,
-           rate_interval: str, out: Path, width: int) -> list[str]:
+def render(
+    dashboard: dict,
+    prom: Prom,
+    start: float,
+    end: float,
+    step: float,
+    rate_interval: str,
+    out: Path,
+    width: int,
+) -> list[str]:
     """Query every panel and draw the dashboard; returns problems found (no data, errors)."""
     problems = []
     grid = []
@@ -1169,11 +1374,13 @@ def render(dashboard: dict, prom: Prom, start: float, end: float, step: float,
 def shrink_png(path: Path, limit: int) -> None:
     """Store as optimized RGB; quantize to a 256-colour palette if still over `limit` bytes."""
     from PIL import Image
+
     img = Image.open(path).convert("RGB")
     img.save(path, optimize=True)
     if path.stat().st_size > limit:
-        img.quantize(colors=256, method=Image.Quantize.MEDIANCUT,
-                     dither=Image.Dither.NONE).save(path, optimize=True)
+        img.quantize(colors=256, method=Image.Quantize.MEDIANCUT, dither=Image.Dither.NONE).save(
+            path, optimize=True
+        )
 
 
 # ----------------------------------------------------------------------------- main
@@ -1183,8 +1390,9 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--duration", type=float, default=120.0, help="workload seconds (120)")
     ap.add_argument("--out", type=Path, default=REPO / "docs" / "dashboard.png")
-    ap.add_argument("--dashboard", type=Path, default=REPO / "deploy" / "grafana" /
-                    "dashboard.json")
+    ap.add_argument(
+        "--dashboard", type=Path, default=REPO / "deploy" / "grafana" / "dashboard.json"
+    )
     ap.add_argument("--rate-interval", default="10s", help="value of $__rate_interval (10s)")
     ap.add_argument("--step", type=float, default=2.0, help="query_range step in s (2)")
     ap.add_argument("--width", type=int, default=1600, help="image width in px (1600)")
@@ -1197,12 +1405,15 @@ def main(argv: list[str] | None = None) -> int:
     dashboard = json.loads(args.dashboard.read_text())
 
     # everything below is bounded: a watchdog ends the run if something hangs
-    signal.signal(signal.SIGALRM, lambda *_: (_ for _ in ()).throw(
-        TimeoutError("dashboard_snapshot watchdog")))
+    signal.signal(
+        signal.SIGALRM,
+        lambda *_: (_ for _ in ()).throw(TimeoutError("dashboard_snapshot watchdog")),
+    )
     signal.alarm(int(args.duration) + 300)
 
-    from proxy.embedded import EmbeddedPostgres
     import psycopg
+
+    from proxy.embedded import EmbeddedPostgres
 
     tmp = Path(tempfile.mkdtemp(prefix="optimist-snapshot-"))
     say = lambda msg: print(msg, flush=True)  # noqa: E731
@@ -1213,24 +1424,48 @@ def main(argv: list[str] | None = None) -> int:
             say(f"postgres on {pg.port}")
             with psycopg.connect(pg.dsn, autocommit=True) as c:
                 c.execute((REPO / "rules" / "example-schema.sql").read_text())
-                c.execute(SEED_SQL.format(customers=N_CUSTOMERS, accounts=N_ACCOUNTS,
-                                          reports=N_REPORTS, products=N_PRODUCTS))
+                c.execute(
+                    SEED_SQL.format(
+                        customers=N_CUSTOMERS,
+                        accounts=N_ACCOUNTS,
+                        reports=N_REPORTS,
+                        products=N_PRODUCTS,
+                    )
+                )
             rules_dir = tmp / "rules"
             rules_dir.mkdir()
             rules_file = rules_dir / "example.yaml"
             shutil.copy(REPO / "rules" / "example.yaml", rules_file)
 
             listen, mport = free_port(), port_or_free(9187)
-            proxy = Child("optimist", [sys.executable, "-m", "proxy", "serve",
-                                       "--listen", f"127.0.0.1:{listen}",
-                                       "--upstream", f"127.0.0.1:{pg.port}",
-                                       "--rules", str(rules_dir),
-                                       "--metrics", f"127.0.0.1:{mport}"],
-                          tmp / "optimist.log", cwd=REPO,
-                          env={**os.environ, "PYTHONUNBUFFERED": "1"})
+            proxy = Child(
+                "optimist",
+                [
+                    sys.executable,
+                    "-m",
+                    "proxy",
+                    "serve",
+                    "--listen",
+                    f"127.0.0.1:{listen}",
+                    "--upstream",
+                    f"127.0.0.1:{pg.port}",
+                    "--rules",
+                    str(rules_dir),
+                    "--metrics",
+                    f"127.0.0.1:{mport}",
+                ],
+                tmp / "optimist.log",
+                cwd=REPO,
+                env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            )
             stack.callback(proxy.stop)
-            wait_until(lambda: http_get(f"http://127.0.0.1:{mport}/readyz", 2)[0] == 200, 30,
-                       "optimist /readyz", proxy.proc, proxy.log)
+            wait_until(
+                lambda: http_get(f"http://127.0.0.1:{mport}/readyz", 2)[0] == 200,
+                30,
+                "optimist /readyz",
+                proxy.proc,
+                proxy.log,
+            )
             say(f"optimist on {listen}, metrics on {mport}")
 
             pport = free_port()
@@ -1238,21 +1473,35 @@ def main(argv: list[str] | None = None) -> int:
                 "global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\n"
                 "  evaluation_interval: 1s\n"
                 "scrape_configs:\n  - job_name: optimist\n    static_configs:\n"
-                f"      - targets: ['127.0.0.1:{mport}']\n")
-            prom_proc = Child("prometheus", [
-                args.prometheus, f"--config.file={tmp / 'prometheus.yml'}",
-                f"--storage.tsdb.path={tmp / 'tsdb'}",
-                f"--web.listen-address=127.0.0.1:{pport}",
-                "--storage.tsdb.retention.time=1d", "--log.level=warn"],
-                tmp / "prometheus.log", cwd=tmp)
+                f"      - targets: ['127.0.0.1:{mport}']\n"
+            )
+            prom_proc = Child(
+                "prometheus",
+                [
+                    args.prometheus,
+                    f"--config.file={tmp / 'prometheus.yml'}",
+                    f"--storage.tsdb.path={tmp / 'tsdb'}",
+                    f"--web.listen-address=127.0.0.1:{pport}",
+                    "--storage.tsdb.retention.time=1d",
+                    "--log.level=warn",
+                ],
+                tmp / "prometheus.log",
+                cwd=tmp,
+            )
             stack.callback(prom_proc.stop)
             prom = Prom(f"http://127.0.0.1:{pport}")
-            wait_until(lambda: http_get(prom.base + "/-/ready", 2)[0] == 200, 60,
-                       "prometheus ready", prom_proc.proc, prom_proc.log)
+            wait_until(
+                lambda: http_get(prom.base + "/-/ready", 2)[0] == 200,
+                60,
+                "prometheus ready",
+                prom_proc.proc,
+                prom_proc.log,
+            )
 
             def scraped() -> bool:
                 res = prom.query('up{job="optimist"}', time.time())
                 return any(s["value"][1] == "1" for s in res.get("data", {}).get("result", []))
+
             wait_until(scraped, 30, "the first scrape", prom_proc.proc, prom_proc.log)
             say(f"prometheus on {pport}, scraping every 1 s")
 
@@ -1268,27 +1517,35 @@ def main(argv: list[str] | None = None) -> int:
                 await asyncio.sleep(2.5)
                 await wl.finish(tasks)
                 return end
+
             end = asyncio.run(drive())
 
             # the window: from a little before the first request to the last moment of load
             t0 = math.floor((start - 4) / args.step) * args.step
             t1 = math.floor(end / args.step) * args.step
-            problems = render(dashboard, prom, t0, t1, args.step, args.rate_interval,
-                              args.out, args.width)
+            problems = render(
+                dashboard, prom, t0, t1, args.step, args.rate_interval, args.out, args.width
+            )
             shrink_png(args.out, 950_000)
 
             # what the proxy itself counted, for the report
             _, body = http_get(f"http://127.0.0.1:{mport}/metrics")
             totals: dict[str, float] = defaultdict(float)
             for line in body.decode().splitlines():
-                m = re.match(r"(optimist_(?:conflicts|audit_conflicts|checked_writes|"
-                             r"unverified_writes|unapplied_writes|rule_reloads|"
-                             r"snapshot_evictions|client_connections_opened)_total)"
-                             r"(\{[^}]*\})?\s+(\S+)$", line)
+                m = re.match(
+                    r"(optimist_(?:conflicts|audit_conflicts|checked_writes|"
+                    r"unverified_writes|unapplied_writes|rule_reloads|"
+                    r"snapshot_evictions|client_connections_opened)_total)"
+                    r"(\{[^}]*\})?\s+(\S+)$",
+                    line,
+                )
                 if m:
                     totals[m.group(1) + (m.group(2) or "")] += float(m.group(3))
-            reloads = [ln for ln in proxy.log.read_text().splitlines()
-                       if "rules" in ln and ("reload" in ln or "refused" in ln)]
+            reloads = [
+                ln
+                for ln in proxy.log.read_text().splitlines()
+                if "rules" in ln and ("reload" in ln or "refused" in ln)
+            ]
         say("\n== workload (client side)")
         for k, v in sorted(wl.stats.c.items()):
             say(f"  {k:45s} {v}")

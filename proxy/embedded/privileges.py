@@ -41,19 +41,36 @@ def _ensure_system_user(name: str = SYSTEM_USER) -> tuple[int, int]:
         entry = pwd.getpwnam(name)
     except KeyError:
         useradd = shutil.which("useradd") or "/usr/sbin/useradd"
-        nologin = next((p for p in ("/usr/sbin/nologin", "/sbin/nologin") if os.path.exists(p)), "/bin/false")
+        nologin = next(
+            (p for p in ("/usr/sbin/nologin", "/sbin/nologin") if os.path.exists(p)), "/bin/false"
+        )
         res = subprocess.run(
-            [useradd, "--system", "--no-create-home", "--home-dir", "/nonexistent",
-             "--shell", nologin, "--user-group", name],
-            capture_output=True, text=True,
+            [
+                useradd,
+                "--system",
+                "--no-create-home",
+                "--home-dir",
+                "/nonexistent",
+                "--shell",
+                nologin,
+                "--user-group",
+                name,
+            ],
+            capture_output=True,
+            text=True,
         )
         # 9: already exists (a concurrent creator won the race)
         if res.returncode not in (0, 9):
-            raise EmbeddedPostgresError(f"useradd {name} failed ({res.returncode}): {res.stderr.strip()}")
+            raise EmbeddedPostgresError(
+                f"useradd {name} failed ({res.returncode}): {res.stderr.strip()}"
+            ) from None
         entry = pwd.getpwnam(name)
         if res.returncode == 0:
-            log.warning("created the system user %s to run the embedded PostgreSQL (it refuses to "
-                        "run as root); run optimist as another user or pass --upstream to avoid it", name)
+            log.warning(
+                "created the system user %s to run the embedded PostgreSQL (it refuses to "
+                "run as root); run optimist as another user or pass --upstream to avoid it",
+                name,
+            )
     return entry.pw_uid, entry.pw_gid
 
 
@@ -88,8 +105,14 @@ def _ensure_traversable(path: Path) -> None:
     for parent in untraversable_ancestors(path):
         mode = stat.S_IMODE(parent.stat().st_mode)
         parent.chmod(mode | TRAVERSE)
-        log.warning("added g+x,o+x to %s (mode %04o -> %04o) so the system user %s can reach %s",
-                    parent, mode, mode | TRAVERSE, SYSTEM_USER, path)
+        log.warning(
+            "added g+x,o+x to %s (mode %04o -> %04o) so the system user %s can reach %s",
+            parent,
+            mode,
+            mode | TRAVERSE,
+            SYSTEM_USER,
+            path,
+        )
 
 
 def _ensure_install_readable(bin_dir: Path) -> None:
@@ -110,7 +133,7 @@ def _ensure_install_readable(bin_dir: Path) -> None:
     for top in (prefix, libs):
         if not top.exists():
             continue
-        for root, dirs, files in os.walk(top):
+        for root, _dirs, files in os.walk(top):
             m = os.stat(root).st_mode
             if m | rx != m:
                 os.chmod(root, stat.S_IMODE(m | rx))
@@ -125,6 +148,11 @@ def _ensure_install_readable(bin_dir: Path) -> None:
                     os.chmod(p, stat.S_IMODE(want))
                     changed += 1
         if changed:
-            log.warning("made %d files and directories under %s readable by all users so the system "
-                        "user %s can run the PostgreSQL binaries", changed, top, SYSTEM_USER)
+            log.warning(
+                "made %d files and directories under %s readable by all users so the system "
+                "user %s can run the PostgreSQL binaries",
+                changed,
+                top,
+                SYSTEM_USER,
+            )
             changed = 0

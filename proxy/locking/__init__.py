@@ -1,5 +1,6 @@
 """Optimistic locking: the rules in force (LockingService, one per process) and the locking
 logic of each session (SessionLocking), sans-IO."""
+
 from proxy.locking.service import DatabaseTables, Generation, LockingService
 from proxy.locking.session_locking import SessionLocking
 

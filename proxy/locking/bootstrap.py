@@ -1,6 +1,7 @@
 """What a session needs before it can check a write: the protected tables of its database
 (from the catalog, once per rules generation) and the guard functions on its connection.
 Both come from queries the proxy runs itself, as a job the Session drives."""
+
 from __future__ import annotations
 
 import logging
@@ -26,13 +27,15 @@ class Bootstrap:
         self.guards_failed = False
 
     def _wants_guards(self, tables: Any) -> bool:
-        return not self.guards and not self.guards_failed and (tables is None
-                                                               or bool(tables.by_oid))
+        return (
+            not self.guards and not self.guards_failed and (tables is None or bool(tables.by_oid))
+        )
 
     def stale(self) -> bool:
         """A reload brought a new generation, or the guard functions are missing."""
         return self.generation is not self.service.generation or (
-            self.tables is not None and self.tables.by_oid and self._wants_guards(self.tables))
+            self.tables is not None and self.tables.by_oid and self._wants_guards(self.tables)
+        )
 
     def job(self, status: bytes) -> Job | None:
         """The queries to run now, or None when there is nothing to learn (or nothing can
@@ -53,14 +56,18 @@ class Bootstrap:
             self.generation, self.tables = generation, tables
         return self._run(generation, tables, want_guards, ";\n".join(parts), status)
 
-    def _run(self, generation: Any, tables: Any, want_guards: bool, sql: str,
-             status: bytes) -> Job:
+    def _run(self, generation: Any, tables: Any, want_guards: bool, sql: str, status: bytes) -> Job:
         result: InternalResult = yield InternalQuery(sql)
         if tables is None:
-            rows = [[None if v is None else v.decode("utf-8", "replace") for v in row]
-                    for row in result.rows]
-            learned = generation.learn_catalog(self.database, rows) if (
-                rows or not result.failed) else None
+            rows = [
+                [None if v is None else v.decode("utf-8", "replace") for v in row]
+                for row in result.rows
+            ]
+            learned = (
+                generation.learn_catalog(self.database, rows)
+                if (rows or not result.failed)
+                else None
+            )
             if learned is not None:
                 self.generation, self.tables = generation, learned
         else:
@@ -69,9 +76,12 @@ class Bootstrap:
             self.guards = not result.failed
             self.guards_failed = result.failed
             if result.failed:
-                log.warning("cannot create the guard functions for %s on %s (no TEMP "
-                            "privilege? read-only server?): writes pass unverified",
-                            self.role, self.database)
+                log.warning(
+                    "cannot create the guard functions for %s on %s (no TEMP "
+                    "privilege? read-only server?): writes pass unverified",
+                    self.role,
+                    self.database,
+                )
             elif status == b"T":
                 # created inside the client's transaction: a rollback takes them away
                 self.txlog.on_rollback(self._guards_lost)

@@ -4,6 +4,7 @@ A RowDescription names, for every plain column reference, the table OID and attr
 When a result carries the whole key of a protected table, each DataRow yields that row's key and
 the values of the checked columns it also carries.
 """
+
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
@@ -28,7 +29,7 @@ class CapturePlan:
     tables: tuple[TableCapture, ...]
     formats: tuple[int, ...]
 
-    def with_formats(self, result_formats: Sequence[int], width: int) -> "CapturePlan":
+    def with_formats(self, result_formats: Sequence[int], width: int) -> CapturePlan:
         """The same plan for a portal bound with these result format codes."""
         if not result_formats:
             formats = (0,) * width
@@ -39,8 +40,9 @@ class CapturePlan:
         return CapturePlan(self.tables, formats)
 
 
-def plan_capture(fields, protected: Mapping[int, ProtectedTable],
-                 attnames: Mapping[int, Mapping[int, str]]) -> CapturePlan | None:
+def plan_capture(
+    fields, protected: Mapping[int, ProtectedTable], attnames: Mapping[int, Mapping[int, str]]
+) -> CapturePlan | None:
     """fields: RowDescription fields; protected: table oid -> table; attnames: oid -> attnum -> name."""
     by_table: dict[int, dict[str, tuple[int, int]]] = {}
     ambiguous: set[int] = set()
@@ -64,11 +66,14 @@ def plan_capture(fields, protected: Mapping[int, ProtectedTable],
         columns = tuple((c, p, t) for c, (p, t) in cols.items() if c in wanted)
         if not columns:
             continue
-        captures.append(TableCapture(
-            table,
-            tuple(cols[k][0] for k in table.key),
-            tuple(cols[k][1] for k in table.key),
-            columns))
+        captures.append(
+            TableCapture(
+                table,
+                tuple(cols[k][0] for k in table.key),
+                tuple(cols[k][1] for k in table.key),
+                columns,
+            )
+        )
     if not captures:
         return None
     return CapturePlan(tuple(captures), tuple(f.format for f in fields))
@@ -82,7 +87,8 @@ def capture_row(plan: CapturePlan, values: Sequence[bytes | None], encoding: str
     for tc in plan.tables:
         key = tuple(
             normalize_key(t, formats[p], values[p], encoding)
-            for p, t in zip(tc.key_positions, tc.key_types))
+            for p, t in zip(tc.key_positions, tc.key_types)
+        )
         if None in key:
             continue
         row = {c: ReadValue(formats[p], t, values[p]) for c, p, t in tc.columns}

@@ -1,4 +1,5 @@
 """Counting what happens to writes of protected tables (no-ops without metrics)."""
+
 from __future__ import annotations
 
 import logging

@@ -1,5 +1,6 @@
 """What a session knows of protected rows: captured from the rows it reads, refreshed by the
 results of its own checked writes, undone with the transaction that learned it."""
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -43,8 +44,13 @@ class Knowledge:
             if blind:
                 blind.discard((table.oid, key))
 
-    def read_rows(self, table: ProtectedTable, keys: Sequence[RowKey], columns: Sequence[str],
-                  counts: WriteCounts) -> list[dict[str, ReadValue] | None]:
+    def read_rows(
+        self,
+        table: ProtectedTable,
+        keys: Sequence[RowKey],
+        columns: Sequence[str],
+        counts: WriteCounts,
+    ) -> list[dict[str, ReadValue] | None]:
         """Per pinned row, the read values of `columns`, or None (counted) when the session
         has not read that row, or not all of those columns."""
         store = self.store_for(table)
@@ -70,14 +76,18 @@ class Knowledge:
         types = table.column_type_oids
         formats = work.formats or (0,) * len(extras)
         nkey = len(table.key)
-        key = tuple(normalize_key(types[c], formats[i], extras[i], encoding)
-                    for i, c in enumerate(work.extras[:nkey]))
+        key = tuple(
+            normalize_key(types[c], formats[i], extras[i], encoding)
+            for i, c in enumerate(work.extras[:nkey])
+        )
         store = self.store_for(table)
         if work.kind == "delete":
             store.forget((table.oid, key), self.txlog)
             return
-        row = {c: ReadValue(formats[nkey + i], types[c], extras[nkey + i])
-               for i, c in enumerate(work.extras[nkey:])}
+        row = {
+            c: ReadValue(formats[nkey + i], types[c], extras[nkey + i])
+            for i, c in enumerate(work.extras[nkey:])
+        }
         known = store.get((table.oid, key)) is not None
         store.put((table.oid, key), row, self.txlog)
         if not known and key not in work.keys:

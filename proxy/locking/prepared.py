@@ -1,5 +1,6 @@
 """The client's prepared statements and portals as the locking logic needs them, and the
 hidden statements the proxy prepares for their checked forms."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -13,6 +14,7 @@ from proxy.wire.messages import Field
 @dataclass(frozen=True, slots=True)
 class WriteTarget:
     """A statement that writes a protected table, with its cached plan."""
+
     table: ProtectedTable
     plan: Any  # WritePlan | InsertPlan
     literals: tuple[str, ...]
@@ -51,8 +53,11 @@ class PreparedRegistry:
 
     def parsed(self, name: bytes, statement: PreparedStatement) -> None:
         previous = self.statements.get(name)
-        if previous is not None and previous.text == statement.text \
-                and previous.param_types == statement.param_types:
+        if (
+            previous is not None
+            and previous.text == statement.text
+            and previous.param_types == statement.param_types
+        ):
             # the same statement parsed again (asyncpg without a statement cache: Parse,
             # Describe, then Parse again with Bind): what its Describe taught still holds
             statement.fields = previous.fields

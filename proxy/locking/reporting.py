@@ -1,6 +1,7 @@
 """Recognising the errors and notices the proxy's own SQL raised server-side (conflicts,
 audit findings, refusals), reshaping them for the client, and reporting conflicts to the
 log and the metrics."""
+
 from __future__ import annotations
 
 import logging
@@ -46,12 +47,23 @@ class ConflictReporter:
             self.metrics.conflict(conflict.table, conflict.kind, audit=conflict.audit)
         info = self.info
         conflict_log.warning(
-            "%s conflict on %s", "would-be" if conflict.audit else "refused", conflict.table,
-            extra={"fields": {
-                "table": conflict.table, "key": conflict.key, "kind": conflict.kind,
-                "audit": conflict.audit, "user": info.user, "database": info.database,
-                "application_name": info.application_name, "client": info.peer,
-                "columns": sorted(conflict.columns)}})
+            "%s conflict on %s",
+            "would-be" if conflict.audit else "refused",
+            conflict.table,
+            extra={
+                "fields": {
+                    "table": conflict.table,
+                    "key": conflict.key,
+                    "kind": conflict.kind,
+                    "audit": conflict.audit,
+                    "user": info.user,
+                    "database": info.database,
+                    "application_name": info.application_name,
+                    "client": info.peer,
+                    "columns": sorted(conflict.columns),
+                }
+            },
+        )
 
     def _mark_stale(self, conflict: conflicts.Conflict, tables: Any) -> None:
         if tables is None:
@@ -61,8 +73,10 @@ class ConflictReporter:
         if table is None or not isinstance(conflict.key, dict):
             return
         try:
-            key = tuple(normalize_text_key(table.column_type_oids[c], _json_text(conflict.key[c]))
-                        for c in table.key)
+            key = tuple(
+                normalize_text_key(table.column_type_oids[c], _json_text(conflict.key[c]))
+                for c in table.key
+            )
         except KeyError:
             return
         self.knowledge.mark_stale(table, key)

@@ -3,6 +3,7 @@
 Rules are swapped atomically on reload: a session picks up the new `Generation` at its next
 statement; statements already planned keep the generation they were planned with.
 """
+
 from __future__ import annotations
 
 import logging
@@ -10,15 +11,15 @@ import os
 from dataclasses import dataclass, field
 
 from proxy.catalog import Catalog, catalog_query
-from proxy.locking.session_locking import SessionLocking
 from proxy.config import ConfigError, Settings
+from proxy.locking.session_locking import SessionLocking
+from proxy.locking.snapshots import Budget, SnapshotStore
 from proxy.rewrite.cache import RewriteCache
 from proxy.rules.loader import load_rules
 from proxy.rules.model import RuleError, RuleSet
 from proxy.rules.protected import ProtectedTable
 from proxy.rules.resolve import resolve, wanted_tables
 from proxy.session.info import SessionInfo
-from proxy.locking.snapshots import Budget, SnapshotStore
 
 log = logging.getLogger("optimist.rules")
 
@@ -26,6 +27,7 @@ log = logging.getLogger("optimist.rules")
 @dataclass
 class DatabaseTables:
     """The protected tables of one database under one rules generation."""
+
     by_oid: dict[int, ProtectedTable]
     by_name: dict[tuple[str, str], ProtectedTable]
     attnames: dict[int, dict[int, str]]
@@ -35,6 +37,7 @@ class DatabaseTables:
 @dataclass
 class Generation:
     """One loaded rule set and what it resolved to, per database."""
+
     ruleset: RuleSet
     databases: dict[str, DatabaseTables] = field(default_factory=dict)
 
@@ -53,8 +56,11 @@ class Generation:
         tables = DatabaseTables(
             by_oid=protected,
             by_name={(t.schema, t.name): t for t in protected.values()},
-            attnames={oid: {c.attnum: c.name for c in catalog.tables_by_oid[oid].columns.values()}
-                      for oid in protected})
+            attnames={
+                oid: {c.attnum: c.name for c in catalog.tables_by_oid[oid].columns.values()}
+                for oid in protected
+            },
+        )
         self.databases[database] = tables
         return tables
 
@@ -86,13 +92,17 @@ class LockingService:
             metrics.rules_loaded(ruleset, ok=True)
 
     @classmethod
-    def from_settings(cls, settings: Settings, metrics=None) -> "LockingService":
+    def from_settings(cls, settings: Settings, metrics=None) -> LockingService:
         try:
             ruleset = load_rules(settings.rules)
         except RuleError as exc:
             raise ConfigError("rule files refused:\n" + "\n".join(map(str, exc.problems))) from None
-        log.info("loaded %d rule(s) from %s (version %s)", len(ruleset.rules),
-                 ", ".join(ruleset.sources) or "-", ruleset.version)
+        log.info(
+            "loaded %d rule(s) from %s (version %s)",
+            len(ruleset.rules),
+            ", ".join(ruleset.sources) or "-",
+            ruleset.version,
+        )
         return cls(settings, ruleset, metrics)
 
     def locking_for(self, info: SessionInfo) -> SessionLocking:
@@ -114,14 +124,19 @@ class LockingService:
         try:
             ruleset = load_rules(self.settings.rules)
         except RuleError as exc:
-            log.error("rules reload (%s) refused, keeping version %s:\n%s", reason,
-                      self.generation.version, "\n".join(map(str, exc.problems)))
+            log.error(
+                "rules reload (%s) refused, keeping version %s:\n%s",
+                reason,
+                self.generation.version,
+                "\n".join(map(str, exc.problems)),
+            )
             if self.metrics is not None:
                 self.metrics.rules_loaded(None, ok=False)
             return False
         except Exception:  # never let a reload take the proxy down
-            log.exception("rules reload (%s) failed, keeping version %s", reason,
-                          self.generation.version)
+            log.exception(
+                "rules reload (%s) failed, keeping version %s", reason, self.generation.version
+            )
             if self.metrics is not None:
                 self.metrics.rules_loaded(None, ok=False)
             return False
@@ -129,8 +144,12 @@ class LockingService:
             log.info("rules reload (%s): unchanged (version %s)", reason, ruleset.version)
         else:
             self.generation = Generation(ruleset)
-            log.info("rules reloaded (%s): %d rule(s), version %s", reason, len(ruleset.rules),
-                     ruleset.version)
+            log.info(
+                "rules reloaded (%s): %d rule(s), version %s",
+                reason,
+                len(ruleset.rules),
+                ruleset.version,
+            )
         if self.metrics is not None:
             self.metrics.rules_loaded(ruleset, ok=True)
         return True

@@ -5,6 +5,7 @@ The work is split by concern: `bootstrap` (catalog and guard functions), `writes
 forms of writes), `knowledge` (what the session read and learned), `transactions` (undoing
 with rollbacks), `reporting` (conflicts and refusals), `prepared` (statements and portals).
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -20,8 +21,18 @@ from proxy.locking.transactions import TRANSACTION_TAGS, SessionReset, Transacti
 from proxy.locking.writes import Unchecked, WriteChecker
 from proxy.rewrite import lexer
 from proxy.session.actions import Hold, Send
-from proxy.session.inflight import (RELAYED, UNRESOLVED, Completion, DescribeEntry, Entry,
-                                    ExecuteEntry, InternalEntry, Job, Kind, QueryEntry)
+from proxy.session.inflight import (
+    RELAYED,
+    UNRESOLVED,
+    Completion,
+    DescribeEntry,
+    Entry,
+    ExecuteEntry,
+    InternalEntry,
+    Job,
+    Kind,
+    QueryEntry,
+)
 from proxy.session.info import SessionInfo
 from proxy.wire import messages as m
 
@@ -84,8 +95,7 @@ class SessionLocking:
         if not any(w is not None for w in works):
             return Send((raw,), (entry,))
         text = ";\n".join(w.sql if w is not None else s for s, w in zip(stmts, works))
-        return Send((m.encode_query(text.encode(self.info.encoding, "surrogateescape")),),
-                    (entry,))
+        return Send((m.encode_query(text.encode(self.info.encoding, "surrogateescape")),), (entry,))
 
     def parse(self, parse: m.Parse) -> Hold | None:
         if not self._in_batch:
@@ -93,8 +103,9 @@ class SessionLocking:
             if hold is not None:
                 return hold
         self._in_batch = True
-        self.registry.parsed(parse.name, self.writes.prepared(self.bootstrap.generation,
-                                                              self.tables, parse))
+        self.registry.parsed(
+            parse.name, self.writes.prepared(self.bootstrap.generation, self.tables, parse)
+        )
         return None
 
     def bind(self, bind: m.Bind, raw: bytes) -> Send | None:
@@ -118,16 +129,21 @@ class SessionLocking:
             self.counts.unverified(target.table, exc.reason)
             registry.portals[bind.portal] = self._plain_portal(info, bind)
             return None
-        registry.portals[bind.portal] = Portal(info if checked.work is not None else None,
-                                               work=checked.work)
+        registry.portals[bind.portal] = Portal(
+            info if checked.work is not None else None, work=checked.work
+        )
         if checked.parse is None:
             return Send((checked.bind,), (_BIND_ENTRY,))
-        return Send((checked.parse, checked.bind),
-                    (InternalEntry(Kind.PARSE, surface=True), _BIND_ENTRY))
+        return Send(
+            (checked.parse, checked.bind), (InternalEntry(Kind.PARSE, surface=True), _BIND_ENTRY)
+        )
 
     def _plain_portal(self, info: PreparedStatement | None, bind: m.Bind) -> Portal:
-        return Portal(info, capture=self._statement_capture(info, bind.result_formats),
-                      result_formats=bind.result_formats)
+        return Portal(
+            info,
+            capture=self._statement_capture(info, bind.result_formats),
+            result_formats=bind.result_formats,
+        )
 
     def describe(self, kind: bytes, name: bytes, raw: bytes) -> Send:
         self._in_batch = True
@@ -156,8 +172,9 @@ class SessionLocking:
         tables = self.tables
         return plan_capture(fields, tables.by_oid, tables.attnames)
 
-    def _statement_capture(self, info: PreparedStatement | None,
-                           result_formats: Any) -> CapturePlan | None:
+    def _statement_capture(
+        self, info: PreparedStatement | None, result_formats: Any
+    ) -> CapturePlan | None:
         if info is None or info.fields is None or self.tables is None:
             return None
         plan = self._capture_plan(info.fields)
@@ -169,8 +186,11 @@ class SessionLocking:
         """What an Execute's rows carry, known once any Describe pipelined before it was
         answered: resolved at its first row."""
         portal = entry.portal
-        if portal.capture is None and portal.statement is not None \
-                and portal.statement.fields is not None:
+        if (
+            portal.capture is None
+            and portal.statement is not None
+            and portal.statement.fields is not None
+        ):
             portal.capture = self._statement_capture(portal.statement, portal.result_formats)
         entry.capture = portal.capture
         return entry.capture
@@ -189,7 +209,7 @@ class SessionLocking:
             if work.strip == -1:
                 return b""
             fields = m.decode_row_description(body)
-            return m.encode_row_description(fields[:-work.strip])
+            return m.encode_row_description(fields[: -work.strip])
         if type(entry) is not QueryEntry:
             return None
         key = bytes(body)
@@ -214,7 +234,7 @@ class SessionLocking:
         if portal.work is not None:
             if portal.work.strip == -1:
                 return m.NO_DATA
-            return m.encode_row_description(fields[:-portal.work.strip])
+            return m.encode_row_description(fields[: -portal.work.strip])
         if portal.statement is not None and portal.statement.fields is None:
             # later Binds of the statement without a Describe (pgjdbc's S_1, named
             # statements) capture with these fields and their own result formats
@@ -228,8 +248,8 @@ class SessionLocking:
             values = m.decode_data_row(body)
             work = entry.current_work() if type(entry) is QueryEntry else entry.work
             if work is not None and work.extras:
-                added = values[-work.added:]
-                self.knowledge.learn(work, added[:len(work.extras)], self.info.encoding)
+                added = values[-work.added :]
+                self.knowledge.learn(work, added[: len(work.extras)], self.info.encoding)
             if strip == -1:
                 return b""
             return m.encode_data_row(values[:-strip])
@@ -251,8 +271,9 @@ class SessionLocking:
         else:
             work, text = None, ""  # a CommandComplete where none belongs: the server's problem
         if word in TRANSACTION_TAGS:
-            reset = self.transactions.completed(tag, word, text, self.info.status,
-                                                self.info.standard_conforming_strings)
+            reset = self.transactions.completed(
+                tag, word, text, self.info.status, self.info.standard_conforming_strings
+            )
             if reset & SessionReset.TEMPORARY_OBJECTS:
                 self.bootstrap.temporary_objects_dropped()
             if reset & SessionReset.PREPARED_STATEMENTS:

@@ -5,6 +5,7 @@ It is an LRU bounded per store and, through a shared `Budget`, in total. A sessi
 `TransactionLog` records undo entries per transaction and savepoint, so what a rolled-back
 transaction (or savepoint) learned disappears with it.
 """
+
 from __future__ import annotations
 
 from collections import OrderedDict
@@ -24,9 +25,9 @@ class Budget:
         self.limit = limit
         self.used = 0
         self.evictions = 0
-        self.stores: "set[SnapshotStore]" = set()
+        self.stores: set[SnapshotStore] = set()
 
-    def reserve(self, store: "SnapshotStore") -> None:
+    def reserve(self, store: SnapshotStore) -> None:
         self.used += 1
         while self.used > self.limit:
             victim = max(self.stores, key=len, default=None)
@@ -52,8 +53,9 @@ class SnapshotStore:
             self.rows.move_to_end(key)
         return row
 
-    def put(self, key: Key, values: Row, log: "TransactionLog | None" = None,
-            replace: bool = False) -> None:
+    def put(
+        self, key: Key, values: Row, log: TransactionLog | None = None, replace: bool = False
+    ) -> None:
         """Remember values read for a row; merge with what was read before unless `replace`."""
         rows = self.rows
         old = rows.get(key)
@@ -71,7 +73,7 @@ class SnapshotStore:
             old.update(values)
             rows.move_to_end(key)
 
-    def forget(self, key: Key, log: "TransactionLog | None" = None) -> None:
+    def forget(self, key: Key, log: TransactionLog | None = None) -> None:
         old = self.rows.get(key)
         if old is None:
             return
@@ -161,7 +163,7 @@ class TransactionLog:
             return
         for _, undo in reversed(self.layers[index:]):
             _undo(undo)
-        del self.layers[index + 1:]
+        del self.layers[index + 1 :]
         self.layers[index] = (name, [])
 
     def commit(self) -> None:

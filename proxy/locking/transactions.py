@@ -1,5 +1,6 @@
 """Following the session's transactions and savepoints from the server's CommandComplete tags
 and ReadyForQuery status, so what a transaction learned is undone with it."""
+
 from __future__ import annotations
 
 from enum import Flag, auto
@@ -7,14 +8,26 @@ from enum import Flag, auto
 from proxy.locking.knowledge import Knowledge
 from proxy.rewrite.scan import scan
 
-TRANSACTION_TAGS = frozenset({b"BEGIN", b"START", b"COMMIT", b"ROLLBACK", b"SAVEPOINT",
-                              b"RELEASE", b"PREPARE", b"DISCARD", b"DEALLOCATE"})
+TRANSACTION_TAGS = frozenset(
+    {
+        b"BEGIN",
+        b"START",
+        b"COMMIT",
+        b"ROLLBACK",
+        b"SAVEPOINT",
+        b"RELEASE",
+        b"PREPARE",
+        b"DISCARD",
+        b"DEALLOCATE",
+    }
+)
 
 
 class SessionReset(Flag):
     """What a completed statement took from the server connection besides its transaction."""
+
     NONE = 0
-    TEMPORARY_OBJECTS = auto()   # DISCARD ALL/TEMP: the guard functions are gone
+    TEMPORARY_OBJECTS = auto()  # DISCARD ALL/TEMP: the guard functions are gone
     PREPARED_STATEMENTS = auto()  # DISCARD ALL, DEALLOCATE ALL
 
 
@@ -23,8 +36,9 @@ class Transactions:
         self.knowledge = knowledge
         self.txlog = knowledge.txlog
 
-    def completed(self, tag: bytes, word: bytes, text: str, status: bytes,
-                  scs: bool) -> SessionReset:
+    def completed(
+        self, tag: bytes, word: bytes, text: str, status: bytes, scs: bool
+    ) -> SessionReset:
         """A statement with a transaction tag completed. `text`: its SQL (for savepoint
         names); `status`: the transaction status before it."""
         txlog = self.txlog

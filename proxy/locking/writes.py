@@ -1,8 +1,10 @@
 """Checking writes: which statements write a protected table, their cached plans, and the
 checked form each execution sends, with the values the session read (simple protocol: as
 literals in the text; extended protocol: as extra bound parameters of a hidden statement)."""
+
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -12,14 +14,12 @@ from proxy.locking.counting import Unverified, WriteCounts
 from proxy.locking.knowledge import Knowledge, RowKey
 from proxy.locking.prepared import PreparedRegistry, PreparedStatement, WriteTarget
 from proxy.rewrite import lexer
-from proxy.rewrite.scan import scan
 from proxy.rewrite.planner import InsertPlan, WritePlan, plan_insert, plan_write, written_tables
+from proxy.rewrite.scan import scan
 from proxy.rules.protected import ProtectedTable
 from proxy.session.info import SessionInfo
 from proxy.values import ReadValue, normalize_key, normalize_text_key
 from proxy.wire import messages as m
-
-import logging
 
 log = logging.getLogger("optimist.locking")
 
@@ -34,12 +34,18 @@ class Unchecked(Exception):
 class StatementWork:
     """What the proxy does around one client statement it rewrote."""
 
-    __slots__ = ("table", "kind", "sql", "strip", "keys", "expected", "extras", "formats",
-                 "added")
+    __slots__ = ("table", "kind", "sql", "strip", "keys", "expected", "extras", "formats", "added")
 
-    def __init__(self, table: ProtectedTable, kind: str, sql: str, extras: tuple[str, ...],
-                 client_returning: bool, keys: Sequence[RowKey] = (),
-                 formats: tuple[int, ...] | None = None) -> None:
+    def __init__(
+        self,
+        table: ProtectedTable,
+        kind: str,
+        sql: str,
+        extras: tuple[str, ...],
+        client_returning: bool,
+        keys: Sequence[RowKey] = (),
+        formats: tuple[int, ...] | None = None,
+    ) -> None:
         self.table = table
         self.kind = kind
         self.sql = sql
@@ -56,14 +62,21 @@ class StatementWork:
 @dataclass(frozen=True, slots=True)
 class CheckedBind:
     """The messages that replace a client's Bind of a checked write."""
+
     parse: bytes | None  # the hidden statement's Parse, when it must be prepared first
     bind: bytes
     work: StatementWork | None
 
 
 class WriteChecker:
-    def __init__(self, service: Any, info: SessionInfo, knowledge: Knowledge,
-                 registry: PreparedRegistry, counts: WriteCounts) -> None:
+    def __init__(
+        self,
+        service: Any,
+        info: SessionInfo,
+        knowledge: Knowledge,
+        registry: PreparedRegistry,
+        counts: WriteCounts,
+    ) -> None:
         self.service = service
         self.info = info
         self.knowledge = knowledge
@@ -72,8 +85,9 @@ class WriteChecker:
 
     # ---------------------------------------------------------------- which table, which plan
 
-    def target(self, generation: Any, tables: Any, text: str,
-               unverified: list[Unverified] | None = None) -> ProtectedTable | None:
+    def target(
+        self, generation: Any, tables: Any, text: str, unverified: list[Unverified] | None = None
+    ) -> ProtectedTable | None:
         """The protected table a write targets, or None. Writes that can never be checked
         are counted now, or, given `unverified`, listed there to be counted per execution."""
         target = lexer.write_target(text)  # a regex: most statements need no more
@@ -107,7 +121,8 @@ class WriteChecker:
             return tuple(found.values())
 
         return self.service.cache.get(
-            ("written", generation.version, self.info.database, template), protected_written)
+            ("written", generation.version, self.info.database, template), protected_written
+        )
 
     def plan(self, generation: Any, text: str, table: ProtectedTable) -> tuple[Any, tuple]:
         found = scan(text, self.info.standard_conforming_strings)
@@ -115,14 +130,13 @@ class WriteChecker:
         planner = plan_insert if found.keyword == "INSERT" else plan_write
         # plans depend on the table as this database has it: key by database too
         plan = self.service.cache.get(
-            (generation.version, self.info.database, template),
-            lambda: planner(template, table, 0))
+            (generation.version, self.info.database, template), lambda: planner(template, table, 0)
+        )
         return plan, found.literals
 
     # ---------------------------------------------------------------- simple protocol
 
-    def simple(self, generation: Any, tables: Any, guards: bool,
-               stmt: str) -> StatementWork | None:
+    def simple(self, generation: Any, tables: Any, guards: bool, stmt: str) -> StatementWork | None:
         """The checked form of one statement of a simple Query, or None to run it as written."""
         table = self.target(generation, tables, stmt)
         if table is None:
@@ -139,8 +153,10 @@ class WriteChecker:
             sql = plan.render_simple(literals, scs)
             return StatementWork(table, "insert", sql, plan.extra_returning, plan.client_returning)
         try:
-            keys = [tuple(self._literal_key(table, ref, literals) for ref in row)
-                    for row in plan.pinned_rows]
+            keys = [
+                tuple(self._literal_key(table, ref, literals) for ref in row)
+                for row in plan.pinned_rows
+            ]
         except Unchecked as exc:
             self.counts.unverified(table, exc.reason)
             return None
@@ -149,8 +165,9 @@ class WriteChecker:
         texts: list[dict[str, str | None] | None] = []
         for row in reads:
             try:
-                texts.append(None if row is None else
-                             {c: v.as_text(encoding) for c, v in row.items()})
+                texts.append(
+                    None if row is None else {c: v.as_text(encoding) for c, v in row.items()}
+                )
             except ValueError:  # a binary value with no known text form: that row unchecked
                 self.counts.unverified(table, "binary_read")
                 texts.append(None)
@@ -161,8 +178,9 @@ class WriteChecker:
         # rows not read pass unchecked, but what the write leaves counts as read from now on
         sql = plan.render_simple(literals, texts, scs)
         checked_keys = [k for k, t in zip(keys, texts) if t is not None]
-        return StatementWork(table, plan.kind, sql, plan.extra_returning, plan.client_returning,
-                             checked_keys)
+        return StatementWork(
+            table, plan.kind, sql, plan.extra_returning, plan.client_returning, checked_keys
+        )
 
     def _literal_key(self, table: ProtectedTable, ref: Any, literals: Sequence[str]) -> Any:
         if ref.param is not None:
@@ -189,8 +207,9 @@ class WriteChecker:
         # unverified writes are counted at each execution, like checked writes
         return PreparedStatement(text, tuple(parse.param_types), target, tuple(unverified))
 
-    def checked_bind(self, info: PreparedStatement, target: WriteTarget,
-                     bind: m.Bind) -> CheckedBind:
+    def checked_bind(
+        self, info: PreparedStatement, target: WriteTarget, bind: m.Bind
+    ) -> CheckedBind:
         """Bind the client's parameters, plus the read values as extra ones, to the checked
         form of its statement, prepared once per session under a hidden name. Rows the
         session has not read are left unguarded (the form depends on which: the mask)."""
@@ -202,8 +221,10 @@ class WriteChecker:
             keys: list[RowKey] = []
             reads, mask = [], ("insert",)
         else:
-            keys = [tuple(self._param_key(table, ref, literals, bind) for ref in row)
-                    for row in plan.pinned_rows]
+            keys = [
+                tuple(self._param_key(table, ref, literals, bind) for ref in row)
+                for row in plan.pinned_rows
+            ]
             reads = self.knowledge.read_rows(table, keys, plan.checked_columns, self.counts)
             mask = tuple(r is not None for r in reads)
             if not all(mask) and table.unknown_original == "reject":
@@ -213,14 +234,15 @@ class WriteChecker:
         rendered = info.rendered.get((n, mask))
         if rendered is None:
             rendered = info.rendered[(n, mask)] = (
-                plan.render_extended(literals, n, scs) if mask == ("insert",)
-                else plan.render_extended(literals, n, scs, mask))
+                plan.render_extended(literals, n, scs)
+                if mask == ("insert",)
+                else plan.render_extended(literals, n, scs, mask)
+            )
         extra_values = [reads[row][column] for row, column in rendered.extra_params]
         extra_types = [table.column_type_oids[column] for _, column in rendered.extra_params]
         types = tuple(info.param_types) + (0,) * (n - len(info.param_types))
         name, parse = self._hidden_statement(rendered.sql, types + tuple(extra_types))
-        param_formats = [bind.param_format(i) for i in range(n)] + \
-            [v.format for v in extra_values]
+        param_formats = [bind.param_format(i) for i in range(n)] + [v.format for v in extra_values]
         params = list(bind.params) + [v.data for v in extra_values]
         extras = plan.extra_returning
         result_formats = list(bind.result_formats)
@@ -230,8 +252,15 @@ class WriteChecker:
         else:
             extra_formats = ((result_formats[0] if result_formats else 0),) * len(extras)
         checked_keys = [k for k, ok in zip(keys, mask) if ok is True]
-        work = StatementWork(table, plan.kind, rendered.sql, extras, plan.client_returning,
-                             checked_keys, extra_formats)
+        work = StatementWork(
+            table,
+            plan.kind,
+            rendered.sql,
+            extras,
+            plan.client_returning,
+            checked_keys,
+            extra_formats,
+        )
         out = m.Bind(bind.portal, name, param_formats, params, result_formats)
         return CheckedBind(parse, out.encode(), work)
 
@@ -248,15 +277,17 @@ class WriteChecker:
         parse = m.Parse(name, sql.encode(self.info.encoding, "surrogateescape"), types)
         return name, parse.encode()
 
-    def _param_key(self, table: ProtectedTable, ref: Any, literals: Sequence[str],
-                   bind: m.Bind) -> Any:
+    def _param_key(
+        self, table: ProtectedTable, ref: Any, literals: Sequence[str], bind: m.Bind
+    ) -> Any:
         type_oid = table.column_type_oids[ref.column]
         if ref.param is not None:
             index = ref.param - 1
             if index >= len(bind.params):
                 raise Unchecked("no_key_pin")
-            return normalize_key(type_oid, bind.param_format(index), bind.params[index],
-                                 self.info.encoding)
+            return normalize_key(
+                type_oid, bind.param_format(index), bind.params[index], self.info.encoding
+            )
         return self._literal_key(table, ref, literals)
 
 

@@ -5,10 +5,12 @@ Bounded LRU. Keys are whatever the caller finds identifying, typically
 differ only in their literals share one entry, so an application's few hundred statement shapes
 are planned once each. Not thread-safe: one event loop uses it.
 """
+
 from __future__ import annotations
 
 from collections import OrderedDict
-from typing import Callable, Hashable, TypeVar
+from collections.abc import Callable, Hashable
+from typing import TypeVar
 
 __all__ = ["RewriteCache"]
 

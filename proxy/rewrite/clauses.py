@@ -1,4 +1,5 @@
 """Where the clauses of an UPDATE / DELETE / INSERT are, by top-level token index."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -29,19 +30,36 @@ def find_clauses(text: SqlText, kinds: set[TokenType]) -> Clauses | None:
         return None
     c = Clauses(main)
     after = main + 1
-    if toks[main].token_type == TokenType.DELETE and after < n and toks[after].token_type == TokenType.FROM:
+    if (
+        toks[main].token_type == TokenType.DELETE
+        and after < n
+        and toks[after].token_type == TokenType.FROM
+    ):
         after += 1
-    elif toks[main].token_type == TokenType.INSERT and after < n and toks[after].token_type == TokenType.INTO:
+    elif (
+        toks[main].token_type == TokenType.INSERT
+        and after < n
+        and toks[after].token_type == TokenType.INTO
+    ):
         after += 1
     c.only = after < n and toks[after].text.upper() == "ONLY"
     prev = None
     for i, t in text.top(after, n, 0):
         tt = t.token_type
-        if tt == TokenType.SET and c.set_lo < 0 and c.where < 0 and toks[main].token_type == TokenType.UPDATE:
+        if (
+            tt == TokenType.SET
+            and c.set_lo < 0
+            and c.where < 0
+            and toks[main].token_type == TokenType.UPDATE
+        ):
             c.set_lo = i + 1
-        elif c.set_lo >= 0 and c.set_hi < 0 and (
-            tt in (TokenType.WHERE, TokenType.RETURNING)
-            or (tt == TokenType.FROM and prev != TokenType.DISTINCT)
+        elif (
+            c.set_lo >= 0
+            and c.set_hi < 0
+            and (
+                tt in (TokenType.WHERE, TokenType.RETURNING)
+                or (tt == TokenType.FROM and prev != TokenType.DISTINCT)
+            )
         ):
             c.set_hi = i
         if tt == TokenType.WHERE and c.where < 0 and toks[main].token_type != TokenType.INSERT:

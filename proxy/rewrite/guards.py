@@ -1,10 +1,11 @@
 """Assembling the guarded statement: edits spliced into the client's text (checks, presence
 subquery, version bump, sparse CASEs, RETURNING additions) as render pieces."""
+
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 from proxy.rewrite.clauses import Clauses
 from proxy.rewrite.pins import Pin, SetItem, Target, Value
@@ -38,15 +39,26 @@ def _notify_expr(table: ProtectedTable, qualifier: str, op: str) -> str:
     """pg_notify() as one more RETURNING item: PostgreSQL delivers it at commit, and drops it
     if the transaction rolls back, which is exactly 'after a protected write commits'."""
     key = ", ".join(f"{quote_literal_any(k)}, {column_ref(qualifier, k)}" for k in table.key)
-    version = (column_ref(qualifier, table.version_column)
-               if table.strategy == "version" and table.version_column else "NULL")
-    payload = (f"json_build_object('table', {quote_literal_any(table.qualified_name)}, "
-               f"'op', '{op}', 'key', json_build_object({key}), 'version', {version})::text")
+    version = (
+        column_ref(qualifier, table.version_column)
+        if table.strategy == "version" and table.version_column
+        else "NULL"
+    )
+    payload = (
+        f"json_build_object('table', {quote_literal_any(table.qualified_name)}, "
+        f"'op', '{op}', 'key', json_build_object({key}), 'version', {version})::text"
+    )
     return f"pg_notify({quote_literal_any(table.notify)}, {payload})"
 
 
-def returning_edit(text: SqlText, c: Clauses, qualifier: str, columns: Sequence[str],
-                    table: ProtectedTable | None = None, op: str = "update") -> Edit:
+def returning_edit(
+    text: SqlText,
+    c: Clauses,
+    qualifier: str,
+    columns: Sequence[str],
+    table: ProtectedTable | None = None,
+    op: str = "update",
+) -> Edit:
     """RETURNING grows by the captured columns, then (rules with `notify`) the notification;
     the proxy strips all of them before the client sees its rows."""
     refs = ", ".join(column_ref(qualifier, col) for col in columns)
@@ -60,10 +72,22 @@ def returning_edit(text: SqlText, c: Clauses, qualifier: str, columns: Sequence[
 class GuardBuilder:
     """Everything needed to assemble the guarded statement for one set of read rows."""
 
-    def __init__(self, *, text: SqlText, table: ProtectedTable, kind: str, clauses: Clauses,
-                 target: Target, pins: list[Pin], rows: list[list[Value]],
-                 items: list[SetItem], checks: dict[str, str], sparse: list[str],
-                 bump: str | None, wrap_where: bool) -> None:
+    def __init__(
+        self,
+        *,
+        text: SqlText,
+        table: ProtectedTable,
+        kind: str,
+        clauses: Clauses,
+        target: Target,
+        pins: list[Pin],
+        rows: list[list[Value]],
+        items: list[SetItem],
+        checks: dict[str, str],
+        sparse: list[str],
+        bump: str | None,
+        wrap_where: bool,
+    ) -> None:
         self.text = text
         self.table = table
         self.kind = kind
@@ -81,14 +105,27 @@ class GuardBuilder:
         suffix = "_audit" if table.mode == "audit" else ""
         self.f_modified = "pg_temp.optimist_modified" + suffix
         self.f_present = "pg_temp.optimist_present" + suffix
-        self.info = quote_literal_any(json.dumps(
-            {"table": table.qualified_name, "schema": table.schema, "name": table.name,
-             "key": list(table.key), "op": kind},
-            ensure_ascii=False, separators=(",", ":")))
+        self.info = quote_literal_any(
+            json.dumps(
+                {
+                    "table": table.qualified_name,
+                    "schema": table.schema,
+                    "name": table.name,
+                    "key": list(table.key),
+                    "op": kind,
+                },
+                ensure_ascii=False,
+                separators=(",", ":"),
+            )
+        )
         key_written = any(k in self.items for k in table.key)
         self.lock = "FOR UPDATE" if kind == "delete" or key_written else "FOR NO KEY UPDATE"
-        self.relation = ("ONLY " if clauses.only else "") + quote_ident(table.schema) + "." \
+        self.relation = (
+            ("ONLY " if clauses.only else "")
+            + quote_ident(table.schema)
+            + "."
             + quote_ident(table.name)
+        )
 
     # ---- small pieces
 
@@ -118,10 +155,12 @@ class GuardBuilder:
     def key_json(self, row: int | None) -> list[object]:
         if row is None:  # inside the presence subquery: the scanned row's own key
             return jsonb_object([(k, [quote_ident(k)]) for k in self.table.key])
-        return jsonb_object([
-            (k, cast(self.value(v), self.table.column_types[k]))
-            for k, v in zip(self.table.key, self.rows[row])
-        ])
+        return jsonb_object(
+            [
+                (k, cast(self.value(v), self.table.column_types[k]))
+                for k, v in zip(self.table.key, self.rows[row])
+            ]
+        )
 
     # ---- checks
 
@@ -153,13 +192,25 @@ class GuardBuilder:
         state_columns = []
         for column in columns:
             attempted = self.new_value(column)
-            state_columns.append((column, [
-                "jsonb_build_array(to_jsonb(", self.read(row, column), "), to_jsonb(",
-                self.col(column), "), ",
-                *(["to_jsonb(", *attempted, ")"] if attempted is not None else ["NULL"]),
-                ", to_jsonb(", *self.column_check(row, column), "))",
-            ]))
-        state = jsonb_object([("key", self.key_json_current()), ("columns", jsonb_object(state_columns))])
+            state_columns.append(
+                (
+                    column,
+                    [
+                        "jsonb_build_array(to_jsonb(",
+                        self.read(row, column),
+                        "), to_jsonb(",
+                        self.col(column),
+                        "), ",
+                        *(["to_jsonb(", *attempted, ")"] if attempted is not None else ["NULL"]),
+                        ", to_jsonb(",
+                        *self.column_check(row, column),
+                        "))",
+                    ],
+                )
+            )
+        state = jsonb_object(
+            [("key", self.key_json_current()), ("columns", jsonb_object(state_columns))]
+        )
         return ["(", *out, " OR ", self.f_modified, "(", self.info, ", ", *state, "))"]
 
     def key_json_current(self) -> list[object]:
@@ -176,8 +227,11 @@ class GuardBuilder:
             for column in self.sparse:
                 edits.append(self.sparse_edit(column, rows))
         if self.bump is not None:
-            edits.append(Edit(text.span(c.set_lo, c.set_hi)[1], text.span(c.set_lo, c.set_hi)[1],
-                               (self.bump,)))
+            edits.append(
+                Edit(
+                    text.span(c.set_lo, c.set_hi)[1], text.span(c.set_lo, c.set_hi)[1], (self.bump,)
+                )
+            )
         if guarded:
             where_end = text.span(c.where + 1, c.where_hi)[1]
             if self.wrap_where:
@@ -185,8 +239,9 @@ class GuardBuilder:
                 edits.append(Edit(after_where, after_where, (" (",)))
                 edits.append(Edit(where_end, where_end, (")",)))
             edits.append(Edit(where_end, where_end, tuple(self.guard(rows))))
-        edits.append(returning_edit(text, c, self.q, self.table.captured_columns, self.table,
-                                     self.kind))
+        edits.append(
+            returning_edit(text, c, self.q, self.table.captured_columns, self.table, self.kind)
+        )
         return splice(text, edits)
 
     def guard(self, rows: list[int]) -> list[object]:
@@ -238,6 +293,12 @@ class GuardBuilder:
             out.append(" WHEN ")
             if len(self.rows) > 1:
                 out += [*self.row_pin(i), " AND "]
-            out += [*new, " IS NOT DISTINCT FROM ", self.read(i, column), " THEN ", self.col(column)]
+            out += [
+                *new,
+                " IS NOT DISTINCT FROM ",
+                self.read(i, column),
+                " THEN ",
+                self.col(column),
+            ]
         out += [" ELSE ", *original, " END"]
         return Edit(item.value.span[0], item.value.span[1], tuple(out))

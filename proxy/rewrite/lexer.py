@@ -6,13 +6,15 @@ rules follow PostgreSQL's scanner (scan.l): '...' strings with '' escapes (and b
 when standard_conforming_strings is off), E'...' strings, "identifiers", $tag$...$tag$ dollar
 quotes, -- line comments and nested /* */ block comments.
 """
+
 from __future__ import annotations
 
 import re
-from typing import Iterator, NamedTuple
+from collections.abc import Iterator
+from typing import NamedTuple
 
 # quote_* are re-exported: callers imported them from here before proxy.sqlnames existed
-from proxy.sqlnames import (  # noqa: F401
+from proxy.sqlnames import (
     fold_identifier,
     identifier_value,
     quote_ident,
@@ -70,7 +72,9 @@ _OPERATOR_CHARS = frozenset("+-*/<>=~!@#%^&|`?")
 
 
 class _Tok(NamedTuple):
-    kind: str  # 'string' 'estring' 'dollar' 'xstring' 'ident' 'qident' 'param' 'number' 'op' 'punct'
+    kind: (
+        str  # 'string' 'estring' 'dollar' 'xstring' 'ident' 'qident' 'param' 'number' 'op' 'punct'
+    )
     start: int
     end: int
 
@@ -161,9 +165,7 @@ _E_BODY = re.compile(r"'(?:[^'\\]|\\.|'')*(?:'|\Z)", re.S)
 _IDENT_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_$")
 _LEADING_NOISE = re.compile(r"(?:\s+|--[^\n]*|\(+)+")
 _TRIVIA = re.compile(r"(?:\s+|--[^\n]*)+")
-_CREATE_ROUTINE = re.compile(
-    r"create\s+(?:or\s+replace\s+)?(?:function|procedure)\b", re.I
-)
+_CREATE_ROUTINE = re.compile(r"create\s+(?:or\s+replace\s+)?(?:function|procedure)\b", re.I)
 _BEGIN_ATOMIC = re.compile(r"\bbegin\s+atomic\b", re.I)
 
 
@@ -262,7 +264,7 @@ def _atomic_body_end(sql: str, start: int, scs: bool) -> int:
     depth = 0
     for tok in _tokens(sql, start, scs):
         if tok.kind == "ident":
-            word = sql[tok.start:tok.end].lower()
+            word = sql[tok.start : tok.end].lower()
             if word == "begin":
                 depth += 1
             elif word == "case" and depth > 0:
@@ -307,11 +309,11 @@ def classify_uncached(stmt: str, standard_conforming_strings: bool = True) -> St
         for tok in toks:
             if tok.kind == "punct" and stmt[tok.start] == "(":
                 continue
-            keyword = stmt[tok.start:tok.end].upper() if tok.kind == "ident" else ""
+            keyword = stmt[tok.start : tok.end].upper() if tok.kind == "ident" else ""
             break
         if keyword not in _NEEDS_DETAIL:
             return Statement(keyword)
-    rest = [(t.kind, stmt[t.start:t.end]) for t in toks]
+    rest = [(t.kind, stmt[t.start : t.end]) for t in toks]
     return _classify_detail(keyword, rest)
 
 
@@ -334,12 +336,12 @@ def _classify_detail(keyword: str, rest: list[tuple[str, str]]) -> Statement:
     i = 1 if words[:1] in (["WORK"], ["TRANSACTION"]) else 0
     if keyword in ("COMMIT", "ROLLBACK") and words[:1] == ["PREPARED"]:
         return Statement(keyword, prepared=True)
-    if keyword == "ROLLBACK" and words[i:i + 1] == ["TO"]:
+    if keyword == "ROLLBACK" and words[i : i + 1] == ["TO"]:
         i += 1
-        if words[i:i + 1] == ["SAVEPOINT"] and len(rest) > i + 1:
+        if words[i : i + 1] == ["SAVEPOINT"] and len(rest) > i + 1:
             i += 1
         return Statement(keyword, savepoint=_ident_value(rest, i), rollback_to=True)
-    chain = words[i:i + 2] == ["AND", "CHAIN"]
+    chain = words[i : i + 2] == ["AND", "CHAIN"]
     return Statement(keyword, chain=chain)
 
 
@@ -402,16 +404,48 @@ def write_target(stmt: str) -> tuple[str | None, str] | None:
 # an operator, '(' ',' '[' -- never after a type name (DATE '...', INTERVAL '1' DAY).
 _LITERAL_CONTEXT_WORDS = frozenset(
     {
-        "IN", "VALUES", "SET", "THEN", "ELSE", "WHEN", "AND", "OR", "NOT", "BY", "LIMIT",
-        "OFFSET", "WHERE", "BETWEEN", "LIKE", "ILIKE", "RETURNING", "SELECT", "FROM",
-        "CASE", "ON",
+        "IN",
+        "VALUES",
+        "SET",
+        "THEN",
+        "ELSE",
+        "WHEN",
+        "AND",
+        "OR",
+        "NOT",
+        "BY",
+        "LIMIT",
+        "OFFSET",
+        "WHERE",
+        "BETWEEN",
+        "LIKE",
+        "ILIKE",
+        "RETURNING",
+        "SELECT",
+        "FROM",
+        "CASE",
+        "ON",
     }
 )
 # '(' after these opens a type modifier list (varchar(20), numeric(10,2)): keep its numbers.
 _TYPEMOD_WORDS = frozenset(
     {
-        "varchar", "char", "character", "varying", "nchar", "numeric", "decimal", "dec",
-        "bit", "varbit", "timestamp", "timestamptz", "time", "timetz", "interval", "float",
+        "varchar",
+        "char",
+        "character",
+        "varying",
+        "nchar",
+        "numeric",
+        "decimal",
+        "dec",
+        "bit",
+        "varbit",
+        "timestamp",
+        "timestamptz",
+        "time",
+        "timetz",
+        "interval",
+        "float",
         "precision",
     }
 )
@@ -511,7 +545,7 @@ def normalize_uncached(
             continue
         minus_at = -1
         if kind == "ident":
-            word = stmt[start:m.end()]
+            word = stmt[start : m.end()]
             ctx = word.upper() in _UPPER_CONTEXT_WORDS
             prev_word = word.lower()
             continue
@@ -568,9 +602,9 @@ def _normalize_slow(
                     start = pending_minus
                 parts.append(stmt[last:start])
                 parts.append("$" + str(PLACEHOLDER_BASE + len(literals)))
-                literals.append(stmt[start:tok.end])
+                literals.append(stmt[start : tok.end])
                 last = tok.end
-        text = stmt[tok.start:tok.end]
+        text = stmt[tok.start : tok.end]
         if kind == "punct":
             if text == "(":
                 typemod_stack.append(prev_kind == "ident" and prev_text.lower() in _TYPEMOD_WORDS)
@@ -610,9 +644,9 @@ def denormalize(template: str, literals: tuple[str, ...] | list[str]) -> str:
     last = 0
     for tok in _tokens(template):
         if tok.kind == "param":
-            n = int(template[tok.start + 1:tok.end])
+            n = int(template[tok.start + 1 : tok.end])
             if n >= PLACEHOLDER_BASE:
-                parts.append(template[last:tok.start])
+                parts.append(template[last : tok.start])
                 parts.append(literals[n - PLACEHOLDER_BASE])
                 last = tok.end
     parts.append(template[last:])
@@ -670,7 +704,7 @@ def literal_text(literal: str, standard_conforming_strings: bool = True) -> str 
         m = _DOLLAR_OPEN.match(literal)
         if not m or not literal.endswith(m.group()) or len(literal) < 2 * len(m.group()):
             return None
-        return literal[m.end():len(literal) - len(m.group())]
+        return literal[m.end() : len(literal) - len(m.group())]
     sign = ""
     if c in "+-":
         sign, literal = ("-" if c == "-" else ""), literal[1:].lstrip()

@@ -1,5 +1,6 @@
 """What a write's text says about its rows: the target, the values (literal, parameter or
 expression), the key pins in WHERE, the SET items, and which columns must be checked."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -14,12 +15,24 @@ from proxy.rules.protected import ProtectedTable
 from proxy.sqlnames import fold_identifier
 
 __all__ = [
-    "Pin", "SetItem", "Target", "Value", "classify_value", "column_checks", "where_conjuncts",
-    "fold_ident", "matches", "pin_of", "set_items", "strip_parens", "target_of",
+    "Pin",
+    "SetItem",
+    "Target",
+    "Value",
+    "classify_value",
+    "column_checks",
+    "where_conjuncts",
+    "fold_ident",
+    "matches",
+    "pin_of",
+    "set_items",
+    "strip_parens",
+    "target_of",
 ]
 
 
 # ============================================================================ values
+
 
 @dataclass(frozen=True)
 class Value:
@@ -36,14 +49,23 @@ def strip_parens(node: exp.Expression) -> exp.Expression:
 
 
 def _is_default(node: exp.Expression) -> bool:
-    return isinstance(node, exp.Column) and not node.table and node.this is not None \
-        and isinstance(node.this, exp.Identifier) and not node.this.quoted \
+    return (
+        isinstance(node, exp.Column)
+        and not node.table
+        and node.this is not None
+        and isinstance(node.this, exp.Identifier)
+        and not node.this.quoted
         and node.name.upper() == "DEFAULT"
+    )
 
 
 def _param_number(node: exp.Expression) -> int | None:
-    if isinstance(node, exp.Parameter) and isinstance(node.this, exp.Literal) \
-            and not node.this.is_string and node.this.this.isdigit():
+    if (
+        isinstance(node, exp.Parameter)
+        and isinstance(node.this, exp.Literal)
+        and not node.this.is_string
+        and node.this.this.isdigit()
+    ):
         return int(node.this.this)
     return None
 
@@ -63,14 +85,15 @@ def classify_value(node: exp.Expression, span: tuple[int, int], text: SqlText) -
         lit = inner if isinstance(inner, exp.Literal) else strip_parens(inner.this)
         meta = lit.meta if lit._meta else {}
         if "start" in meta and isinstance(inner, exp.Literal):
-            source = text.sql[text.orig(meta["start"]):text.orig(meta["end"]) + 1]
+            source = text.sql[text.orig(meta["start"]) : text.orig(meta["end"]) + 1]
         else:
-            source = text.sql[span[0]:span[1]]
+            source = text.sql[span[0] : span[1]]
         return Value("literal", source, span, True)
     if isinstance(inner, exp.Null):
         return Value("null", None, span, True)
     referenceable = not any(
-        _is_default(n) or isinstance(n, (exp.Subquery, exp.Select, exp.Exists, exp.Query))
+        _is_default(n)
+        or isinstance(n, (exp.Subquery, exp.Select, exp.Exists, exp.Query))
         or (isinstance(n, exp.Func) and not isinstance(n, (exp.Cast, exp.TryCast)))
         for n in node.walk()
     )
@@ -78,6 +101,7 @@ def classify_value(node: exp.Expression, span: tuple[int, int], text: SqlText) -
 
 
 # ============================================================================ target & pins
+
 
 @dataclass
 class Target:
@@ -102,7 +126,9 @@ def target_of(table_node: exp.Expression) -> Target | None:
     if not isinstance(table_node, exp.Table) or not isinstance(table_node.this, exp.Identifier):
         return None
     alias = table_node.args.get("alias")
-    alias_name = fold_ident(alias.this) if isinstance(alias, exp.TableAlias) and alias.this else None
+    alias_name = (
+        fold_ident(alias.this) if isinstance(alias, exp.TableAlias) and alias.this else None
+    )
     if table_node.args.get("catalog") is not None:
         return None
     return Target(fold_ident(table_node.args.get("db")), fold_ident(table_node.this), alias_name)
@@ -144,8 +170,12 @@ def _find_op(text: SqlText, lo: int, hi: int, tt: TokenType) -> int | None:
 def where_conjuncts(node: exp.Expression, lo: int, hi: int, text: SqlText):
     """Pair each leaf of the top-level AND chain with its token range; None if they disagree."""
     toks = text.toks
-    while isinstance(node, exp.Paren) and lo < hi and toks[lo].token_type == TokenType.L_PAREN \
-            and text.match.get(lo) == hi - 1:
+    while (
+        isinstance(node, exp.Paren)
+        and lo < hi
+        and toks[lo].token_type == TokenType.L_PAREN
+        and text.match.get(lo) == hi - 1
+    ):
         node, lo, hi = node.this, lo + 1, hi - 1
     if not isinstance(node, exp.And):
         return [(node, lo, hi)]
@@ -188,8 +218,13 @@ def pin_of(node, lo, hi, text: SqlText, target: Target, table: ProtectedTable) -
     if isinstance(node, exp.In):
         column = _is_target_column(node.this, target, table)
         items = node.expressions
-        if column not in table.key or not items or node.args.get("query") is not None \
-                or node.args.get("unnest") is not None or node.args.get("field") is not None:
+        if (
+            column not in table.key
+            or not items
+            or node.args.get("query") is not None
+            or node.args.get("unnest") is not None
+            or node.args.get("field") is not None
+        ):
             return None
         op = _find_op(text, lo, hi, TokenType.IN)
         if op is None or op + 1 >= hi or text.toks[op + 1].token_type != TokenType.L_PAREN:
@@ -213,6 +248,7 @@ def pin_of(node, lo, hi, text: SqlText, target: Target, table: ProtectedTable) -
 
 
 # ============================================================================ SET items
+
 
 @dataclass(frozen=True)
 class SetItem:
@@ -238,13 +274,18 @@ def set_items(tree: exp.Update, text: SqlText, c: Clauses) -> list[SetItem] | No
                 return None
             values: list[Value | None] = [None] * len(names)
             rt = strip_parens(right)
-            if isinstance(rt, exp.Tuple) and len(rt.expressions) == len(names) \
-                    and text.toks[eq + 1].token_type == TokenType.L_PAREN \
-                    and text.match.get(eq + 1) == hi - 1:
+            if (
+                isinstance(rt, exp.Tuple)
+                and len(rt.expressions) == len(names)
+                and text.toks[eq + 1].token_type == TokenType.L_PAREN
+                and text.match.get(eq + 1) == hi - 1
+            ):
                 parts = text.split(eq + 2, hi - 1, TokenType.COMMA)
                 if len(parts) == len(names):
-                    values = [classify_value(x, text.span(a, b), text)
-                              for x, (a, b) in zip(rt.expressions, parts)]
+                    values = [
+                        classify_value(x, text.span(a, b), text)
+                        for x, (a, b) in zip(rt.expressions, parts)
+                    ]
             items.extend(SetItem(n, v) for n, v in zip(names, values))
             continue
         name = _plain_column(left)
@@ -265,8 +306,11 @@ def set_items(tree: exp.Update, text: SqlText, c: Clauses) -> list[SetItem] | No
 
 
 def _plain_column(node: exp.Expression) -> str | None:
-    if isinstance(node, exp.Column) and isinstance(node.this, exp.Identifier) \
-            and node.args.get("table") is None:
+    if (
+        isinstance(node, exp.Column)
+        and isinstance(node.this, exp.Identifier)
+        and node.args.get("table") is None
+    ):
         return fold_ident(node.this)
     if isinstance(node, exp.Identifier):
         return fold_ident(node)
@@ -275,7 +319,10 @@ def _plain_column(node: exp.Expression) -> str | None:
 
 # ============================================================================ checks
 
-def column_checks(table: ProtectedTable, kind: str, items: list[SetItem]) -> tuple[dict[str, str], set[str]]:
+
+def column_checks(
+    table: ProtectedTable, kind: str, items: list[SetItem]
+) -> tuple[dict[str, str], set[str]]:
     """column -> 'plain' | 'differing' for the checked columns; the sparse-written columns."""
     written = {it.column for it in items}
     checks: dict[str, str] = {}
@@ -308,7 +355,11 @@ def column_checks(table: ProtectedTable, kind: str, items: list[SetItem]) -> tup
     sparse: set[str] = set()
     if kind == "update" and table.sparse_update:
         for it in items:
-            if it.value is not None and it.value.kind in ("literal", "param", "null") \
-                    and it.column not in table.key and it.column in table.column_types:
+            if (
+                it.value is not None
+                and it.value.kind in ("literal", "param", "null")
+                and it.column not in table.key
+                and it.column in table.column_types
+            ):
                 sparse.add(it.column)
     return checks, sparse

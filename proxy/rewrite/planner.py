@@ -22,11 +22,12 @@ The plans and entry points live here; the parts, by concern: tokens.py (token ge
 clauses.py (where the clauses are), pins.py (values, key pins, SET items, checks), guards.py
 (assembling the guarded statement).
 """
+
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Mapping, Sequence
 
 import sqlglot
 from sqlglot import exp
@@ -65,13 +66,15 @@ __all__ = [
     "written_tables",
 ]
 
-REASONS = frozenset({"no_key_pin", "where_current_of", "parse_error", "not_target_table",
-                     "unsupported"})
+REASONS = frozenset(
+    {"no_key_pin", "where_current_of", "parse_error", "not_target_table", "unsupported"}
+)
 
 
 @dataclass(frozen=True)
 class Unverified:
     """The statement cannot be guarded; reason is one of REASONS (a metric label)."""
+
     reason: str
     detail: str = ""
 
@@ -79,13 +82,15 @@ class Unverified:
 @dataclass(frozen=True)
 class KeyRef:
     """Where the value of one key column of one pinned row comes from."""
+
     column: str
     param: int | None = None  # 1-based client $n
     literal_slot: int | None = None  # index into normalize()'s literals
     literal: str | None = None  # a literal left inline in the template (not normalized)
 
-    def value_text(self, literals: Sequence[str] = (), params: Sequence[str | None] = (),
-                   scs: bool = True) -> str | None:
+    def value_text(
+        self, literals: Sequence[str] = (), params: Sequence[str | None] = (), scs: bool = True
+    ) -> str | None:
         """The key value as text (None when unknown, e.g. a binary or missing parameter)."""
         if self.param is not None:
             return params[self.param - 1] if self.param <= len(params) else None
@@ -98,15 +103,16 @@ class KeyRef:
         return None
 
 
-
 _CURRENT_OF = re.compile(r"\bwhere\s+current\s+of\b", re.I)
 
 
 # ============================================================================ plans
 
+
 @dataclass(frozen=True)
 class InsertPlan:
     """An INSERT: only RETURNING grows, so the proxy learns the rows it created."""
+
     table: ProtectedTable
     extra_returning: tuple[str, ...]
     client_returning: bool
@@ -118,8 +124,9 @@ class InsertPlan:
     def render_simple(self, literals: Sequence[str] = (), scs: bool = True) -> str:
         return fill_simple(self._pieces, literals, (), scs)
 
-    def render_extended(self, literals: Sequence[str] | int = (), n_params: int | None = None,
-                        scs: bool = True) -> RenderedSql:
+    def render_extended(
+        self, literals: Sequence[str] | int = (), n_params: int | None = None, scs: bool = True
+    ) -> RenderedSql:
         literals, _ = _extended_args(literals, n_params)
         return fill_extended(self._pieces, literals, 0)
 
@@ -141,15 +148,20 @@ class WritePlan:
     checked_columns: tuple[str, ...]
     extra_returning: tuple[str, ...]
     client_returning: bool
-    _builder: "GuardBuilder" = field(repr=False, compare=False)
+    _builder: GuardBuilder = field(repr=False, compare=False)
     _compiled: dict = field(default_factory=dict, repr=False, compare=False)
 
-    def render_simple(self, literals: Sequence[str], reads: Sequence[Mapping[str, str | None] | None],
-                      scs: bool = True) -> str:
+    def render_simple(
+        self,
+        literals: Sequence[str],
+        reads: Sequence[Mapping[str, str | None] | None],
+        scs: bool = True,
+    ) -> str:
         """The statement with literals put back and read values inlined. A pinned row whose
         reads are missing (None, absent, or lacking a checked column) is left unchecked."""
         mask = tuple(
-            i < len(reads) and reads[i] is not None
+            i < len(reads)
+            and reads[i] is not None
             and all(c in reads[i] for c in self.checked_columns)
             for i in range(len(self.pinned_rows))
         )
@@ -158,8 +170,13 @@ class WritePlan:
             pieces = self._compiled[mask] = self._builder.build(mask)
         return fill_simple(pieces, literals, reads, scs)
 
-    def render_extended(self, literals: Sequence[str] | int = (), n_params: int | None = None,
-                        scs: bool = True, mask: tuple[bool, ...] | None = None) -> RenderedSql:
+    def render_extended(
+        self,
+        literals: Sequence[str] | int = (),
+        n_params: int | None = None,
+        scs: bool = True,
+        mask: tuple[bool, ...] | None = None,
+    ) -> RenderedSql:
         """The statement with the pinned rows checked against extra parameters numbered after
         the client's: bind, for each `extra_params` entry (row, column), the value the session
         read there. Same SQL for every execution with the same `mask` (which pinned rows are
@@ -173,14 +190,17 @@ class WritePlan:
             pieces = self._compiled[mask] = self._builder.build(mask)
         return fill_extended(pieces, literals, max(n_params, self._builder.text.max_param) + 1)
 
-    def key_texts(self, literals: Sequence[str] = (), params: Sequence[str | None] = (),
-                  scs: bool = True) -> list[tuple[str | None, ...]]:
+    def key_texts(
+        self, literals: Sequence[str] = (), params: Sequence[str | None] = (), scs: bool = True
+    ) -> list[tuple[str | None, ...]]:
         """Each pinned row's key values as text, in table.key order."""
-        return [tuple(ref.value_text(literals, params, scs) for ref in row)
-                for row in self.pinned_rows]
+        return [
+            tuple(ref.value_text(literals, params, scs) for ref in row) for row in self.pinned_rows
+        ]
 
 
 # ============================================================================ entry points
+
 
 def _parse(sql: str):
     try:
@@ -225,7 +245,7 @@ def written_tables(sql: str) -> list[tuple[str | None, str]] | None:
         return None
 
 
-def _write_target(tree: exp.Expression, table: ProtectedTable) -> "Target | Unverified":
+def _write_target(tree: exp.Expression, table: ProtectedTable) -> Target | Unverified:
     """The statement's target when it is `table` and nothing else in it writes `table`."""
     target = target_of(tree.this)
     if target is None or not matches(target, table):
@@ -235,7 +255,9 @@ def _write_target(tree: exp.Expression, table: ProtectedTable) -> "Target | Unve
     return target
 
 
-def plan_write(template_sql: str, table: ProtectedTable, n_params: int = 0) -> WritePlan | Unverified:
+def plan_write(
+    template_sql: str, table: ProtectedTable, n_params: int = 0
+) -> WritePlan | Unverified:
     """Plan the guard of an UPDATE or DELETE on `table` (template_sql may hold normalize()
     placeholders and client $n parameters)."""
     try:
@@ -254,7 +276,9 @@ def _plan_write(template_sql: str, table: ProtectedTable, n_params: int) -> Writ
         return Unverified("not_target_table", "an INSERT: plan_insert's job")
     if not isinstance(tree, (exp.Update, exp.Delete)):
         if _nested_writes(tree, table, None):
-            return Unverified("unsupported", f"{type(tree).__name__.upper()} writing {table.qualified_name}")
+            return Unverified(
+                "unsupported", f"{type(tree).__name__.upper()} writing {table.qualified_name}"
+            )
         return Unverified("not_target_table")
     target = _write_target(tree, table)
     if isinstance(target, Unverified):
@@ -288,14 +312,18 @@ def _plan_write(template_sql: str, table: ProtectedTable, n_params: int) -> Writ
         return Unverified("no_key_pin", "composite keys must be pinned by equality")
     n_rows = len(ordered[0].values)
     rows = [[p.values[i] if p.is_in else p.values[0] for p in ordered] for i in range(n_rows)]
-    pinned = tuple(
-        tuple(_key_ref(k, v) for k, v in zip(table.key, row)) for row in rows
-    )
+    pinned = tuple(tuple(_key_ref(k, v) for k, v in zip(table.key, row)) for row in rows)
     checks, sparse = column_checks(table, kind, items)
     written = frozenset(it.column for it in items)
     bump = None
-    if kind == "update" and table.mode in ("enforce", "audit") and table.strategy == "version" \
-            and table.version_column and table.version_column not in written and table.bump != "none":
+    if (
+        kind == "update"
+        and table.mode in ("enforce", "audit")
+        and table.strategy == "version"
+        and table.version_column
+        and table.version_column not in written
+        and table.bump != "none"
+    ):
         v = table.version_column
         if table.bump == "increment":
             bump = f", {quote_ident(v)} = {column_ref(target.qualifier, v)} + 1"
@@ -308,9 +336,19 @@ def _plan_write(template_sql: str, table: ProtectedTable, n_params: int) -> Writ
     checked_columns = tuple(c_ for c_ in table.columns if c_ in checks or c_ in sparse)
     wrap = any(t.token_type == TokenType.OR for _, t in text.top(c.where + 1, c.where_hi))
     builder = GuardBuilder(
-        text=text, table=table, kind=kind, clauses=c, target=target, pins=ordered, rows=rows,
-        items=items, checks={col: checks[col] for col in table.columns if col in checks},
-        sparse=[col for col in table.columns if col in sparse], bump=bump, wrap_where=wrap)
+        text=text,
+        table=table,
+        kind=kind,
+        clauses=c,
+        target=target,
+        pins=ordered,
+        rows=rows,
+        items=items,
+        checks={col: checks[col] for col in table.columns if col in checks},
+        sparse=[col for col in table.columns if col in sparse],
+        bump=bump,
+        wrap_where=wrap,
+    )
     return WritePlan(
         kind=kind,
         table=table,
@@ -339,7 +377,9 @@ def _set_item_ref(item: SetItem) -> tuple[str, object]:
     return (v.kind, v.ref)
 
 
-def plan_insert(template_sql: str, table: ProtectedTable, n_params: int = 0) -> InsertPlan | Unverified:
+def plan_insert(
+    template_sql: str, table: ProtectedTable, n_params: int = 0
+) -> InsertPlan | Unverified:
     """An INSERT on `table`: RETURNING the captured columns, nothing else changes."""
     try:
         return _plan_insert(template_sql, table)
@@ -363,10 +403,17 @@ def _plan_insert(template_sql: str, table: ProtectedTable) -> InsertPlan | Unver
     on_conflict = None
     if conflict is not None:
         action = conflict.args.get("action")
-        on_conflict = "nothing" if "NOTHING" in str(getattr(action, "this", action)).upper() \
-            else "update"
-    pieces = splice(text, [returning_edit(text, c, target.qualifier, table.captured_columns,
-                                            table, "insert")])
-    return InsertPlan(table=table, extra_returning=table.captured_columns,
-                      client_returning=c.returning >= 0, on_conflict=on_conflict,
-                      _pieces=pieces, _max_param=text.max_param)
+        on_conflict = (
+            "nothing" if "NOTHING" in str(getattr(action, "this", action)).upper() else "update"
+        )
+    pieces = splice(
+        text, [returning_edit(text, c, target.qualifier, table.captured_columns, table, "insert")]
+    )
+    return InsertPlan(
+        table=table,
+        extra_returning=table.captured_columns,
+        client_returning=c.returning >= 0,
+        on_conflict=on_conflict,
+        _pieces=pieces,
+        _max_param=text.max_param,
+    )

@@ -6,9 +6,11 @@ type)` holes for the values the session read. Filling a compiled piece tuple is 
 parsing and no regex at execution time, which is what keeps a cached simple-protocol write at a
 few microseconds.
 """
+
 from __future__ import annotations
 
-from typing import Iterable, Mapping, NamedTuple, Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from typing import NamedTuple
 
 from proxy.sqlnames import quote_ident, quote_literal, quote_literal_any
 
@@ -27,11 +29,13 @@ __all__ = [
 
 class Lit(NamedTuple):
     """The normalize() literal number `slot`, put back verbatim."""
+
     slot: int
 
 
 class Read(NamedTuple):
     """What the session read in `column` of pinned row `row`, as a value of SQL type `type`."""
+
     row: int
     column: str
     type: str
@@ -89,8 +93,9 @@ def fill_simple(
     return "".join(out)
 
 
-def fill_extended(pieces: Sequence[object], literals: Sequence[str], first_param: int
-                  ) -> RenderedSql:
+def fill_extended(
+    pieces: Sequence[object], literals: Sequence[str], first_param: int
+) -> RenderedSql:
     """Literals back in place, read values as CAST($n AS <type>) parameters numbered from
     first_param, one per distinct (row, column)."""
     numbers: dict[tuple[int, str], int] = {}
@@ -114,6 +119,7 @@ def fill_extended(pieces: Sequence[object], literals: Sequence[str], first_param
 
 # ------------------------------------------------------------------ SQL fragment helpers
 
+
 def cast(expr: list[object], sql_type: str) -> list[object]:
     """CAST((<expr>) AS <type>): the parentheses keep any client expression whole."""
     return ["CAST((", *expr, ") AS ", sql_type, ")"]
@@ -132,7 +138,7 @@ def jsonb_object(pairs: Sequence[tuple[str, list[object]]]) -> list[object]:
         if start:
             out.append(" || ")
         out.append("jsonb_build_object(")
-        for i, (name, value) in enumerate(pairs[start:start + _PAIRS_PER_CALL]):
+        for i, (name, value) in enumerate(pairs[start : start + _PAIRS_PER_CALL]):
             if i:
                 out.append(", ")
             out.append(quote_literal_any(name))

@@ -6,6 +6,7 @@ the statement once (the head regexes look at its first tokens, normalize's singl
 rest) and keeps the result in a bounded LRU keyed by (sql, scs): an application repeats its
 statements, so a repeat costs one dict lookup.
 """
+
 from __future__ import annotations
 
 from functools import lru_cache
@@ -44,8 +45,7 @@ class StatementScan(NamedTuple):
 def _scan(sql: str, standard_conforming_strings: bool) -> StatementScan:
     template, literals = lexer.normalize_uncached(sql, standard_conforming_strings)
     statement = lexer.classify_uncached(sql, standard_conforming_strings)
-    return StatementScan(template, literals, statement.keyword, statement,
-                         lexer.write_target(sql))
+    return StatementScan(template, literals, statement.keyword, statement, lexer.write_target(sql))
 
 
 _scan_cached = lru_cache(maxsize=CACHE_SIZE)(_scan)

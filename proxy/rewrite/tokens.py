@@ -4,6 +4,7 @@ nesting depth, matching brackets, the placeholders, and splitting on top-level s
 sqlglot's parse tells the planner what a statement *means*; these tokens tell it *where* things
 are, so additions can be spliced into the client's own text.
 """
+
 from __future__ import annotations
 
 from bisect import bisect_left
@@ -45,7 +46,7 @@ class SqlText:
         last = 0
         for tok in _lexer_tokens(sql):
             if tok.kind == "param" and tok.end < len(sql) and not sql[tok.end].isspace():
-                parts.append(sql[last:tok.end])
+                parts.append(sql[last : tok.end])
                 parts.append(" ")
                 last = tok.end
                 inserted.append(tok.end)
@@ -79,8 +80,12 @@ class SqlText:
         holes: list[tuple[int, int, int]] = []
         max_param = 0
         for i in range(len(toks) - 1):
-            if toks[i].token_type == TokenType.PARAMETER and toks[i + 1].token_type == TokenType.NUMBER \
-                    and toks[i + 1].start == toks[i].end + 1 and toks[i + 1].text.isdigit():
+            if (
+                toks[i].token_type == TokenType.PARAMETER
+                and toks[i + 1].token_type == TokenType.NUMBER
+                and toks[i + 1].start == toks[i].end + 1
+                and toks[i + 1].text.isdigit()
+            ):
                 n = int(toks[i + 1].text)
                 if n >= PLACEHOLDER_BASE:
                     holes.append((toks[i].start, toks[i + 1].end + 1, n - PLACEHOLDER_BASE))
@@ -106,7 +111,7 @@ class SqlText:
         """The client's text[start:end] with placeholders as Lit holes."""
         out: list[object] = []
         pos = start
-        for hs, he, slot in self.holes[bisect_left(self._hole_starts, start):]:
+        for hs, he, slot in self.holes[bisect_left(self._hole_starts, start) :]:
             if hs >= end:
                 break
             out.append(self.sql[pos:hs])

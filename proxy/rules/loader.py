@@ -6,6 +6,7 @@ lines, the YAML is composed into PyYAML's node tree first and the Python data co
 that same tree, so any path into the data (a jsonschema error path, a semantic check's path)
 can be mapped back to a mark.
 """
+
 from __future__ import annotations
 
 import difflib
@@ -13,16 +14,22 @@ import hashlib
 import json
 import re
 import time
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any, Iterator, Sequence
+from typing import Any
 
 import yaml
 
 from proxy.rules.model import (
-    DEFAULT_SEARCH_PATH, RuleError, RuleProblem, RuleSet, TableRule, fold_identifier,
+    DEFAULT_SEARCH_PATH,
+    RuleError,
+    RuleProblem,
+    RuleSet,
+    TableRule,
+    fold_identifier,
     split_identifiers,
 )
 
@@ -34,6 +41,7 @@ Path_ = tuple[Any, ...]
 
 # --- YAML ------------------------------------------------------------------------------
 
+
 class _RuleYamlLoader(yaml.SafeLoader):
     """SafeLoader whose booleans are only true/false (YAML 1.2), so that `mode: off` means
     the string 'off' and not False, as YAML 1.1's on/off/yes/no rule would have it."""
@@ -44,8 +52,8 @@ _RuleYamlLoader.yaml_implicit_resolvers = {
     for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
 }
 _RuleYamlLoader.add_implicit_resolver(
-    "tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"),
-    list("tTfF"))
+    "tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF")
+)
 
 
 @dataclass
@@ -71,8 +79,13 @@ def _mark(node: yaml.Node) -> tuple[int, int]:
     return node.start_mark.line + 1, node.start_mark.column + 1
 
 
-def _index_nodes(loader: yaml.SafeLoader, node: yaml.Node, path: Path_, marks: _Marks,
-                 dup: list[tuple[Path_, Any]]) -> None:
+def _index_nodes(
+    loader: yaml.SafeLoader,
+    node: yaml.Node,
+    path: Path_,
+    marks: _Marks,
+    dup: list[tuple[Path_, Any]],
+) -> None:
     marks.values[path] = _mark(node)
     if isinstance(node, yaml.MappingNode):
         seen: set[Any] = set()
@@ -143,13 +156,17 @@ def _parse(f: _File) -> bool:
         # YAML keeps the last one silently; a DBA editing the first would wonder why
         f.problem(path, f"{key!r} is set twice in the same mapping; keep one", at_key=True)
     if f.data is None:
-        f.problems.append(RuleProblem(
-            f.name, None, None, "the file is empty; it needs `version: 1` and `tables:`"))
+        f.problems.append(
+            RuleProblem(
+                f.name, None, None, "the file is empty; it needs `version: 1` and `tables:`"
+            )
+        )
         return False
     return True
 
 
 # --- JSON schema -----------------------------------------------------------------------
+
 
 @lru_cache(maxsize=1)
 def rules_schema() -> dict[str, Any]:
@@ -189,8 +206,13 @@ def _setting_name(path: Path_) -> str:
     return out or ("the table entry" if path[:1] == ("tables",) else "the file")
 
 
-_TYPE_WORDS = {"object": "a mapping (key: value lines)", "array": "a list", "string": "a string",
-               "boolean": "true or false", "integer": "a whole number"}
+_TYPE_WORDS = {
+    "object": "a mapping (key: value lines)",
+    "array": "a list",
+    "string": "a string",
+    "boolean": "true or false",
+    "integer": "a whole number",
+}
 
 
 def _schema_problems(f: _File) -> None:
@@ -209,8 +231,12 @@ def _schema_problems(f: _File) -> None:
             continue
         if "propertyNames" in error.relative_schema_path:
             # a mapping key that is not text (YAML reads `1:` or `null:` as a number/null)
-            f.problem(path + (error.instance,), f"{error.instance!r} in {_setting_name(path)} "
-                      "is not a column name; quote it as text", at_key=True)
+            f.problem(
+                path + (error.instance,),
+                f"{error.instance!r} in {_setting_name(path)} "
+                "is not a column name; quote it as text",
+                at_key=True,
+            )
             continue
         if (path, kind) in seen:
             continue
@@ -223,23 +249,37 @@ def _schema_problems(f: _File) -> None:
                     f.problem(path, f"{name} is missing required key {missing!r}")
         elif kind == "enum":
             options = [str(o) for o in error.validator_value]
-            label = (f"policy of column {path[-1]!r}" if len(path) >= 2 and path[-2] == "columns"
-                     else name)
-            f.problem(path, f"{label} must be one of {', '.join(options)}, not "
-                      f"{error.instance!r}{_did_you_mean(error.instance, options)}")
+            label = (
+                f"policy of column {path[-1]!r}"
+                if len(path) >= 2 and path[-2] == "columns"
+                else name
+            )
+            f.problem(
+                path,
+                f"{label} must be one of {', '.join(options)}, not "
+                f"{error.instance!r}{_did_you_mean(error.instance, options)}",
+            )
         elif custom:
             f.problem(path, f"{name} {custom}")
         elif kind == "type":
-            f.problem(path, f"{name} must be {_TYPE_WORDS.get(error.validator_value, error.validator_value)}"
-                      f", not {error.instance!r}")
+            f.problem(
+                path,
+                f"{name} must be {_TYPE_WORDS.get(error.validator_value, error.validator_value)}"
+                f", not {error.instance!r}",
+            )
         else:
             f.problem(path, f"{name}: {error.message}")
 
 
 # --- semantic checks and building rules ----------------------------------------------
 
-_STRATEGY_ONLY = {"version_column": "version", "bump": "version",
-                  "check": "columns", "columns": "columns", "groups": "columns"}
+_STRATEGY_ONLY = {
+    "version_column": "version",
+    "bump": "version",
+    "check": "columns",
+    "columns": "columns",
+    "groups": "columns",
+}
 
 
 def _table_entries(f: _File) -> Iterator[tuple[int, dict[str, Any]]]:
@@ -250,11 +290,12 @@ def _table_entries(f: _File) -> Iterator[tuple[int, dict[str, Any]]]:
 
 
 def _has_problem_under(bad_paths: set[Path_], prefix: Path_) -> bool:
-    return any(p[:len(prefix)] == prefix for p in bad_paths)
+    return any(p[: len(prefix)] == prefix for p in bad_paths)
 
 
-def _build_rule(f: _File, i: int, entry: dict[str, Any], defaults: dict[str, Any],
-                search_path: tuple[str, ...]) -> TableRule | None:
+def _build_rule(
+    f: _File, i: int, entry: dict[str, Any], defaults: dict[str, Any], search_path: tuple[str, ...]
+) -> TableRule | None:
     """Merge defaults into one entry, fold names, check what the schema cannot express."""
     base: Path_ = ("tables", i)
     before = len(f.problems)
@@ -278,17 +319,23 @@ def _build_rule(f: _File, i: int, entry: dict[str, Any], defaults: dict[str, Any
         f.problem(base + ("table",), str(exc))
         return None
     if len(parts) > 2:
-        f.problem(base + ("table",), f"table {entry['table']!r} has too many dots: "
-                  "write schema.name or name")
+        f.problem(
+            base + ("table",),
+            f"table {entry['table']!r} has too many dots: write schema.name or name",
+        )
         return None
-    schema, name = (parts if len(parts) == 2 else (search_path[0], parts[0]))
+    schema, name = parts if len(parts) == 2 else (search_path[0], parts[0])
 
     strategy = get("strategy") or ("version" if get("version_column") else "columns")
     for setting, only_for in _STRATEGY_ONLY.items():
         # a default that does not apply to this table's strategy is simply not used
         if setting in entry and strategy != only_for:
-            f.problem(base + (setting,), f"{setting} only applies to strategy {only_for}; "
-                      f"this table uses strategy {strategy}", at_key=True)
+            f.problem(
+                base + (setting,),
+                f"{setting} only applies to strategy {only_for}; "
+                f"this table uses strategy {strategy}",
+                at_key=True,
+            )
 
     key: tuple[str, ...] | None = None
     raw_key = get("key")
@@ -298,8 +345,10 @@ def _build_rule(f: _File, i: int, entry: dict[str, Any], defaults: dict[str, Any
         for j, col in enumerate(raw_list):
             path = origin("key") + ((j,) if isinstance(raw_key, list) else ())
             if isinstance(raw_key, str) and "," in col:
-                f.problem(path, f"key {col!r} is not a column name; for several columns "
-                          f"write a list: [{col}]")
+                f.problem(
+                    path,
+                    f"key {col!r} is not a column name; for several columns write a list: [{col}]",
+                )
                 continue
             c = fold(col, path)
             if c is not None and c in folded:
@@ -312,13 +361,18 @@ def _build_rule(f: _File, i: int, entry: dict[str, Any], defaults: dict[str, Any
     if strategy == "version":
         raw_vc = get("version_column")
         if raw_vc is None:
-            f.problem(base, "strategy version needs version_column: the column bumped on every "
-                      "update (or use strategy columns)")
+            f.problem(
+                base,
+                "strategy version needs version_column: the column bumped on every "
+                "update (or use strategy columns)",
+            )
         else:
             version_column = fold(raw_vc, origin("version_column"))
             if key and version_column in key:
-                f.problem(origin("key"),
-                          f"version column {version_column!r} cannot also be part of the key")
+                f.problem(
+                    origin("key"),
+                    f"version column {version_column!r} cannot also be part of the key",
+                )
 
     policies: dict[str, str] = {}
     groups: list[tuple[str, ...]] = []
@@ -329,11 +383,18 @@ def _build_rule(f: _File, i: int, entry: dict[str, Any], defaults: dict[str, Any
             if c is None:
                 continue
             if c in policies:
-                f.problem(path, f"column {c!r} has two policies (names fold to lower case "
-                          "unless quoted)", at_key=True)
+                f.problem(
+                    path,
+                    f"column {c!r} has two policies (names fold to lower case unless quoted)",
+                    at_key=True,
+                )
             elif key and c in key:
-                f.problem(path, f"column {c!r} is part of the key; key columns are never "
-                          "checked, remove it from columns", at_key=True)
+                f.problem(
+                    path,
+                    f"column {c!r} is part of the key; key columns are never "
+                    "checked, remove it from columns",
+                    at_key=True,
+                )
             policies[c] = policy
         for g, group in enumerate(get("groups") or []):
             members: list[str] = []
@@ -345,8 +406,11 @@ def _build_rule(f: _File, i: int, entry: dict[str, Any], defaults: dict[str, Any
                 if c in members:
                     f.problem(path, f"column {c!r} appears twice in this group")
                 elif key and c in key:
-                    f.problem(path, f"column {c!r} is part of the key; key columns are never "
-                              "checked, so it cannot be in a group")
+                    f.problem(
+                        path,
+                        f"column {c!r} is part of the key; key columns are never "
+                        "checked, so it cannot be in a group",
+                    )
                 else:
                     members.append(c)
             groups.append(tuple(members))
@@ -355,14 +419,23 @@ def _build_rule(f: _File, i: int, entry: dict[str, Any], defaults: dict[str, Any
         return None
     line = f.marks.value(base)
     return TableRule(
-        schema=schema, name=name, schema_explicit=len(parts) == 2, strategy=strategy,
-        key=key, version_column=version_column,
+        schema=schema,
+        name=name,
+        schema_explicit=len(parts) == 2,
+        strategy=strategy,
+        key=key,
+        version_column=version_column,
         bump=get("bump", "increment") if strategy == "version" else "increment",
         check=get("check", "changed") if strategy == "columns" else "changed",
-        columns=MappingProxyType(policies), groups=tuple(groups),
-        sparse_update=get("sparse_update", False), mode=get("mode", "enforce"),
-        unknown_original=get("unknown_original", "allow"), scope=get("scope", "session"),
-        notify=get("notify"), source_file=f.name, source_line=line[0] if line else 0,
+        columns=MappingProxyType(policies),
+        groups=tuple(groups),
+        sparse_update=get("sparse_update", False),
+        mode=get("mode", "enforce"),
+        unknown_original=get("unknown_original", "allow"),
+        scope=get("scope", "session"),
+        notify=get("notify"),
+        source_file=f.name,
+        source_line=line[0] if line else 0,
     )
 
 
@@ -383,11 +456,11 @@ def _expand(paths: Sequence[str | Path]) -> tuple[list[Path], list[RuleProblem]]
     files, problems = [], []
     for p in map(Path, paths):
         if p.is_dir():
-            found = sorted(x for x in p.iterdir()
-                           if x.suffix in (".yaml", ".yml") and x.is_file())
+            found = sorted(x for x in p.iterdir() if x.suffix in (".yaml", ".yml") and x.is_file())
             if not found:
-                problems.append(RuleProblem(str(p), None, None,
-                                            "directory has no *.yaml or *.yml rule files"))
+                problems.append(
+                    RuleProblem(str(p), None, None, "directory has no *.yaml or *.yml rule files")
+                )
             files.extend(found)
         elif p.is_file():
             files.append(p)
@@ -427,8 +500,11 @@ def load_rules(paths: Sequence[str | Path]) -> RuleSet:
         if search_path is None:
             search_path, search_path_from = sp, f.name
         elif sp != search_path:
-            f.problem(("search_path",), f"search_path {list(sp)} contradicts "
-                      f"{list(search_path)} set in {search_path_from}; all files share one")
+            f.problem(
+                ("search_path",),
+                f"search_path {list(sp)} contradicts "
+                f"{list(search_path)} set in {search_path_from}; all files share one",
+            )
     search_path = search_path or DEFAULT_SEARCH_PATH
 
     rules: list[TableRule] = []
@@ -448,8 +524,11 @@ def load_rules(paths: Sequence[str | Path]) -> RuleSet:
                 continue
             other = seen.get((rule.schema, rule.name))
             if other is not None:
-                f.problem(("tables", i, "table"), f"table {rule.qualified_name} already has a "
-                          f"rule at {other.where}; one rule per table")
+                f.problem(
+                    ("tables", i, "table"),
+                    f"table {rule.qualified_name} already has a "
+                    f"rule at {other.where}; one rule per table",
+                )
                 continue
             seen[(rule.schema, rule.name)] = rule
             rules.append(rule)
@@ -461,7 +540,10 @@ def load_rules(paths: Sequence[str | Path]) -> RuleSet:
     digest = hashlib.sha256()
     for f in files:
         digest.update(f.text.encode() + b"\0")
-    return RuleSet(rules=tuple(rules), search_path=search_path,
-                   version=digest.hexdigest()[:12], loaded_at=time.time(),
-                   sources=tuple(f.name for f in files))
-
+    return RuleSet(
+        rules=tuple(rules),
+        search_path=search_path,
+        version=digest.hexdigest()[:12],
+        loaded_at=time.time(),
+        sources=tuple(f.name for f in files),
+    )

@@ -5,11 +5,13 @@ PostgreSQL folds them; `RuleSet` is every rule from every file plus what the pro
 find them. Resolving against the live catalog (`proxy.rules.resolve`) turns rules into
 `ProtectedTable`s.
 """
+
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Any, Literal, Mapping
+from typing import Any, Literal
 
 from proxy.rules.protected import Bump, Mode, Policy, Strategy
 
@@ -94,8 +96,12 @@ class TableRule:
                 out["columns"] = {quote_ident(c): p for c, p in self.columns.items()}
             if self.groups:
                 out["groups"] = [[quote_ident(c) for c in g] for g in self.groups]
-        out.update(sparse_update=self.sparse_update, mode=self.mode,
-                   unknown_original=self.unknown_original, scope=self.scope)
+        out.update(
+            sparse_update=self.sparse_update,
+            mode=self.mode,
+            unknown_original=self.unknown_original,
+            scope=self.scope,
+        )
         if self.notify is not None:
             out["notify"] = self.notify
         return out
@@ -110,9 +116,11 @@ class RuleSet:
     loaded_at: float = 0.0
     sources: tuple[str, ...] = ()
     _by_name: dict[tuple[str, str], TableRule] = field(
-        init=False, repr=False, compare=False, default_factory=dict)
+        init=False, repr=False, compare=False, default_factory=dict
+    )
     _unqualified: dict[str, TableRule] = field(
-        init=False, repr=False, compare=False, default_factory=dict)
+        init=False, repr=False, compare=False, default_factory=dict
+    )
 
     def __post_init__(self) -> None:
         for rule in self.rules:

@@ -4,10 +4,12 @@ A rule (what the DBA wrote) resolved against the catalog (what the database has)
 known, every tracked column has an effective policy and an SQL type. Built by
 `proxy.rules.resolve`; consumed by `proxy.rewrite` and `proxy.capture`.
 """
+
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Literal, Mapping
+from typing import Literal
 
 Policy = Literal["any", "changed", "differing", "never"]
 Strategy = Literal["version", "columns"]

@@ -5,6 +5,7 @@ key is known, named columns exist, the version column's type suits its bump, and
 the proxy must compare server-side (`IS NOT DISTINCT FROM`) has an equality operator.
 A rule with an error is left out of the result, so the proxy never half-protects a table.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -56,21 +57,29 @@ class _Report:
             severity, message = "warning", f"{message} (rule is mode: off)"
         self.errors += severity == "error"
         self.problems.append(
-            Problem(severity, self.rule.source_file, self.rule.source_line, message))
+            Problem(severity, self.rule.source_file, self.rule.source_line, message)
+        )
 
 
 def _describe(table: CatalogTable, column: str) -> str:
     return f"{table.qualified_name}.{column} ({table.columns[column].type_name})"
 
 
-def _resolve_one(ruleset: RuleSet, rule: TableRule, catalog: Catalog,
-                 report: _Report) -> ProtectedTable | None:
+def _resolve_one(
+    ruleset: RuleSet, rule: TableRule, catalog: Catalog, report: _Report
+) -> ProtectedTable | None:
     table = find_table(ruleset, rule, catalog)
     if table is None:
-        where = (f"schema {rule.schema}" if rule.schema_explicit
-                 else f"search_path {', '.join(ruleset.search_path)}")
-        report("error", f"table {rule.name} does not exist in {where} "
-               "(only tables can be protected, not views)")
+        where = (
+            f"schema {rule.schema}"
+            if rule.schema_explicit
+            else f"search_path {', '.join(ruleset.search_path)}"
+        )
+        report(
+            "error",
+            f"table {rule.name} does not exist in {where} "
+            "(only tables can be protected, not views)",
+        )
         return None
     name = table.qualified_name
 
@@ -85,8 +94,11 @@ def _resolve_one(ruleset: RuleSet, rule: TableRule, catalog: Catalog,
         report("error", f"{name} has no primary key: set key: to columns that identify a row")
     for column in key:
         if exists(column, "key column") and not table.columns[column].comparable:
-            report("error", f"key column {_describe(table, column)} has no equality "
-                   "operator, so rows cannot be matched on it; choose another key")
+            report(
+                "error",
+                f"key column {_describe(table, column)} has no equality "
+                "operator, so rows cannot be matched on it; choose another key",
+            )
 
     policies: dict[str, Policy] = {}
     if rule.strategy == "version":
@@ -94,14 +106,20 @@ def _resolve_one(ruleset: RuleSet, rule: TableRule, catalog: Catalog,
     else:
         for column in rule.columns:
             if exists(column, "column") and column in key:
-                report("error", f"column {column!r} is part of the key of {name}; key columns "
-                       "are never checked, remove it from columns")
+                report(
+                    "error",
+                    f"column {column!r} is part of the key of {name}; key columns "
+                    "are never checked, remove it from columns",
+                )
         grouped = set()
         for group in rule.groups:
             for column in group:
                 if exists(column, "group column") and column in key:
-                    report("error", f"group column {column!r} is part of the key of {name}; "
-                           "key columns are never checked")
+                    report(
+                        "error",
+                        f"group column {column!r} is part of the key of {name}; "
+                        "key columns are never checked",
+                    )
                 grouped.add(column)
         for column, col in table.columns.items():
             if column in key:
@@ -109,21 +127,32 @@ def _resolve_one(ruleset: RuleSet, rule: TableRule, catalog: Catalog,
             policies[column] = rule.columns.get(column, rule.check)
             checked = policies[column] != "never" or column in grouped
             if checked and not col.comparable:
-                report("error", f"column {_describe(table, column)} has no equality operator "
-                       f"and cannot be checked: give it policy never (or use a comparable "
-                       f"type, e.g. jsonb instead of json)")
+                report(
+                    "error",
+                    f"column {_describe(table, column)} has no equality operator "
+                    f"and cannot be checked: give it policy never (or use a comparable "
+                    f"type, e.g. jsonb instead of json)",
+                )
 
     if report.errors:
         return None
     return ProtectedTable(
-        schema=table.schema, name=table.name, oid=table.oid,
+        schema=table.schema,
+        name=table.name,
+        oid=table.oid,
         columns=tuple(table.columns),
         column_types=MappingProxyType({c.name: c.type_name for c in table.columns.values()}),
         column_type_oids=MappingProxyType({c.name: c.type_oid for c in table.columns.values()}),
-        key=tuple(key), strategy=rule.strategy, version_column=rule.version_column,
-        bump=rule.bump, policies=MappingProxyType(policies),
-        groups=tuple(frozenset(g) for g in rule.groups), sparse_update=rule.sparse_update,
-        mode=rule.mode, unknown_original=rule.unknown_original, scope=rule.scope,
+        key=tuple(key),
+        strategy=rule.strategy,
+        version_column=rule.version_column,
+        bump=rule.bump,
+        policies=MappingProxyType(policies),
+        groups=tuple(frozenset(g) for g in rule.groups),
+        sparse_update=rule.sparse_update,
+        mode=rule.mode,
+        unknown_original=rule.unknown_original,
+        scope=rule.scope,
         notify=rule.notify,
     )
 
@@ -137,16 +166,23 @@ def _check_version_column(rule, table: CatalogTable, key, exists, report: _Repor
     if column in key:
         report("error", f"version column {what} is part of the key")
     if rule.bump == "increment" and col.base_type_oid not in INTEGER_TYPE_OIDS:
-        report("error", f"version column {what} must be an integer or numeric type for "
-               "bump: increment (or use bump: timestamp / none)")
+        report(
+            "error",
+            f"version column {what} must be an integer or numeric type for "
+            "bump: increment (or use bump: timestamp / none)",
+        )
     elif rule.bump == "timestamp" and col.base_type_oid not in TIMESTAMP_TYPE_OIDS:
-        report("error", f"version column {what} must be timestamp or timestamptz for "
-               "bump: timestamp")
+        report(
+            "error", f"version column {what} must be timestamp or timestamptz for bump: timestamp"
+        )
     elif not col.comparable:
         report("error", f"version column {what} has no equality operator")
     if not col.not_null:
-        report("warning", f"version column {what} allows NULL: a row whose version is NULL "
-               "is only protected once it has one (add NOT NULL DEFAULT ...)")
+        report(
+            "warning",
+            f"version column {what} allows NULL: a row whose version is NULL "
+            "is only protected once it has one (add NOT NULL DEFAULT ...)",
+        )
 
 
 def resolve(ruleset: RuleSet, catalog: Catalog) -> tuple[dict[int, ProtectedTable], list[Problem]]:
@@ -162,8 +198,11 @@ def resolve(ruleset: RuleSet, catalog: Catalog) -> tuple[dict[int, ProtectedTabl
             other = claimed.get(found.oid)
             if other is not None:
                 # e.g. `accounts` and `app.accounts` when public has no accounts table
-                report("error", f"{found.qualified_name} already has a rule at {other.where}; "
-                       "one rule per table")
+                report(
+                    "error",
+                    f"{found.qualified_name} already has a rule at {other.where}; "
+                    "one rule per table",
+                )
                 continue
             claimed[found.oid] = rule
         if table is not None and rule.mode != "off":

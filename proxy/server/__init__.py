@@ -8,6 +8,7 @@ All protocol knowledge lives in `proxy.wire.handshake` (before the StartupMessag
 * `upstream`: connecting to PostgreSQL, including upstream TLS.
 * `cancel`: CancelRequest forwarding (from any worker).
 """
+
 from proxy.server.listener import ProxyServer
 
 __all__ = ["ProxyServer"]

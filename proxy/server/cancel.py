@@ -5,6 +5,7 @@ whichever proxy process (worker) receives a CancelRequest sends it straight to t
 new connection, with no routing between workers. The proxy also cancels on its own behalf (a
 client gone mid-query, query_timeout).
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -27,11 +28,14 @@ async def send_cancel(target: Endpoint, packet: bytes) -> None:
     """One connection, the packet, then wait for the server to close (it answers nothing)."""
     try:
         if target.unix_socket:
-            reader, writer = await asyncio.wait_for(asyncio.open_unix_connection(
-                f"{target.unix_socket}/.s.PGSQL.{target.port}"), CONNECT_TIMEOUT)
+            reader, writer = await asyncio.wait_for(
+                asyncio.open_unix_connection(f"{target.unix_socket}/.s.PGSQL.{target.port}"),
+                CONNECT_TIMEOUT,
+            )
         else:
             reader, writer = await asyncio.wait_for(
-                asyncio.open_connection(target.host, target.port), CONNECT_TIMEOUT)
+                asyncio.open_connection(target.host, target.port), CONNECT_TIMEOUT
+            )
         writer.write(packet)
         await writer.drain()
         await asyncio.wait_for(reader.read(), CONNECT_TIMEOUT)  # the server just closes

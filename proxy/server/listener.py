@@ -1,5 +1,6 @@
 """ProxyServer: accept clients (one Relay each), enforce the connection limit and the
 authentication/idle/query timeouts, drain on shutdown."""
+
 from __future__ import annotations
 
 import asyncio
@@ -13,15 +14,22 @@ from proxy.server.cancel import cancel_packet, send_cancel
 from proxy.server.relay import ClientProtocol, Relay
 from proxy.session.info import SessionInfo
 from proxy.session.machine import Locking
-from proxy.wire.startup import CancelRequest, StartupPacket
+from proxy.wire.startup import CancelRequest
 
 log = logging.getLogger("optimist.server")
 
 
 class ProxyServer:
-    def __init__(self, listen: Endpoint, upstream: Endpoint, *,
-                 locking_for: Callable[[SessionInfo], Locking] | None = None,
-                 drain_timeout: float = 30.0, metrics=None, limits: Settings | None = None) -> None:
+    def __init__(
+        self,
+        listen: Endpoint,
+        upstream: Endpoint,
+        *,
+        locking_for: Callable[[SessionInfo], Locking] | None = None,
+        drain_timeout: float = 30.0,
+        metrics=None,
+        limits: Settings | None = None,
+    ) -> None:
         self.listen = listen
         self.upstream = upstream
         self.limits = limits or Settings()
@@ -44,6 +52,7 @@ class ProxyServer:
     def load_tls(self) -> bool:
         """(Re)load certificates; on failure the contexts in force stay (SIGHUP reloads)."""
         from proxy.tls import client_context, upstream_context
+
         limits = self.limits
         try:
             client = None
@@ -60,7 +69,6 @@ class ProxyServer:
         self.upstream_tls = upstream
         self.upstream_tls_mode = limits.upstream_tls
         return True
-
 
     def spawn(self, coro) -> None:
         task = asyncio.get_running_loop().create_task(coro)
@@ -114,10 +122,18 @@ class ProxyServer:
         """Listen. `reuse_port`: several worker processes bind the same port and the kernel
         spreads new connections across them (SO_REUSEPORT)."""
         loop = asyncio.get_running_loop()
-        factory = lambda: ClientProtocol(self)
+
+        def factory():
+            return ClientProtocol(self)
+
         self.server = await loop.create_server(
-            factory, self.listen.host, self.listen.port, reuse_address=True,
-            reuse_port=reuse_port or None, backlog=1024)
+            factory,
+            self.listen.host,
+            self.listen.port,
+            reuse_address=True,
+            reuse_port=reuse_port or None,
+            backlog=1024,
+        )
 
     async def serve_until_stopped(self) -> None:
         loop = asyncio.get_running_loop()
@@ -144,15 +160,23 @@ class ProxyServer:
                         relay.fail("optimist: authentication timeout", sqlstate="08P01")
                 elif session.busy:
                     key = session.backend_key
-                    if limits.query_timeout and relay.busy_since and key is not None and \
-                            time.perf_counter() - relay.busy_since > limits.query_timeout \
-                            and not relay.cancel_sent:
+                    if (
+                        limits.query_timeout
+                        and relay.busy_since
+                        and key is not None
+                        and time.perf_counter() - relay.busy_since > limits.query_timeout
+                        and not relay.cancel_sent
+                    ):
                         relay.cancel_sent = True
                         self.cancel_backend(*key)
-                elif limits.idle_timeout and session.transaction_status == b"I" and \
-                        now - relay.last_activity > limits.idle_timeout:
-                    relay.fail("terminating connection due to idle-session timeout",
-                               sqlstate="57P05")
+                elif (
+                    limits.idle_timeout
+                    and session.transaction_status == b"I"
+                    and now - relay.last_activity > limits.idle_timeout
+                ):
+                    relay.fail(
+                        "terminating connection due to idle-session timeout", sqlstate="57P05"
+                    )
 
     async def drain(self) -> None:
         """Stop accepting, give open sessions `drain_timeout` seconds to finish, then close."""
@@ -166,8 +190,9 @@ class ProxyServer:
             # wait for a connection pool that never lets go
             for relay in list(self.relays):
                 if relay.idle():
-                    relay.fail("terminating connection due to administrator command",
-                               sqlstate="57P01")
+                    relay.fail(
+                        "terminating connection due to administrator command", sqlstate="57P01"
+                    )
             await asyncio.sleep(0.05)
         for relay in list(self.relays):
             relay.fail("terminating connection due to administrator command", sqlstate="57P01")

@@ -1,4 +1,5 @@
 """Relay: the I/O pump of one client connection and its server connection."""
+
 from __future__ import annotations
 
 import asyncio
@@ -43,8 +44,9 @@ class Relay:
         self.proxy = proxy
         self.client: asyncio.Transport | None = None
         self.server: asyncio.Transport | None = None
-        self.handshake = Handshake(tls_offered=proxy.client_tls is not None,
-                                   tls_required=proxy.tls_required)
+        self.handshake = Handshake(
+            tls_offered=proxy.client_tls is not None, tls_required=proxy.tls_required
+        )
         self.session: Session | None = None
         self.closed = False
         self.peer = ""
@@ -91,8 +93,9 @@ class Relay:
             # would start one): the ClientHello can only reach the TLS layer
             async with asyncio.timeout(self.proxy.limits.auth_timeout or None):
                 self.client.resume_reading()
-                transport = await loop.start_tls(self.client, self.client_protocol,
-                                                 self.proxy.client_tls, server_side=True)
+                transport = await loop.start_tls(
+                    self.client, self.client_protocol, self.proxy.client_tls, server_side=True
+                )
         except (TimeoutError, OSError, ssl.SSLError, ConnectionError) as exc:
             log.info("TLS handshake with %s failed: %s", self.peer, exc or "timeout")
             self.close()
@@ -104,10 +107,13 @@ class Relay:
         self.handshake.tls_started()
 
     def begin(self, startup: StartupPacket, rest: bytes) -> None:
-        self.session = Session(startup, locking_for=self.proxy.locking_for,
-                               max_message=self.proxy.limits.max_message_size, peer=self.peer,
-                               count_statement=self.proxy.metrics.statement
-                               if self.proxy.metrics else None)
+        self.session = Session(
+            startup,
+            locking_for=self.proxy.locking_for,
+            max_message=self.proxy.limits.max_message_size,
+            peer=self.peer,
+            count_statement=self.proxy.metrics.statement if self.proxy.metrics else None,
+        )
         self.client.pause_reading()
         self.proxy.spawn(self.connect(startup, rest))
 
@@ -119,8 +125,10 @@ class Relay:
         except (TimeoutError, OSError) as exc:
             log.warning("upstream %s unreachable: %s", target, exc or "timeout")
             self.proxy.set_upstream_reachable(False)
-            self.fail(f"optimist: could not connect to the PostgreSQL server at {target}",
-                      sqlstate="08006")
+            self.fail(
+                f"optimist: could not connect to the PostgreSQL server at {target}",
+                sqlstate="08006",
+            )
             return
         self.proxy.set_upstream_reachable(True)
         self.proxy.server_connected()
@@ -130,8 +138,12 @@ class Relay:
         if self.proxy.upstream_tls is not None and not target.unix_socket:
             try:
                 self.server = await upstream.negotiate_tls(
-                    self.server, protocol, target, self.proxy.upstream_tls,
-                    self.proxy.upstream_tls_mode)
+                    self.server,
+                    protocol,
+                    target,
+                    self.proxy.upstream_tls,
+                    self.proxy.upstream_tls_mode,
+                )
             except upstream.UpstreamFailed as exc:
                 self.fail(exc.message, sqlstate=exc.sqlstate)
                 return
@@ -240,8 +252,9 @@ class Relay:
         if self.session is not None and self.session.server_fatal:
             self.close()  # the server already told the client why (e.g. 57P01 on shutdown)
         else:
-            self.fail("optimist: the connection to the PostgreSQL server was lost",
-                      sqlstate="08006")
+            self.fail(
+                "optimist: the connection to the PostgreSQL server was lost", sqlstate="08006"
+            )
 
 
 class ClientProtocol(asyncio.Protocol):

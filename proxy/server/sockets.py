@@ -1,4 +1,5 @@
 """Socket options shared by both sides of a relay."""
+
 from __future__ import annotations
 
 import asyncio

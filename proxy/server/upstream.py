@@ -1,4 +1,5 @@
 """The connection to PostgreSQL: TCP or Unix socket, then TLS if configured (upstream_tls)."""
+
 from __future__ import annotations
 
 import asyncio
@@ -79,9 +80,13 @@ async def open_connection(target: Endpoint, protocol: UpstreamProtocol) -> None:
     await asyncio.wait_for(coro, CONNECT_TIMEOUT)
 
 
-async def negotiate_tls(transport: asyncio.Transport, protocol: UpstreamProtocol,
-                        target: Endpoint, context: ssl.SSLContext,
-                        mode: str) -> asyncio.Transport:
+async def negotiate_tls(
+    transport: asyncio.Transport,
+    protocol: UpstreamProtocol,
+    target: Endpoint,
+    context: ssl.SSLContext,
+    mode: str,
+) -> asyncio.Transport:
     """SSLRequest to PostgreSQL; on 'S' a TLS handshake, on 'N' plaintext if `mode` is
     prefer. Returns the transport to use; raises UpstreamFailed."""
     loop = asyncio.get_running_loop()
@@ -90,22 +95,28 @@ async def negotiate_tls(transport: asyncio.Transport, protocol: UpstreamProtocol
     try:
         answer = await asyncio.wait_for(protocol.negotiation, CONNECT_TIMEOUT)
     except (TimeoutError, ConnectionError) as exc:
-        raise UpstreamFailed(f"optimist: no answer to the SSL request from {target}: "
-                             f"{exc or 'timeout'}") from None
+        raise UpstreamFailed(
+            f"optimist: no answer to the SSL request from {target}: {exc or 'timeout'}"
+        ) from None
     if answer == b"S":
         protocol.handshaking = True
         try:
-            return await asyncio.wait_for(loop.start_tls(
-                transport, protocol, context, server_hostname=target.host), CONNECT_TIMEOUT)
+            return await asyncio.wait_for(
+                loop.start_tls(transport, protocol, context, server_hostname=target.host),
+                CONNECT_TIMEOUT,
+            )
         except (TimeoutError, OSError, ssl.SSLError, ConnectionError) as exc:
             log.warning("TLS to %s failed: %s", target, exc or "timeout")
-            raise UpstreamFailed("optimist: TLS to the PostgreSQL server failed: "
-                                 f"{exc or 'timeout'}") from None
+            raise UpstreamFailed(
+                f"optimist: TLS to the PostgreSQL server failed: {exc or 'timeout'}"
+            ) from None
         finally:
             protocol.handshaking = False
     if answer == b"N" and mode == "prefer":
         return transport
     if answer == b"N":
-        raise UpstreamFailed(f"optimist: the PostgreSQL server at {target} does not accept TLS "
-                             f"(upstream_tls is {mode})")
+        raise UpstreamFailed(
+            f"optimist: the PostgreSQL server at {target} does not accept TLS "
+            f"(upstream_tls is {mode})"
+        )
     raise UpstreamFailed("optimist: invalid answer to the SSL request", sqlstate="08P01")

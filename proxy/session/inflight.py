@@ -4,6 +4,7 @@ The server answers in order, so a FIFO of these entries tells which request each
 message belongs to. Only the Session changes the queue; the locking logic hands it the entries
 it wants queued (see proxy.locking.actions) and reads them back when their responses arrive.
 """
+
 from __future__ import annotations
 
 from collections.abc import Generator
@@ -16,14 +17,14 @@ if TYPE_CHECKING:
 
 
 class Kind(IntEnum):
-    QUERY = 0      # simple Query: ends with ReadyForQuery
-    PARSE = 1      # ParseComplete
-    BIND = 2       # BindComplete
-    DESCRIBE = 3   # [ParameterDescription] RowDescription | NoData
-    EXECUTE = 4    # DataRow* CommandComplete | EmptyQueryResponse | PortalSuspended
-    CLOSE = 5      # CloseComplete
-    SYNC = 6       # ReadyForQuery
-    CALL = 7       # FunctionCall: FunctionCallResponse, ReadyForQuery
+    QUERY = 0  # simple Query: ends with ReadyForQuery
+    PARSE = 1  # ParseComplete
+    BIND = 2  # BindComplete
+    DESCRIBE = 3  # [ParameterDescription] RowDescription | NoData
+    EXECUTE = 4  # DataRow* CommandComplete | EmptyQueryResponse | PortalSuspended
+    CLOSE = 5  # CloseComplete
+    SYNC = 6  # ReadyForQuery
+    CALL = 7  # FunctionCall: FunctionCallResponse, ReadyForQuery
 
 
 _ENDS_WITH_READY = frozenset({Kind.QUERY, Kind.SYNC, Kind.CALL})
@@ -50,8 +51,9 @@ class Entry:
         return f"{type(self).__name__}({self.kind.name})"
 
 
-RELAYED = {kind: Entry(kind) for kind in (Kind.PARSE, Kind.BIND, Kind.DESCRIBE, Kind.EXECUTE,
-                                          Kind.CLOSE)}
+RELAYED = {
+    kind: Entry(kind) for kind in (Kind.PARSE, Kind.BIND, Kind.DESCRIBE, Kind.EXECUTE, Kind.CLOSE)
+}
 
 
 class Completion(Entry):
@@ -122,6 +124,7 @@ class DescribeEntry(Entry):
 @dataclass(frozen=True, slots=True)
 class InternalQuery:
     """A simple query the proxy runs on the session's server connection for itself."""
+
     sql: str
 
 

@@ -1,4 +1,5 @@
 """What the locking logic may know of its connection: read-only for everyone but the Session."""
+
 from __future__ import annotations
 
 from proxy.wire.messages import python_encoding
@@ -8,11 +9,20 @@ class SessionInfo:
     """Who is connected and the server's settings as last reported (ParameterStatus,
     ReadyForQuery). The Session writes it; the locking logic reads it."""
 
-    __slots__ = ("user", "database", "application_name", "peer", "status", "parameters",
-                 "encoding", "standard_conforming_strings")
+    __slots__ = (
+        "user",
+        "database",
+        "application_name",
+        "peer",
+        "status",
+        "parameters",
+        "encoding",
+        "standard_conforming_strings",
+    )
 
-    def __init__(self, user: str, database: str, application_name: str = "",
-                 peer: str = "") -> None:
+    def __init__(
+        self, user: str, database: str, application_name: str = "", peer: str = ""
+    ) -> None:
         self.user = user
         self.database = database
         self.application_name = application_name

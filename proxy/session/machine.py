@@ -8,6 +8,7 @@ the Session hands it decoded messages and carries out the typed actions it retur
 (`proxy.session.actions`). With no rules the session is a relay that looks only at message
 headers and a few messages.
 """
+
 from __future__ import annotations
 
 import logging
@@ -16,13 +17,28 @@ from collections.abc import Callable
 from typing import Protocol
 
 from proxy.session.actions import Hold, Send
-from proxy.session.inflight import (RELAYED, Completion, DescribeEntry, Entry, ExecuteEntry,
-                                    InternalEntry, InternalQuery, Job, Kind, QueryEntry)
+from proxy.session.inflight import (
+    RELAYED,
+    Completion,
+    DescribeEntry,
+    Entry,
+    ExecuteEntry,
+    InternalEntry,
+    InternalQuery,
+    Job,
+    Kind,
+    QueryEntry,
+)
 from proxy.session.info import SessionInfo
 from proxy.session.statement_types import statement_type
 from proxy.wire import messages as m
-from proxy.wire.framing import (DEFAULT_MAX_MESSAGE, FRONTEND_TYPES, SERVER_MAX_MESSAGE,
-                                 MessageReader, ProtocolViolation)
+from proxy.wire.framing import (
+    DEFAULT_MAX_MESSAGE,
+    FRONTEND_TYPES,
+    SERVER_MAX_MESSAGE,
+    MessageReader,
+    ProtocolViolation,
+)
 from proxy.wire.startup import StartupPacket
 
 log = logging.getLogger("optimist.session")
@@ -73,12 +89,18 @@ class Locking(Protocol):
 class Session:
     """The protocol state of one client connection and its server connection."""
 
-    def __init__(self, startup: StartupPacket, *,
-                 locking_for: Callable[[SessionInfo], Locking] | None = None,
-                 max_message: int = DEFAULT_MAX_MESSAGE, peer: str = "",
-                 count_statement: Callable[[str], None] | None = None) -> None:
-        self.info = SessionInfo(startup.user, startup.database,
-                                startup.params.get("application_name", ""), peer)
+    def __init__(
+        self,
+        startup: StartupPacket,
+        *,
+        locking_for: Callable[[SessionInfo], Locking] | None = None,
+        max_message: int = DEFAULT_MAX_MESSAGE,
+        peer: str = "",
+        count_statement: Callable[[str], None] | None = None,
+    ) -> None:
+        self.info = SessionInfo(
+            startup.user, startup.database, startup.params.get("application_name", ""), peer
+        )
         self._client_reader = MessageReader(max_message, FRONTEND_TYPES)
         self._server_reader = MessageReader(SERVER_MAX_MESSAGE)
         self._to_server: list[bytes] = []
@@ -124,8 +146,13 @@ class Session:
 
     def between_transactions(self) -> bool:
         """Idle outside a transaction with nothing buffered: safe to close (drain)."""
-        return self.authenticated and self.info.status == b"I" and not self._inflight \
-            and not self._client_reader.pending_bytes() and not self._held
+        return (
+            self.authenticated
+            and self.info.status == b"I"
+            and not self._inflight
+            and not self._client_reader.pending_bytes()
+            and not self._held
+        )
 
     def close(self) -> None:
         if self.locking is not None:
@@ -194,14 +221,14 @@ class Session:
             elif type(action) is Send:
                 # send what came before, then the replacement
                 if start - 5 > run_start:
-                    out.append(bytes(buf[run_start:start - 5]))
+                    out.append(bytes(buf[run_start : start - 5]))
                 out.extend(action.messages)
                 inflight.extend(action.entries)
                 run_start = end
             else:  # Hold: keep this message and all after it until the job has answered
                 if start - 5 > run_start:
-                    out.append(bytes(buf[run_start:start - 5]))
-                self._held.append(bytes(buf[start - 5:]))
+                    out.append(bytes(buf[run_start : start - 5]))
+                self._held.append(bytes(buf[start - 5 :]))
                 reader.consume(len(buf))
                 self._run_job(action.job)
                 return
@@ -215,17 +242,17 @@ class Session:
         """Decode the message and ask the locking logic what to do with it."""
         if mtype == b"Q":
             sql = m.decode_query(buf[start:end]).decode(self.info.encoding, "surrogateescape")
-            return locking.query(sql, bytes(buf[start - 5:end]))
+            return locking.query(sql, bytes(buf[start - 5 : end]))
         if mtype == b"B":
-            return locking.bind(m.decode_bind(buf[start:end]), bytes(buf[start - 5:end]))
+            return locking.bind(m.decode_bind(buf[start:end]), bytes(buf[start - 5 : end]))
         if mtype == b"E":
             portal, max_rows = m.decode_execute(buf[start:end])
-            return locking.execute(portal, max_rows, bytes(buf[start - 5:end]))
+            return locking.execute(portal, max_rows, bytes(buf[start - 5 : end]))
         if mtype == b"P":
             return locking.parse(m.decode_parse(buf[start:end]))
         if mtype == b"D":
             kind, name = m.decode_describe_or_close(buf[start:end])
-            return locking.describe(kind, name, bytes(buf[start - 5:end]))
+            return locking.describe(kind, name, bytes(buf[start - 5 : end]))
         if mtype == b"C":
             kind, name = m.decode_describe_or_close(buf[start:end])
             locking.close_target(kind, name)
@@ -242,14 +269,16 @@ class Session:
         elif mtype == b"P":
             name_end = buf.find(b"\x00", start, end)
             if name_end >= 0:
-                self._statement_types[bytes(buf[start:name_end])] = statement_type(buf,
-                                                                                   name_end + 1)
+                self._statement_types[bytes(buf[start:name_end])] = statement_type(
+                    buf, name_end + 1
+                )
         elif mtype == b"B":
             portal_end = buf.find(b"\x00", start, end)
             stmt_end = buf.find(b"\x00", portal_end + 1, end)
             if stmt_end >= 0:
                 self._portal_types[bytes(buf[start:portal_end])] = self._statement_types.get(
-                    bytes(buf[portal_end + 1:stmt_end]), "other")
+                    bytes(buf[portal_end + 1 : stmt_end]), "other"
+                )
         elif mtype == b"E":
             portal_end = buf.find(b"\x00", start, end)
             count(self._portal_types.get(bytes(buf[start:portal_end]), "other"))
@@ -272,8 +301,11 @@ class Session:
             if head is not None and head.hidden:
                 replacement = self._internal_response(head, mtype, buf, start, end)  # type: ignore[arg-type]
             elif mtype == b"D":
-                if head is not None and (head.capture is not None or head.strip) \
-                        and locking is not None:
+                if (
+                    head is not None
+                    and (head.capture is not None or head.strip)
+                    and locking is not None
+                ):
                     replacement = locking.data_row(head, buf[start:end])
             elif mtype == b"C":
                 if head is not None:
@@ -303,7 +335,7 @@ class Session:
                 self._backend_key = m.decode_backend_key(buf[start:end])
             if replacement is not None:
                 if start - 5 > run_start:
-                    out.append(bytes(buf[run_start:start - 5]))
+                    out.append(bytes(buf[run_start : start - 5]))
                 if replacement:
                     out.append(replacement)
                 run_start = end
@@ -373,8 +405,9 @@ class Session:
         if entry.job is not None:
             self._advance_job(entry.job, entry.result)
 
-    def _internal_response(self, head: InternalEntry, mtype: bytes, buf, start: int,
-                           end: int) -> bytes | None:
+    def _internal_response(
+        self, head: InternalEntry, mtype: bytes, buf, start: int, end: int
+    ) -> bytes | None:
         """Responses to the proxy's own requests: consumed, handed to the job that asked."""
         if mtype == b"D":
             head.result.rows.append(m.decode_data_row(buf[start:end]))
@@ -391,8 +424,10 @@ class Session:
                 self._skip_to_sync()
             if head.surface:
                 # the client's own statement cannot run: it must see an error, not silence
-                fields["M"] = "optimist: could not prepare the checked form of this " \
+                fields["M"] = (
+                    "optimist: could not prepare the checked form of this "
                     "statement: " + fields.get("M", "")
+                )
                 return m.encode_fields(b"E", fields)
             return b""
         if mtype == b"S":

@@ -5,6 +5,7 @@ The reader keeps one growing buffer and hands out (type, body) pairs of complete
 relay forwards the raw bytes of runs of messages it has no interest in, so a DataRow-heavy
 result costs one header unpack per row and no copies.
 """
+
 from __future__ import annotations
 
 from struct import Struct
@@ -32,8 +33,9 @@ class MessageReader:
 
     __slots__ = ("buffer", "max_message", "valid_types")
 
-    def __init__(self, max_message: int = DEFAULT_MAX_MESSAGE,
-                 valid_types: frozenset[bytes] | None = None) -> None:
+    def __init__(
+        self, max_message: int = DEFAULT_MAX_MESSAGE, valid_types: frozenset[bytes] | None = None
+    ) -> None:
         self.buffer = bytearray()
         self.max_message = max_message
         # checked on every header, complete or not: a bad type is refused at once, as
@@ -64,7 +66,7 @@ class MessageReader:
                 break
             append((mtype, pos + 5, end))
             pos = end
-        if valid is not None and pos < size and bytes(buf[pos:pos + 1]) not in valid:
+        if valid is not None and pos < size and bytes(buf[pos : pos + 1]) not in valid:
             raise ProtocolViolation(f"invalid frontend message type {buf[pos]}")
         return out
 

@@ -5,6 +5,7 @@ CancelRequest, refuse with an error, close). No sockets here: the relay carries 
 Each answer is PostgreSQL's own (ProcessStartupPacket in src/backend/tcop/backend_startup.c),
 so a client cannot tell the proxy from the server before the server is even reached.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -26,6 +27,7 @@ from proxy.wire.startup import (
 @dataclass(frozen=True, slots=True)
 class Answer:
     """Write this one byte (b"N": encryption not offered) and keep reading."""
+
     byte: bytes
 
 
@@ -37,6 +39,7 @@ class StartTls:
 @dataclass(frozen=True, slots=True)
 class Forward:
     """Connect upstream and send it this StartupMessage; `rest` followed it (pipelined)."""
+
     startup: StartupPacket
     rest: bytes
 
@@ -44,24 +47,26 @@ class Forward:
 @dataclass(frozen=True, slots=True)
 class Cancel:
     """Forward this CancelRequest to the server and close, saying nothing (PostgreSQL's way)."""
+
     request: CancelRequest
 
 
 @dataclass(frozen=True, slots=True)
 class Refuse:
     """Send `reply()` (a FATAL ErrorResponse) and close."""
+
     sqlstate: str
     message: str
     detail: str | None = None
 
     def reply(self) -> bytes:
-        return m.error_response(self.sqlstate, self.message, severity="FATAL",
-                                detail=self.detail)
+        return m.error_response(self.sqlstate, self.message, severity="FATAL", detail=self.detail)
 
 
 @dataclass(frozen=True, slots=True)
 class Close:
     """Close without a word, as PostgreSQL does here; `reason` is for the log."""
+
     reason: str
 
 
@@ -114,8 +119,13 @@ class Handshake:
                 if buf:
                     # sent before our answer could be read: PostgreSQL refuses it as possibly
                     # injected by a man in the middle
-                    decisions.append(Refuse("08P01", f"received unencrypted data after "
-                                                     f"{self._answered}", detail=_MITM_DETAIL))
+                    decisions.append(
+                        Refuse(
+                            "08P01",
+                            f"received unencrypted data after {self._answered}",
+                            detail=_MITM_DETAIL,
+                        )
+                    )
                     self.finished = True
                     break
                 continue
@@ -146,8 +156,9 @@ class Handshake:
                 if buf:
                     # refused before any 'S': bytes sent ahead of the handshake must never be
                     # taken for bytes that came through TLS
-                    return Refuse("08P01", "received unencrypted data after SSL request",
-                                  detail=_MITM_DETAIL)
+                    return Refuse(
+                        "08P01", "received unencrypted data after SSL request", detail=_MITM_DETAIL
+                    )
                 self.upgrading = True
                 return StartTls()
             self._answered = "SSL request"
@@ -159,15 +170,18 @@ class Handshake:
         if parsed.code in (SSL_REQUEST, GSSENC_REQUEST):
             return _refuse(unsupported_protocol(parsed.code))
         if self.tls_required and not self.tls:
-            return Refuse("28000", "optimist: this proxy accepts TLS connections only "
-                                   "(use sslmode=require)")
+            return Refuse(
+                "28000", "optimist: this proxy accepts TLS connections only (use sslmode=require)"
+            )
         rest = bytes(buf)
         buf.clear()
         return Forward(parsed, rest)
 
 
-_MITM_DETAIL = ("This could be either a client-software bug or evidence of an attempted "
-                "man-in-the-middle attack.")
+_MITM_DETAIL = (
+    "This could be either a client-software bug or evidence of an attempted "
+    "man-in-the-middle attack."
+)
 
 
 def _refuse(exc: StartupRefused) -> Refuse:

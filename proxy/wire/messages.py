@@ -4,10 +4,11 @@ Bodies are `bytes`/`bytearray`/`memoryview` slices without the 5-byte header. St
 protocol are NUL-terminated and in the client encoding; SQL text is decoded with
 `surrogateescape` so that re-encoding reproduces the client's exact bytes.
 """
+
 from __future__ import annotations
 
-from dataclasses import dataclass
 import struct
+from dataclasses import dataclass
 from struct import Struct
 
 from proxy.wire.framing import ProtocolViolation, frame
@@ -43,6 +44,7 @@ def python_encoding(pg_name: str) -> str:
 
 def _strict(decoder):
     """Malformed bodies raise ProtocolViolation, never struct.error or IndexError."""
+
     def wrapper(body, *args):
         try:
             return decoder(body, *args)
@@ -50,6 +52,7 @@ def _strict(decoder):
             raise
         except (struct.error, IndexError, ValueError) as exc:
             raise ProtocolViolation(f"malformed message: {exc}") from None
+
     wrapper.__name__ = decoder.__name__
     wrapper.__doc__ = decoder.__doc__
     return wrapper
@@ -153,7 +156,7 @@ def decode_bind(body) -> Bind:
             else:
                 if pos + length > len(body):
                     raise ProtocolViolation("Bind parameter value truncated")
-                params.append(bytes(body[pos:pos + length]))
+                params.append(bytes(body[pos : pos + length]))
                 pos += length
         (nr,) = _I16.unpack_from(body, pos)
         pos += 2
@@ -253,7 +256,7 @@ def decode_data_row(body) -> list[bytes | None]:
         else:
             if pos + length > len(body):
                 raise ProtocolViolation("DataRow value runs past the end of the message")
-            append(bytes(body[pos:pos + length]))
+            append(bytes(body[pos : pos + length]))
             pos += length
     return values
 
@@ -299,13 +302,21 @@ def decode_fields(body) -> dict[str, str]:
 def encode_fields(mtype: bytes, fields: dict[str, str]) -> bytes:
     out = bytearray()
     for code, value in fields.items():
-        out += code.encode("ascii") + value.encode("utf-8", "replace").replace(b"\x00", b"") + b"\x00"
+        out += (
+            code.encode("ascii") + value.encode("utf-8", "replace").replace(b"\x00", b"") + b"\x00"
+        )
     out += b"\x00"
     return frame(mtype, bytes(out))
 
 
-def error_response(sqlstate: str, message: str, *, severity: str = "ERROR",
-                   detail: str | None = None, hint: str | None = None) -> bytes:
+def error_response(
+    sqlstate: str,
+    message: str,
+    *,
+    severity: str = "ERROR",
+    detail: str | None = None,
+    hint: str | None = None,
+) -> bytes:
     fields = {"S": severity, "V": severity, "C": sqlstate, "M": message}
     if detail:
         fields["D"] = detail

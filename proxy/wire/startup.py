@@ -5,6 +5,7 @@ The checks and their outcomes follow PostgreSQL's ProcessStartupPacket
 socket closed without a word) raises `StartupDropped`; what it answers with a FATAL
 ErrorResponse raises `StartupRefused`.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -78,8 +79,9 @@ def unsupported_protocol(code: int) -> StartupRefused:
     # PostgreSQL names its own range ("server supports 3.0 to 3.2"); the proxy cannot know the
     # server's, and relays any 3.x the server agrees to. PostgreSQL answers a 2.x client in
     # protocol 2's format; the proxy speaks protocol 3 only (either way the client is refused)
-    return StartupRefused("0A000", f"unsupported frontend protocol {major}.{minor}: "
-                                   "optimist supports 3.0 to 3.x")
+    return StartupRefused(
+        "0A000", f"unsupported frontend protocol {major}.{minor}: optimist supports 3.0 to 3.x"
+    )
 
 
 def parse_startup(packet: bytes) -> StartupPacket | CancelRequest:
@@ -119,9 +121,10 @@ def _parameters(body: bytes) -> dict[str, str]:
         if value_end < 0:
             value_end = end
         key = body[offset:key_end].decode("utf-8", "replace")
-        params[key] = body[key_end + 1:value_end].decode("utf-8", "replace")
+        params[key] = body[key_end + 1 : value_end].decode("utf-8", "replace")
         offset = value_end + 1
     if offset != end - 1:
-        raise StartupRefused("08P01",
-                             "invalid startup packet layout: expected terminator as last byte")
+        raise StartupRefused(
+            "08P01", "invalid startup packet layout: expected terminator as last byte"
+        )
     return params

@@ -8,6 +8,7 @@ connection (VmRSS from /proc, after the connections are set up and have run one 
 counts everything the micro-benchmark's tracemalloc figure leaves out: uvloop transports and
 their buffers, the relay objects, allocator overhead.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -43,16 +44,25 @@ async def hold(url: str, n: int, pid: int) -> tuple[int, int]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m tests.bench.idle", description=__doc__.split("\n\n")[0])
-    p.add_argument("--connections", type=int, default=150, help="idle connections (default 150; "
-                   "the benchmark server allows 200)")
+    p = argparse.ArgumentParser(
+        prog="python -m tests.bench.idle", description=__doc__.split("\n\n")[0]
+    )
+    p.add_argument(
+        "--connections",
+        type=int,
+        default=150,
+        help="idle connections (default 150; the benchmark server allows 200)",
+    )
     args = p.parse_args(argv)
     install_signal_handlers()
     try:
         with Services() as services:
             pg = services.postgres()
-            psql(pg.dsn, "CREATE TABLE pgbench_accounts (aid int PRIMARY KEY, abalance int, "
-                         "version int NOT NULL DEFAULT 1)")
+            psql(
+                pg.dsn,
+                "CREATE TABLE pgbench_accounts (aid int PRIMARY KEY, abalance int, "
+                "version int NOT NULL DEFAULT 1)",
+            )
             psql(pg.dsn, "INSERT INTO pgbench_accounts (aid, abalance) VALUES (1, 0)")
             rules = services.workdir / "version.yaml"
             rules.write_text(VERSION_RULES.split("  - table: pgbench_tellers")[0])
@@ -63,9 +73,11 @@ def main(argv: list[str] | None = None) -> int:
                 # one connection first: imports, caches and the catalog are not per connection
                 asyncio.run(hold(url, 1, proxy.pid))
                 before, after = asyncio.run(hold(url, args.connections, proxy.pid))
-                print(f"optimist, {label}: RSS {before} KiB -> {after} KiB with "
-                      f"{args.connections} idle connections: "
-                      f"{(after - before) / args.connections:.1f} KiB per connection")
+                print(
+                    f"optimist, {label}: RSS {before} KiB -> {after} KiB with "
+                    f"{args.connections} idle connections: "
+                    f"{(after - before) / args.connections:.1f} KiB per connection"
+                )
                 proxy.stop()
     except KeyboardInterrupt:
         print("interrupted: everything started was stopped", file=sys.stderr)

@@ -15,6 +15,7 @@ logs of `pgbench -l`), failures and retries, and the proxy's CPU time per transa
 
 Everything listens on 127.0.0.1 and is stopped at the end, also on Ctrl-C, SIGTERM or an error.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -42,9 +43,11 @@ UPDATE pgbench_accounts SET abalance = abalance + 1 WHERE aid = :aid;
 TABLES = ("pgbench_accounts", "pgbench_tellers", "pgbench_branches")
 
 VERSION_RULES = "version: 1\ntables:\n" + "".join(
-    f"  - table: {t}\n    strategy: version\n    version_column: version\n" for t in TABLES)
+    f"  - table: {t}\n    strategy: version\n    version_column: version\n" for t in TABLES
+)
 COLUMNS_RULES = "version: 1\ntables:\n" + "".join(
-    f"  - table: {t}\n    strategy: columns\n    check: changed\n" for t in TABLES)
+    f"  - table: {t}\n    strategy: columns\n    check: changed\n" for t in TABLES
+)
 
 
 @dataclass(frozen=True)
@@ -59,29 +62,54 @@ class Workload:
 
 
 WORKLOADS = {
-    w.name: w for w in (
-        Workload("select-simple", ("-S", "-M", "simple"), (("optimist", "norules"),), False,
-                 "pgbench -S -M simple; optimist without rules"),
-        Workload("select-extended", ("-S", "-M", "extended"), (("optimist", "norules"),), False,
-                 "pgbench -S -M extended; optimist without rules"),
-        Workload("select-prepared", ("-S", "-M", "prepared"), (("optimist", "norules"),), False,
-                 "pgbench -S -M prepared; optimist without rules"),
-        Workload("tpcb-version", ("-b", "tpcb-like", "-M", "simple", "--max-tries=10",
-                                  "--failures-detailed"),
-                 (("optimist", "version"),), True,
-                 "built-in TPC-B-like script (-M simple); optimist with strategy: version rules "
-                 "on accounts, tellers, branches"),
-        Workload("tpcb-columns", ("-b", "tpcb-like", "-M", "simple", "--max-tries=10",
-                                  "--failures-detailed"),
-                 (("optimist", "columns"),), True,
-                 "built-in TPC-B-like script (-M simple); optimist with strategy: columns, "
-                 "check: changed rules on accounts, tellers, branches"),
-        Workload("read-write-back", ("-f", "{script}", "-M", "simple", "--max-tries=10",
-                                     "--failures-detailed"),
-                 (("optimist", "version"), ("optimist-norules", "norules")), True,
-                 "SELECT aid, abalance, version ... ; UPDATE ... SET abalance = abalance + 1 "
-                 "(-M simple); optimist with the version rule (every write checked) and "
-                 "without rules"),
+    w.name: w
+    for w in (
+        Workload(
+            "select-simple",
+            ("-S", "-M", "simple"),
+            (("optimist", "norules"),),
+            False,
+            "pgbench -S -M simple; optimist without rules",
+        ),
+        Workload(
+            "select-extended",
+            ("-S", "-M", "extended"),
+            (("optimist", "norules"),),
+            False,
+            "pgbench -S -M extended; optimist without rules",
+        ),
+        Workload(
+            "select-prepared",
+            ("-S", "-M", "prepared"),
+            (("optimist", "norules"),),
+            False,
+            "pgbench -S -M prepared; optimist without rules",
+        ),
+        Workload(
+            "tpcb-version",
+            ("-b", "tpcb-like", "-M", "simple", "--max-tries=10", "--failures-detailed"),
+            (("optimist", "version"),),
+            True,
+            "built-in TPC-B-like script (-M simple); optimist with strategy: version rules "
+            "on accounts, tellers, branches",
+        ),
+        Workload(
+            "tpcb-columns",
+            ("-b", "tpcb-like", "-M", "simple", "--max-tries=10", "--failures-detailed"),
+            (("optimist", "columns"),),
+            True,
+            "built-in TPC-B-like script (-M simple); optimist with strategy: columns, "
+            "check: changed rules on accounts, tellers, branches",
+        ),
+        Workload(
+            "read-write-back",
+            ("-f", "{script}", "-M", "simple", "--max-tries=10", "--failures-detailed"),
+            (("optimist", "version"), ("optimist-norules", "norules")),
+            True,
+            "SELECT aid, abalance, version ... ; UPDATE ... SET abalance = abalance + 1 "
+            "(-M simple); optimist with the version rule (every write checked) and "
+            "without rules",
+        ),
     )
 }
 
@@ -130,8 +158,9 @@ def summarize(runs: list[RunResult], workloads: list[Workload]) -> list[dict]:
                 "proxy_preempted_per_tx": _median([r.per_tx(r.proxy_preempted) for r in measured]),
                 "machine_busy": _median([r.machine_busy for r in measured]),
                 "loadavg_1m": _median([r.loadavg_1m for r in measured]),
-                "machine_cpu_us_per_tx": _median([_us(r.per_tx(r.machine_cpu_s))
-                                                  for r in measured]),
+                "machine_cpu_us_per_tx": _median(
+                    [_us(r.per_tx(r.machine_cpu_s)) for r in measured]
+                ),
                 "errors": sorted({e for r in measured for e in r.errors})[:5],
             }
         base_direct = by_target["direct"]["tps"]
@@ -152,35 +181,67 @@ def _f(value, fmt: str, none: str = "-") -> str:
 
 
 def format_table(rows: list[dict]) -> str:
-    header = ("workload", "target", "TPS", "TPS min-max", "lat avg ms", "lat p50 ms",
-              "lat p99 ms", "fail", "retried", "x direct", "x pgbouncer", "proxy CPU us/tx",
-              "(user+sys)", "machine CPU us/tx", "machine busy", "load 1m")
+    header = (
+        "workload",
+        "target",
+        "TPS",
+        "TPS min-max",
+        "lat avg ms",
+        "lat p50 ms",
+        "lat p99 ms",
+        "fail",
+        "retried",
+        "x direct",
+        "x pgbouncer",
+        "proxy CPU us/tx",
+        "(user+sys)",
+        "machine CPU us/tx",
+        "machine busy",
+        "load 1m",
+    )
     lines = [header]
     for r in rows:
-        lines.append((
-            r["workload"], r["target"], _f(r["tps"], ".0f"),
-            f"{_f(r['tps_min'], '.0f')}-{_f(r['tps_max'], '.0f')}",
-            _f(r["latency_avg_ms"], ".3f"), _f(r["latency_p50_ms"], ".3f"),
-            _f(r["latency_p99_ms"], ".3f"),
-            str(r["failed"] + r["aborted_clients"]), str(r["retried"]),
-            _f(r["vs_direct"], ".2f") if r["target"] != "direct" else "",
-            _f(r["vs_pgbouncer"], ".2f") if r["target"].startswith("optimist") else "",
-            _f(r["proxy_cpu_us_per_tx"], ".1f"),
-            "" if r["proxy_user_us_per_tx"] is None else
-            f"{r['proxy_user_us_per_tx']:.0f}+{r['proxy_sys_us_per_tx']:.0f}",
-            _f(r["machine_cpu_us_per_tx"], ".0f"),
-            "" if r["machine_busy"] is None else f"{100 * r['machine_busy']:.0f}%",
-            _f(r["loadavg_1m"], ".1f"),
-        ))
+        lines.append(
+            (
+                r["workload"],
+                r["target"],
+                _f(r["tps"], ".0f"),
+                f"{_f(r['tps_min'], '.0f')}-{_f(r['tps_max'], '.0f')}",
+                _f(r["latency_avg_ms"], ".3f"),
+                _f(r["latency_p50_ms"], ".3f"),
+                _f(r["latency_p99_ms"], ".3f"),
+                str(r["failed"] + r["aborted_clients"]),
+                str(r["retried"]),
+                _f(r["vs_direct"], ".2f") if r["target"] != "direct" else "",
+                _f(r["vs_pgbouncer"], ".2f") if r["target"].startswith("optimist") else "",
+                _f(r["proxy_cpu_us_per_tx"], ".1f"),
+                ""
+                if r["proxy_user_us_per_tx"] is None
+                else f"{r['proxy_user_us_per_tx']:.0f}+{r['proxy_sys_us_per_tx']:.0f}",
+                _f(r["machine_cpu_us_per_tx"], ".0f"),
+                "" if r["machine_busy"] is None else f"{100 * r['machine_busy']:.0f}%",
+                _f(r["loadavg_1m"], ".1f"),
+            )
+        )
     widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
     out = []
     for n, line in enumerate(lines):
-        out.append("| " + " | ".join(
-            cell.ljust(widths[i]) if i < 2 else cell.rjust(widths[i])
-            for i, cell in enumerate(line)) + " |")
+        out.append(
+            "| "
+            + " | ".join(
+                cell.ljust(widths[i]) if i < 2 else cell.rjust(widths[i])
+                for i, cell in enumerate(line)
+            )
+            + " |"
+        )
         if n == 0:
-            out.append("|" + "|".join("-" * (w + 1) + ":" if i >= 2 else "-" * (w + 2)
-                                      for i, w in enumerate(widths)) + "|")
+            out.append(
+                "|"
+                + "|".join(
+                    "-" * (w + 1) + ":" if i >= 2 else "-" * (w + 2) for i, w in enumerate(widths)
+                )
+                + "|"
+            )
     return "\n".join(out)
 
 
@@ -197,12 +258,17 @@ def prepare_database(pg, scale: int) -> None:
     import subprocess
 
     from proxy.embedded import pg_tool
-
     from tests.bench.services import client_env
+
     url = dsn(pg.host, pg.port, DB)
-    res = subprocess.run([pg_tool("pgbench"), "-i", "-q", "-s", str(scale), url],
-                         capture_output=True, text=True, env=client_env(), timeout=1800,
-                         stdin=subprocess.DEVNULL)
+    res = subprocess.run(
+        [pg_tool("pgbench"), "-i", "-q", "-s", str(scale), url],
+        capture_output=True,
+        text=True,
+        env=client_env(),
+        timeout=1800,
+        stdin=subprocess.DEVNULL,
+    )
     if res.returncode != 0:
         raise RuntimeError(f"pgbench -i failed:\n{res.stderr}")
     for table in TABLES:
@@ -221,17 +287,26 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m tests.bench", description=__doc__.split("\n\n")[0])
     p.add_argument("--rounds", type=int, help="measured rounds per workload (default 3; quick 1)")
     p.add_argument("--duration", type=float, help="seconds per measured run (default 7; quick 3)")
-    p.add_argument("--warmup", type=float, help="seconds of the warm-up run per target "
-                   "(default 2; quick 1; 0: none)")
+    p.add_argument(
+        "--warmup",
+        type=float,
+        help="seconds of the warm-up run per target (default 2; quick 1; 0: none)",
+    )
     p.add_argument("--clients", type=int, default=8, help="pgbench -c (default 8)")
     p.add_argument("--jobs", type=int, default=2, help="pgbench -j (default 2)")
     p.add_argument("--scale", type=int, help="pgbench -i -s (default 10; quick 1)")
-    p.add_argument("--workloads", nargs="+", choices=list(WORKLOADS), metavar="W",
-                   help="some of: " + ", ".join(WORKLOADS) + " (default: all)")
+    p.add_argument(
+        "--workloads",
+        nargs="+",
+        choices=list(WORKLOADS),
+        metavar="W",
+        help="some of: " + ", ".join(WORKLOADS) + " (default: all)",
+    )
     p.add_argument("--quick", action="store_true", help="1 round of 3 s, scale 1: < 2 minutes")
     p.add_argument("--json", metavar="PATH", help="also write the results as JSON here")
-    p.add_argument("--keep", action="store_true",
-                   help="keep the work directory (logs, data) for inspection")
+    p.add_argument(
+        "--keep", action="store_true", help="keep the work directory (logs, data) for inspection"
+    )
     args = p.parse_args(argv)
     quick = args.quick
     args.rounds = args.rounds or (1 if quick else 3)
@@ -257,9 +332,11 @@ def main(argv: list[str] | None = None) -> int:
             env = environment(pg)
             idle_busy = background_busy()
             env["background CPU load before the run"] = (
-                "unknown" if idle_busy is None else
-                f"{100 * idle_busy:.0f}% of all CPUs busy with other work (measured 3 s "
-                f"before starting); load average {os.getloadavg()[0]:.2f}")
+                "unknown"
+                if idle_busy is None
+                else f"{100 * idle_busy:.0f}% of all CPUs busy with other work (measured 3 s "
+                f"before starting); load average {os.getloadavg()[0]:.2f}"
+            )
             _log("environment: " + ", ".join(f"{k}={v}" for k, v in env.items()))
             _log(f"initialising pgbench, scale {args.scale}")
             t0 = time.monotonic()
@@ -280,12 +357,13 @@ def main(argv: list[str] | None = None) -> int:
                     rules = None if kind == "norules" else rules_dir / f"{kind}.yaml"
                     proxies[kind] = services.optimist(kind, rules)
             direct_url = dsn(pg.host, pg.port, DB)
-            endpoints = {"direct": (direct_url, None),
-                         "pgbouncer": (dsn(bouncer.host, bouncer.port, DB), bouncer.pid)}
+            endpoints = {
+                "direct": (direct_url, None),
+                "pgbouncer": (dsn(bouncer.host, bouncer.port, DB), bouncer.pid),
+            }
 
             for w in workloads:
-                targets = [("direct", *endpoints["direct"]),
-                           ("pgbouncer", *endpoints["pgbouncer"])]
+                targets = [("direct", *endpoints["direct"]), ("pgbouncer", *endpoints["pgbouncer"])]
                 for label, kind in w.optimists:
                     p = proxies[kind]
                     targets.append((label, dsn(p.host, p.port, DB), p.pid))
@@ -301,15 +379,26 @@ def main(argv: list[str] | None = None) -> int:
                     if w.writes:
                         reset_for_writes(direct_url)
                     duration = args.warmup if round_ < 0 else args.duration
-                    res = run_pgbench(url, wargs, workload=w.name, target=label, round_=round_,
-                                      duration=duration, clients=args.clients, jobs=args.jobs,
-                                      proxy_pid=pid, log_latencies=round_ >= 0)
+                    res = run_pgbench(
+                        url,
+                        wargs,
+                        workload=w.name,
+                        target=label,
+                        round_=round_,
+                        duration=duration,
+                        clients=args.clients,
+                        jobs=args.jobs,
+                        proxy_pid=pid,
+                        log_latencies=round_ >= 0,
+                    )
                     runs.append(res)
                     what = "warm-up" if round_ < 0 else f"round {round_ + 1}"
-                    _log(f"  {what:8} {label:17} tps {_f(res.tps, '8.0f')}  p99 "
-                         f"{_f(res.latency_p99_ms, '.2f')} ms  failed {res.failed}  "
-                         f"retried {res.retried}" + ("" if res.ok else f"  PROBLEM rc="
-                                                    f"{res.returncode} {res.errors[:2]}"))
+                    _log(
+                        f"  {what:8} {label:17} tps {_f(res.tps, '8.0f')}  p99 "
+                        f"{_f(res.latency_p99_ms, '.2f')} ms  failed {res.failed}  "
+                        f"retried {res.retried}"
+                        + ("" if res.ok else f"  PROBLEM rc={res.returncode} {res.errors[:2]}")
+                    )
             for p in proxies.values():
                 if not p.alive():
                     _log(f"{p.name} died during the benchmark:\n{p.log_tail()}")
@@ -323,11 +412,14 @@ def main(argv: list[str] | None = None) -> int:
     if after_busy is not None:
         env["background CPU load after the run"] = (
             f"{100 * after_busy:.0f}% of all CPUs busy with other work (measured 2 s after "
-            f"stopping everything); load average {os.getloadavg()[0]:.2f}")
+            f"stopping everything); load average {os.getloadavg()[0]:.2f}"
+        )
     print()
-    print(f"optimist benchmark: {args.rounds} round(s) x {args.duration:g}s per target, "
-          f"warm-up {args.warmup:g}s, pgbench -c {args.clients} -j {args.jobs}, "
-          f"scale {args.scale}; total {elapsed:.0f}s")
+    print(
+        f"optimist benchmark: {args.rounds} round(s) x {args.duration:g}s per target, "
+        f"warm-up {args.warmup:g}s, pgbench -c {args.clients} -j {args.jobs}, "
+        f"scale {args.scale}; total {elapsed:.0f}s"
+    )
     print("environment:")
     for k, v in env.items():
         print(f"  {k}: {v}")
@@ -338,21 +430,27 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  {w.name}: {w.description}")
     checked = [r for r in rows if "checked_vs_this" in r]
     for r in checked:
-        print(f"  {r['workload']}: optimist with rules / {r['target']} = "
-              f"{r['checked_vs_this']:.2f} (the cost of checking alone)")
+        print(
+            f"  {r['workload']}: optimist with rules / {r['target']} = "
+            f"{r['checked_vs_this']:.2f} (the cost of checking alone)"
+        )
     problems = [r for r in runs if not r.ok]
     failures = [r for r in rows if r["failed"] or r["retried"] or r["aborted_clients"]]
     if failures:
         print("\nfailed / retried transactions (summed over measured rounds):")
         for r in failures:
-            print(f"  {r['workload']} {r['target']}: failed {r['failed']} (serialization "
-                  f"{r['serialization_failures']}), retried {r['retried']} "
-                  f"({r['retries']} retries), aborted clients {r['aborted_clients']}")
+            print(
+                f"  {r['workload']} {r['target']}: failed {r['failed']} (serialization "
+                f"{r['serialization_failures']}), retried {r['retried']} "
+                f"({r['retries']} retries), aborted clients {r['aborted_clients']}"
+            )
     if problems:
         print("\nruns with errors:")
         for r in problems:
-            print(f"  {r.workload} {r.target} round {r.round}: rc={r.returncode} "
-                  f"{'; '.join(r.errors[:3])}")
+            print(
+                f"  {r.workload} {r.target} round {r.round}: rc={r.returncode} "
+                f"{'; '.join(r.errors[:3])}"
+            )
     noisy = {k: v for k, v in proxy_logs.items() if v.strip()}
     if noisy:
         print("\noptimist log output (warnings and up):")
@@ -360,8 +458,19 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  {k}:\n    " + v.replace("\n", "\n    "))
     if args.json:
         data = {
-            "settings": {k: getattr(args, k) for k in ("rounds", "duration", "warmup", "clients",
-                                                      "jobs", "scale", "workloads", "quick")},
+            "settings": {
+                k: getattr(args, k)
+                for k in (
+                    "rounds",
+                    "duration",
+                    "warmup",
+                    "clients",
+                    "jobs",
+                    "scale",
+                    "workloads",
+                    "quick",
+                )
+            },
             "environment": env,
             "elapsed_s": elapsed,
             "workloads": {w.name: w.description for w in workloads},

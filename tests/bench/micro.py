@@ -13,6 +13,7 @@ in `optimist serve`.
 Targets (from the issue): cached rewrite < 20 us, recognising a statement that needs no rewrite
 < 2 us, idle session < 64 KiB.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -64,16 +65,28 @@ WIDE_OID = 16430
 INT4, TEXT, BPCHAR, TIMESTAMP = 23, 25, 1042, 1114
 # (table, oid, [(column, type oid, type name, in pk)])
 TABLES = [
-    ("pgbench_accounts", ACCOUNTS_OID, [("aid", INT4, "integer", True),
-                                        ("bid", INT4, "integer", False),
-                                        ("abalance", INT4, "integer", False),
-                                        ("filler", BPCHAR, "character(84)", False),
-                                        ("version", INT4, "integer", False)]),
-    ("pgbench_tellers", TELLERS_OID, [("tid", INT4, "integer", True),
-                                      ("bid", INT4, "integer", False),
-                                      ("tbalance", INT4, "integer", False),
-                                      ("filler", BPCHAR, "character(84)", False),
-                                      ("version", INT4, "integer", False)]),
+    (
+        "pgbench_accounts",
+        ACCOUNTS_OID,
+        [
+            ("aid", INT4, "integer", True),
+            ("bid", INT4, "integer", False),
+            ("abalance", INT4, "integer", False),
+            ("filler", BPCHAR, "character(84)", False),
+            ("version", INT4, "integer", False),
+        ],
+    ),
+    (
+        "pgbench_tellers",
+        TELLERS_OID,
+        [
+            ("tid", INT4, "integer", True),
+            ("bid", INT4, "integer", False),
+            ("tbalance", INT4, "integer", False),
+            ("filler", BPCHAR, "character(84)", False),
+            ("version", INT4, "integer", False),
+        ],
+    ),
 ]
 
 
@@ -82,9 +95,21 @@ def catalog_rows() -> list[list[bytes]]:
     rows = []
     for table, oid, cols in TABLES:
         for attnum, (name, type_oid, type_name, in_pk) in enumerate(cols, 1):
-            rows.append([b"public", table.encode(), str(oid).encode(), str(attnum).encode(),
-                         name.encode(), str(type_oid).encode(), type_name.encode(),
-                         b"t" if in_pk else b"f", b"t", b"t", str(type_oid).encode()])
+            rows.append(
+                [
+                    b"public",
+                    table.encode(),
+                    str(oid).encode(),
+                    str(attnum).encode(),
+                    name.encode(),
+                    str(type_oid).encode(),
+                    type_name.encode(),
+                    b"t" if in_pk else b"f",
+                    b"t",
+                    b"t",
+                    str(type_oid).encode(),
+                ]
+            )
     return rows
 
 
@@ -92,23 +117,32 @@ def catalog_rows() -> list[list[bytes]]:
 
 
 def startup_packet(user: str = "bench", database: str = DATABASE):
-    body = (struct.pack("!I", 196608) + b"user\x00" + user.encode() + b"\x00database\x00"
-            + database.encode() + b"\x00\x00")
+    body = (
+        struct.pack("!I", 196608)
+        + b"user\x00"
+        + user.encode()
+        + b"\x00database\x00"
+        + database.encode()
+        + b"\x00\x00"
+    )
     return parse_startup(struct.pack("!I", len(body) + 4) + body)
 
 
-AUTH_OK = (frame(b"R", struct.pack("!i", 0))
-           + frame(b"S", b"client_encoding\x00UTF8\x00")
-           + frame(b"S", b"standard_conforming_strings\x00on\x00")
-           + frame(b"S", b"server_version\x0018.0\x00")
-           + frame(b"K", struct.pack("!i", 4242) + b"secr")
-           + frame(b"Z", b"I"))
+AUTH_OK = (
+    frame(b"R", struct.pack("!i", 0))
+    + frame(b"S", b"client_encoding\x00UTF8\x00")
+    + frame(b"S", b"standard_conforming_strings\x00on\x00")
+    + frame(b"S", b"server_version\x0018.0\x00")
+    + frame(b"K", struct.pack("!i", 4242) + b"secr")
+    + frame(b"Z", b"I")
+)
 
 
 def row_description(fields) -> bytes:
     """fields: (name, table oid, attnum, type oid)."""
-    return m.encode_row_description([m.Field(n.encode(), t, a, ty, -1, -1, 0)
-                                     for n, t, a, ty in fields])
+    return m.encode_row_description(
+        [m.Field(n.encode(), t, a, ty, -1, -1, 0) for n, t, a, ty in fields]
+    )
 
 
 def command_complete(tag: bytes) -> bytes:
@@ -131,9 +165,22 @@ def setup_answer(session: Session) -> bytes:
     assert head.hidden, "expected the locking logic's setup query"
     out = b""
     if session.locking.bootstrap.generation is None:
-        fields = [(name, 0, 0, TEXT) for name in ("schema_name", "table_name", "table_oid",
-                  "attnum", "column_name", "type_oid", "type_name", "in_primary_key",
-                  "comparable", "not_null", "base_type_oid")]
+        fields = [
+            (name, 0, 0, TEXT)
+            for name in (
+                "schema_name",
+                "table_name",
+                "table_oid",
+                "attnum",
+                "column_name",
+                "type_oid",
+                "type_name",
+                "in_primary_key",
+                "comparable",
+                "not_null",
+                "base_type_oid",
+            )
+        ]
         out += row_description(fields)
         rows = catalog_rows()
         out += b"".join(m.encode_data_row(r) for r in rows)
@@ -149,8 +196,11 @@ def new_session(enforcement: Enforcement | None) -> Session:
     """A session after authentication (and, with rules, after its setup query), wired
     as `optimist serve` wires it (statements counted by type)."""
     startup = startup_packet()
-    session = Session(startup, locking_for=enforcement.locking_for if enforcement else None,
-                      count_statement=(enforcement.metrics if enforcement else METRICS).statement)
+    session = Session(
+        startup,
+        locking_for=enforcement.locking_for if enforcement else None,
+        count_statement=(enforcement.metrics if enforcement else METRICS).statement,
+    )
     session.server_data(AUTH_OK)
     locking = session.locking
     if locking is not None:
@@ -173,16 +223,27 @@ def query_bytes(sql: str) -> bytes:
 
 
 def result_bytes(fields, rows, tag: bytes) -> bytes:
-    return (row_description(fields) + b"".join(m.encode_data_row(r) for r in rows)
-            + command_complete(tag) + READY)
+    return (
+        row_description(fields)
+        + b"".join(m.encode_data_row(r) for r in rows)
+        + command_complete(tag)
+        + READY
+    )
 
 
 # --------------------------------------------------------------------------- timing
 
 
 class Timing:
-    def __init__(self, name: str, samples_ns: list[float], calls: int, note: str = "",
-                 per: int = 1, target_ns: float | None = None) -> None:
+    def __init__(
+        self,
+        name: str,
+        samples_ns: list[float],
+        calls: int,
+        note: str = "",
+        per: int = 1,
+        target_ns: float | None = None,
+    ) -> None:
         self.name = name
         self.median_ns = statistics.median(samples_ns)
         self.mean_ns = statistics.fmean(samples_ns)
@@ -193,15 +254,23 @@ class Timing:
         self.target_ns = target_ns
 
     def to_json(self) -> dict:
-        return {"name": self.name, "median_ns": self.median_ns, "mean_ns": self.mean_ns,
-                "min_ns": self.min_ns, "calls": self.calls, "note": self.note,
-                "per": self.per, "median_ns_per_unit": self.median_ns / self.per,
-                "target_ns": self.target_ns,
-                "meets_target": None if self.target_ns is None else
-                self.median_ns <= self.target_ns}
+        return {
+            "name": self.name,
+            "median_ns": self.median_ns,
+            "mean_ns": self.mean_ns,
+            "min_ns": self.min_ns,
+            "calls": self.calls,
+            "note": self.note,
+            "per": self.per,
+            "median_ns_per_unit": self.median_ns / self.per,
+            "target_ns": self.target_ns,
+            "meets_target": None if self.target_ns is None else self.median_ns <= self.target_ns,
+        }
 
 
-def measure(fn, *, seconds: float, after_batch=None, min_batch_ns: float = 2e5) -> tuple[list[float], int]:
+def measure(
+    fn, *, seconds: float, after_batch=None, min_batch_ns: float = 2e5
+) -> tuple[list[float], int]:
     """Per-call ns of fn() over batches of calls: (samples, total calls)."""
     fn()  # warm: caches, first-call paths
     if after_batch:
@@ -240,12 +309,14 @@ def bench_relay(results: list[Timing], seconds: float, enforcement: Enforcement)
     """(a) a DataRow-heavy result relayed through Session.server_data."""
     nrows, ncols = 1000, 10
     fields = [(f"c{i}", WIDE_OID, i + 1, INT4 if i % 2 == 0 else TEXT) for i in range(ncols)]
-    rows = [[(b"%d" % (r * 10 + c)) if c % 2 == 0 else b"value-%06d" % r for c in range(ncols)]
-            for r in range(nrows)]
+    rows = [
+        [(b"%d" % (r * 10 + c)) if c % 2 == 0 else b"value-%06d" % r for c in range(ncols)]
+        for r in range(nrows)
+    ]
     reply = result_bytes(fields, rows, b"SELECT %d" % nrows)
     query = query_bytes("SELECT * FROM wide")
     chunk = 65536
-    chunks = [reply[i:i + chunk] for i in range(0, len(reply), chunk)]
+    chunks = [reply[i : i + chunk] for i in range(0, len(reply), chunk)]
 
     def relay(session, pieces):
         def run():
@@ -253,24 +324,49 @@ def bench_relay(results: list[Timing], seconds: float, enforcement: Enforcement)
             for piece in pieces:
                 session.server_data(piece)
             session.take_output()
+
         return run
 
     plain = new_session(None)
     s, n = measure(relay(plain, [reply]), seconds=seconds)
-    results.append(Timing("relay 1000x10 result, no rules, one read", s, n,
-                          f"{len(reply)} bytes; per row below", per=nrows))
+    results.append(
+        Timing(
+            "relay 1000x10 result, no rules, one read",
+            s,
+            n,
+            f"{len(reply)} bytes; per row below",
+            per=nrows,
+        )
+    )
     s, n = measure(relay(plain, chunks), seconds=seconds)
-    results.append(Timing("relay 1000x10 result, no rules, 64 KiB reads", s, n,
-                          f"{len(chunks)} server_data calls", per=nrows))
+    results.append(
+        Timing(
+            "relay 1000x10 result, no rules, 64 KiB reads",
+            s,
+            n,
+            f"{len(chunks)} server_data calls",
+            per=nrows,
+        )
+    )
     ruled = new_session(enforcement)
     s, n = measure(relay(ruled, chunks), seconds=seconds)
-    results.append(Timing("relay 1000x10 result, rules, unprotected table", s, n,
-                          "rules on; RowDescription seen, capture plan cached (none)",
-                          per=nrows))
+    results.append(
+        Timing(
+            "relay 1000x10 result, rules, unprotected table",
+            s,
+            n,
+            "rules on; RowDescription seen, capture plan cached (none)",
+            per=nrows,
+        )
+    )
     # a result of a protected table: every row's key and version remembered
-    acc_fields = [("aid", ACCOUNTS_OID, 1, INT4), ("bid", ACCOUNTS_OID, 2, INT4),
-                  ("abalance", ACCOUNTS_OID, 3, INT4), ("filler", ACCOUNTS_OID, 4, BPCHAR),
-                  ("version", ACCOUNTS_OID, 5, INT4)]
+    acc_fields = [
+        ("aid", ACCOUNTS_OID, 1, INT4),
+        ("bid", ACCOUNTS_OID, 2, INT4),
+        ("abalance", ACCOUNTS_OID, 3, INT4),
+        ("filler", ACCOUNTS_OID, 4, BPCHAR),
+        ("version", ACCOUNTS_OID, 5, INT4),
+    ]
     acc_rows = [[b"%d" % (r + 1), b"1", b"0", b" " * 84, b"1"] for r in range(nrows)]
     acc_reply = result_bytes(acc_fields, acc_rows, b"SELECT %d" % nrows)
     acc_query = query_bytes("SELECT * FROM pgbench_accounts WHERE aid <= 1000")
@@ -279,58 +375,94 @@ def bench_relay(results: list[Timing], seconds: float, enforcement: Enforcement)
         ruled.client_data(acc_query)
         ruled.server_data(acc_reply)
         ruled.take_output()
+
     s, n = measure(captured, seconds=seconds)
-    results.append(Timing("relay 1000x5 pgbench_accounts result, captured", s, n,
-                          "every row's key + version remembered (1000 rows already known)",
-                          per=nrows))
+    results.append(
+        Timing(
+            "relay 1000x5 pgbench_accounts result, captured",
+            s,
+            n,
+            "every row's key + version remembered (1000 rows already known)",
+            per=nrows,
+        )
+    )
 
 
 def bench_recognise(results: list[Timing], seconds: float, enforcement: Enforcement) -> None:
     """(b) statements that need no rewrite."""
     select = "SELECT abalance FROM pgbench_accounts WHERE aid = 48213;"
     update_other = "UPDATE pgbench_history SET delta = 5 WHERE tid = 3"
-    for name, sql in (("write_target(SELECT)", select),
-                      ("write_target(UPDATE unprotected table)", update_other)):
+    for name, sql in (
+        ("write_target(SELECT)", select),
+        ("write_target(UPDATE unprotected table)", update_other),
+    ):
         s, n = measure(lambda sql=sql: lexer.write_target(sql), seconds=seconds)
         results.append(Timing(name, s, n, "lexer only", target_ns=2000))
     session = new_session(enforcement)
     locking = session.locking
     boot = locking.bootstrap
-    s, n = measure(lambda: locking.writes.target(boot.generation, boot.tables, update_other),
-                   seconds=seconds)
-    results.append(Timing("WriteChecker.target(UPDATE unprotected table)", s, n,
-                          "write_target + rules lookup", target_ns=2000))
+    s, n = measure(
+        lambda: locking.writes.target(boot.generation, boot.tables, update_other), seconds=seconds
+    )
+    results.append(
+        Timing(
+            "WriteChecker.target(UPDATE unprotected table)",
+            s,
+            n,
+            "write_target + rules lookup",
+            target_ns=2000,
+        )
+    )
     q = query_bytes(select)
     pending = _in_flight(session)
 
     s, n = measure(lambda: locking.query(select, q), seconds=seconds, after_batch=pending.clear)
-    results.append(Timing("SessionLocking.query(SELECT), rules", s, n,
-                          "split, WriteChecker.simple -> None, entry", target_ns=2000))
+    results.append(
+        Timing(
+            "SessionLocking.query(SELECT), rules",
+            s,
+            n,
+            "split, WriteChecker.simple -> None, entry",
+            target_ns=2000,
+        )
+    )
 
     def through_session():
         session.client_data(q)
         session.take_output()
+
     s, n = measure(through_session, seconds=seconds, after_batch=pending.clear)
-    results.append(Timing("Session.client_data(Query SELECT), rules", s, n,
-                          "framing + locking + output"))
+    results.append(
+        Timing("Session.client_data(Query SELECT), rules", s, n, "framing + locking + output")
+    )
     plain = new_session(None)
 
     def plain_session():
         plain.client_data(q)
         plain.take_output()
+
     s, n = measure(plain_session, seconds=seconds, after_batch=_in_flight(plain).clear)
-    results.append(Timing("Session.client_data(Query SELECT), no rules", s, n,
-                          "framing + entry + output"))
+    results.append(
+        Timing("Session.client_data(Query SELECT), no rules", s, n, "framing + entry + output")
+    )
 
 
 def read_row(session: Session, aid: int, version: int = 7) -> None:
     """The session reads one pgbench_accounts row (aid, abalance, version) through the proxy."""
-    session.client_data(query_bytes(
-        f"SELECT aid, abalance, version FROM pgbench_accounts WHERE aid = {aid}"))
-    session.server_data(result_bytes(
-        [("aid", ACCOUNTS_OID, 1, INT4), ("abalance", ACCOUNTS_OID, 3, INT4),
-         ("version", ACCOUNTS_OID, 5, INT4)],
-        [[b"%d" % aid, b"0", b"%d" % version]], b"SELECT 1"))
+    session.client_data(
+        query_bytes(f"SELECT aid, abalance, version FROM pgbench_accounts WHERE aid = {aid}")
+    )
+    session.server_data(
+        result_bytes(
+            [
+                ("aid", ACCOUNTS_OID, 1, INT4),
+                ("abalance", ACCOUNTS_OID, 3, INT4),
+                ("version", ACCOUNTS_OID, 5, INT4),
+            ],
+            [[b"%d" % aid, b"0", b"%d" % version]],
+            b"SELECT 1",
+        )
+    )
     session.take_output()
     assert not session.busy
 
@@ -347,13 +479,17 @@ def bench_cached(results: list[Timing], seconds: float, enforcement: Enforcement
 
     def plan_simple():
         return locking.writes.simple(boot.generation, boot.tables, boot.guards, stmt)
+
     work = plan_simple()
     assert work is not None and "optimist_present" in work.sql, "the write is not checked"
     template, literals = lexer.normalize(stmt)
     cache = enforcement.cache
     # the locking logic's own key for this template
-    key = next(k for k in list(cache._entries) if isinstance(k, tuple) and k[-1] == template
-               and hasattr(cache.peek(k), "render_simple"))
+    key = next(
+        k
+        for k in list(cache._entries)
+        if isinstance(k, tuple) and k[-1] == template and hasattr(cache.peek(k), "render_simple")
+    )
     plan = cache.peek(key)
     texts = [{"version": "7"}]
 
@@ -370,31 +506,54 @@ def bench_cached(results: list[Timing], seconds: float, enforcement: Enforcement
         t, lits = lexer.normalize(stmt)
         p = cache.get(key[:-1] + (t,), None)
         return p.render_simple(lits, texts, True)
+
     s, n = measure(norm_hit_render, seconds=seconds)
     results.append(Timing("normalize + cache hit + render_simple", s, n, "", target_ns=20000))
     s, n = measure(plan_simple, seconds=seconds)
-    results.append(Timing("WriteChecker.simple(UPDATE), cached, checked", s, n,
-                          "target + plan + key + snapshot + render + metric", target_ns=20000))
+    results.append(
+        Timing(
+            "WriteChecker.simple(UPDATE), cached, checked",
+            s,
+            n,
+            "target + plan + key + snapshot + render + metric",
+            target_ns=20000,
+        )
+    )
     metrics = enforcement.metrics
     s, n = measure(lambda: metrics.checked("public.pgbench_accounts"), seconds=seconds)
     results.append(Timing("  of which Metrics.checked (prometheus labels().inc())", s, n))
     raw = query_bytes(stmt)
-    s, n = measure(lambda: locking.query(stmt, raw), seconds=seconds,
-                   after_batch=_in_flight(session).clear)
-    results.append(Timing("SessionLocking.query(UPDATE), cached, checked", s, n,
-                          "WriteChecker.simple + encode"))
+    s, n = measure(
+        lambda: locking.query(stmt, raw), seconds=seconds, after_batch=_in_flight(session).clear
+    )
+    results.append(
+        Timing(
+            "SessionLocking.query(UPDATE), cached, checked", s, n, "WriteChecker.simple + encode"
+        )
+    )
     # the answer: UPDATE 1 with the learned RETURNING row stripped, new version remembered
     upd = query_bytes(stmt)
-    answer = (row_description([("aid", ACCOUNTS_OID, 1, INT4), ("version", ACCOUNTS_OID, 5, INT4)])
-              + m.encode_data_row([b"48213", b"8"]) + command_complete(b"UPDATE 1") + READY)
+    answer = (
+        row_description([("aid", ACCOUNTS_OID, 1, INT4), ("version", ACCOUNTS_OID, 5, INT4)])
+        + m.encode_data_row([b"48213", b"8"])
+        + command_complete(b"UPDATE 1")
+        + READY
+    )
 
     def round_trip():
         session.client_data(upd)
         session.server_data(answer)
         session.take_output()
+
     s, n = measure(round_trip, seconds=seconds)
-    results.append(Timing("checked UPDATE round trip through Session", s, n,
-                          "client_data + server_data (RETURNING learned, stripped)"))
+    results.append(
+        Timing(
+            "checked UPDATE round trip through Session",
+            s,
+            n,
+            "client_data + server_data (RETURNING learned, stripped)",
+        )
+    )
 
 
 def bench_uncached(results: list[Timing], seconds: float, enforcement: Enforcement) -> None:
@@ -404,14 +563,27 @@ def bench_uncached(results: list[Timing], seconds: float, enforcement: Enforceme
     accounts = gen.table_for(tables, None, "pgbench_accounts")
     tellers = gen.table_for(tables, None, "pgbench_tellers")
     for name, table, stmt in (
-            ("plan_write(UPDATE), version strategy", accounts,
-             "UPDATE pgbench_accounts SET abalance = abalance + $90001 WHERE aid = $90002"),
-            ("plan_write(UPDATE), columns strategy", tellers,
-             "UPDATE pgbench_tellers SET tbalance = tbalance + $90001 WHERE tid = $90002"),
-            ("plan_write(DELETE), version strategy", accounts,
-             "DELETE FROM pgbench_accounts WHERE aid = $90001")):
-        s, n = measure(lambda table=table, stmt=stmt: plan_write(stmt, table, 0),
-                       seconds=seconds, min_batch_ns=2e6)
+        (
+            "plan_write(UPDATE), version strategy",
+            accounts,
+            "UPDATE pgbench_accounts SET abalance = abalance + $90001 WHERE aid = $90002",
+        ),
+        (
+            "plan_write(UPDATE), columns strategy",
+            tellers,
+            "UPDATE pgbench_tellers SET tbalance = tbalance + $90001 WHERE tid = $90002",
+        ),
+        (
+            "plan_write(DELETE), version strategy",
+            accounts,
+            "DELETE FROM pgbench_accounts WHERE aid = $90001",
+        ),
+    ):
+        s, n = measure(
+            lambda table=table, stmt=stmt: plan_write(stmt, table, 0),
+            seconds=seconds,
+            min_batch_ns=2e6,
+        )
         results.append(Timing(name, s, n, "sqlglot parse + guard build, nothing cached"))
 
 
@@ -421,16 +593,19 @@ def bench_metrics(results: list[Timing], seconds: float, enforcement: Enforcemen
     metrics = enforcement.metrics
     counter = metrics.bytes_total
     s, n = measure(lambda: counter.labels("client_to_server").inc(120), seconds=seconds)
-    results.append(Timing("prometheus labels(x).inc(n)", s, n,
-                          "label validation, dict lookup and lock per call"))
+    results.append(
+        Timing(
+            "prometheus labels(x).inc(n)", s, n, "label validation, dict lookup and lock per call"
+        )
+    )
     child = counter.labels("client_to_server")
     s, n = measure(lambda: child.inc(120), seconds=seconds)
-    results.append(Timing("prometheus bound child .inc(n)", s, n,
-                          "labels() looked up once"))
+    results.append(Timing("prometheus bound child .inc(n)", s, n, "labels() looked up once"))
     counts = {"client_to_server": 0}
 
     def plain():
         counts["client_to_server"] += 120
+
     s, n = measure(plain, seconds=seconds)
     results.append(Timing("plain dict += n", s, n, "a tally published at scrape time"))
     if hasattr(metrics, "bytes"):
@@ -462,8 +637,14 @@ def bench_memory(count: int, enforcement: Enforcement) -> list[dict]:
         after = tracemalloc.get_traced_memory()[0]
         tracemalloc.stop()
         per = (after - before) / count
-        out.append({"name": f"idle session, {label}", "bytes_per_session": per,
-                    "sessions": count, "target_bytes": 65536})
+        out.append(
+            {
+                "name": f"idle session, {label}",
+                "bytes_per_session": per,
+                "sessions": count,
+                "target_bytes": 65536,
+            }
+        )
         del sessions
     # a session that remembers rows: bytes per remembered row
     session = new_session(enforcement)
@@ -471,18 +652,29 @@ def bench_memory(count: int, enforcement: Enforcement) -> list[dict]:
     tracemalloc.start()
     before = tracemalloc.get_traced_memory()[0]
     rows = 1000
-    fields = [("aid", ACCOUNTS_OID, 1, INT4), ("abalance", ACCOUNTS_OID, 3, INT4),
-              ("version", ACCOUNTS_OID, 5, INT4)]
+    fields = [
+        ("aid", ACCOUNTS_OID, 1, INT4),
+        ("abalance", ACCOUNTS_OID, 3, INT4),
+        ("version", ACCOUNTS_OID, 5, INT4),
+    ]
     session.client_data(query_bytes("SELECT aid, abalance, version FROM pgbench_accounts"))
-    session.server_data(result_bytes(fields, [[b"%d" % (i + 1), b"0", b"1"] for i in range(rows)],
-                                     b"SELECT %d" % rows))
+    session.server_data(
+        result_bytes(
+            fields, [[b"%d" % (i + 1), b"0", b"1"] for i in range(rows)], b"SELECT %d" % rows
+        )
+    )
     session.take_output()
     gc.collect()
     after = tracemalloc.get_traced_memory()[0]
     tracemalloc.stop()
     assert len(session.locking.knowledge.store) == rows
-    out.append({"name": "remembered row (version strategy: key + version)",
-                "bytes_per_row": (after - before) / rows, "rows": rows})
+    out.append(
+        {
+            "name": "remembered row (version strategy: key + version)",
+            "bytes_per_row": (after - before) / rows,
+            "rows": rows,
+        }
+    )
     return out
 
 
@@ -494,7 +686,9 @@ def _fmt_ns(ns: float) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m tests.bench.micro", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(
+        prog="python -m tests.bench.micro", description=__doc__.split("\n\n")[0]
+    )
     p.add_argument("--seconds", type=float, default=0.5, help="time per operation (default 0.5)")
     p.add_argument("--quick", action="store_true", help="0.1 s per operation, 200 sessions")
     p.add_argument("--sessions", type=int, default=1000, help="sessions for the memory measure")
@@ -512,45 +706,81 @@ def main(argv: list[str] | None = None) -> int:
         bench_metrics(results, seconds, enforcement)
         memory = bench_memory(count, enforcement)
     try:
-        import uvloop  # noqa: F401 - only the version is reported
+        import uvloop
+
         loop = f"uvloop {uvloop.__version__}"
     except ImportError:
         loop = "no uvloop"
-    print(f"optimist micro-benchmark: {platform.python_implementation()} "
-          f"{platform.python_version()}, {os.cpu_count()} CPUs, {loop}; "
-          f"{seconds:g}s per operation")
+    print(
+        f"optimist micro-benchmark: {platform.python_implementation()} "
+        f"{platform.python_version()}, {os.cpu_count()} CPUs, {loop}; "
+        f"{seconds:g}s per operation"
+    )
     print()
     rows = [("operation", "median ns", "mean ns", "min ns", "per row ns", "target", "")]
     for t in results:
         per_row = _fmt_ns(t.median_ns / t.per) if t.per > 1 else ""
         target = "" if t.target_ns is None else f"< {t.target_ns / 1000:g} us"
         verdict = "" if t.target_ns is None else ("ok" if t.median_ns <= t.target_ns else "MISSED")
-        rows.append((t.name, _fmt_ns(t.median_ns), _fmt_ns(t.mean_ns), _fmt_ns(t.min_ns),
-                     per_row, target, verdict))
+        rows.append(
+            (
+                t.name,
+                _fmt_ns(t.median_ns),
+                _fmt_ns(t.mean_ns),
+                _fmt_ns(t.min_ns),
+                per_row,
+                target,
+                verdict,
+            )
+        )
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     for i, r in enumerate(rows):
-        print("| " + " | ".join(c.ljust(widths[j]) if j == 0 else c.rjust(widths[j])
-                                for j, c in enumerate(r)) + " |")
+        print(
+            "| "
+            + " | ".join(
+                c.ljust(widths[j]) if j == 0 else c.rjust(widths[j]) for j, c in enumerate(r)
+            )
+            + " |"
+        )
         if i == 0:
-            print("|" + "|".join("-" * (w + 2) if j == 0 else "-" * (w + 1) + ":"
-                                 for j, w in enumerate(widths)) + "|")
+            print(
+                "|"
+                + "|".join(
+                    "-" * (w + 2) if j == 0 else "-" * (w + 1) + ":" for j, w in enumerate(widths)
+                )
+                + "|"
+            )
     print()
     for entry in memory:
         if "bytes_per_session" in entry:
             ok = "ok" if entry["bytes_per_session"] < entry["target_bytes"] else "MISSED"
-            print(f"{entry['name']}: {entry['bytes_per_session'] / 1024:.1f} KiB per session "
-                  f"({entry['sessions']} sessions, tracemalloc; target < 64 KiB: {ok})")
+            print(
+                f"{entry['name']}: {entry['bytes_per_session'] / 1024:.1f} KiB per session "
+                f"({entry['sessions']} sessions, tracemalloc; target < 64 KiB: {ok})"
+            )
         else:
-            print(f"{entry['name']}: {entry['bytes_per_row']:.0f} bytes per row "
-                  f"({entry['rows']} rows, tracemalloc)")
+            print(
+                f"{entry['name']}: {entry['bytes_per_row']:.0f} bytes per row "
+                f"({entry['rows']} rows, tracemalloc)"
+            )
     print("\nwhat each operation covers:")
     for t in results:
         if t.note:
             print(f"  {t.name.strip()}: {t.note}")
     if args.json:
-        Path(args.json).write_text(json.dumps({
-            "python": platform.python_version(), "cpus": os.cpu_count(), "seconds": seconds,
-            "timings": [t.to_json() for t in results], "memory": memory}, indent=2) + "\n")
+        Path(args.json).write_text(
+            json.dumps(
+                {
+                    "python": platform.python_version(),
+                    "cpus": os.cpu_count(),
+                    "seconds": seconds,
+                    "timings": [t.to_json() for t in results],
+                    "memory": memory,
+                },
+                indent=2,
+            )
+            + "\n"
+        )
         print(f"\nresults written to {args.json}")
     return 0
 

@@ -1,4 +1,5 @@
 """Running pgbench once and reading what it says: TPS, latencies, failures, retries, errors."""
+
 from __future__ import annotations
 
 import os
@@ -10,7 +11,6 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from proxy.embedded import pg_tool
-
 from tests.bench.services import client_env
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -136,8 +136,11 @@ def parse_output(res: RunResult, stdout: str, stderr: str) -> None:
     res.deadlock_failures = _num(r"^number of deadlock failures: (\d+)", stdout, int) or 0
     res.retried = _num(r"^number of transactions retried: (\d+)", stdout, int) or 0
     res.retries = _num(r"^total number of retries: (\d+)", stdout, int) or 0
-    errors = [line.strip() for line in stderr.splitlines()
-              if "error" in line.lower() or "aborted" in line.lower() or "fatal" in line.lower()]
+    errors = [
+        line.strip()
+        for line in stderr.splitlines()
+        if "error" in line.lower() or "aborted" in line.lower() or "fatal" in line.lower()
+    ]
     res.aborted_clients = sum(1 for line in errors if re.search(r"client \d+ .*aborted", line))
     # keep a bounded sample of distinct messages
     seen: list[str] = []
@@ -149,22 +152,47 @@ def parse_output(res: RunResult, stdout: str, stderr: str) -> None:
     res.errors = seen
 
 
-def run_pgbench(url: str, args: list[str], *, workload: str, target: str, round_: int,
-                duration: float, clients: int, jobs: int, proxy_pid: int | None = None,
-                log_latencies: bool = True, timeout_extra: float = 60) -> RunResult:
+def run_pgbench(
+    url: str,
+    args: list[str],
+    *,
+    workload: str,
+    target: str,
+    round_: int,
+    duration: float,
+    clients: int,
+    jobs: int,
+    proxy_pid: int | None = None,
+    log_latencies: bool = True,
+    timeout_extra: float = 60,
+) -> RunResult:
     """`pgbench -n -c C -j J -T D [-l --log-prefix] ARGS URL`, parsed."""
     logdir = Path(tempfile.mkdtemp(prefix="optimist-bench-log-"))
     try:
-        cmd = [pg_tool("pgbench"), "-n", "-c", str(clients), "-j", str(jobs),
-               "-T", str(int(duration) if float(duration).is_integer() else duration)]
+        cmd = [
+            pg_tool("pgbench"),
+            "-n",
+            "-c",
+            str(clients),
+            "-j",
+            str(jobs),
+            "-T",
+            str(int(duration) if float(duration).is_integer() else duration),
+        ]
         if log_latencies:
             cmd += ["-l", f"--log-prefix={logdir / 'tx'}"]
         cmd += args + [url]
         before = process_counters(proxy_pid)
         machine0 = machine_counters()
-        proc = subprocess.run(cmd, capture_output=True, text=True, env=client_env(),
-                              stdin=subprocess.DEVNULL, timeout=duration + timeout_extra,
-                              cwd=str(logdir))
+        proc = subprocess.run(
+            cmd,
+            capture_output=True,
+            text=True,
+            env=client_env(),
+            stdin=subprocess.DEVNULL,
+            timeout=duration + timeout_extra,
+            cwd=str(logdir),
+        )
         machine1 = machine_counters()
         after = process_counters(proxy_pid)
         load = os.getloadavg()[0]
@@ -200,6 +228,7 @@ def run_pgbench(url: str, args: list[str], *, workload: str, target: str, round_
 def background_busy(seconds: float = 3.0) -> float | None:
     """Busy fraction of the machine's CPUs while the benchmark itself does nothing."""
     import time
+
     first = machine_counters()
     time.sleep(seconds)
     second = machine_counters()

@@ -16,6 +16,7 @@ Outputs, under --out: <workload>.svg, <workload>.collapsed.txt, <workload>.top.t
 Needs py-spy (`pip install py-spy`) and the right to ptrace the proxy (root, or
 kernel.yama.ptrace_scope=0).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -29,9 +30,8 @@ import time
 from pathlib import Path
 
 from proxy.embedded import pg_tool
-
 from tests.bench.macro import DB, READ_WRITE_BACK, VERSION_RULES, prepare_database
-from tests.bench.pgbench import parse_output, RunResult
+from tests.bench.pgbench import RunResult, parse_output
 from tests.bench.services import REPO, Services, client_env, dsn, install_signal_handlers
 
 WORKLOADS = {
@@ -60,23 +60,42 @@ def _is_python(frame: str) -> bool:
 
 
 CATEGORIES = (  # first match wins, tested on the whole stack (or the leaf for system calls)
-    ("write() system calls (socket writes; on loopback they also run the receiver's TCP path)",
-     lambda leaf, s: leaf.startswith(("write (", "writev (", "send"))),
+    (
+        "write() system calls (socket writes; on loopback they also run the receiver's TCP path)",
+        lambda leaf, s: leaf.startswith(("write (", "writev (", "send")),
+    ),
     ("read() system calls", lambda leaf, s: leaf.startswith(("read (", "recv"))),
-    ("metrics (prometheus_client: labels(), locks, histogram)",
-     lambda leaf, s: "prometheus_client" in s or "Metrics." in s or "stats_bytes" in s
-     or "observe_latency" in s),
+    (
+        "metrics (prometheus_client: labels(), locks, histogram)",
+        lambda leaf, s: (
+            "prometheus_client" in s
+            or "Metrics." in s
+            or "stats_bytes" in s
+            or "observe_latency" in s
+        ),
+    ),
     ("garbage collector", lambda leaf, s: "gc_collect" in s),
     ("lexer (normalize, write_target, classify, split)", lambda leaf, s: "rewrite/lexer.py" in s),
-    ("planner / render (cached plans)",
-     lambda leaf, s: "rewrite/planner.py" in s or "rewrite/render.py" in s),
-    ("capture, snapshots, learning from RETURNING",
-     lambda leaf, s: "locking/capture.py" in s or "locking/snapshots.py" in s
-     or "proxy/values.py" in s or "locking/knowledge.py" in s),
+    (
+        "planner / render (cached plans)",
+        lambda leaf, s: "rewrite/planner.py" in s or "rewrite/render.py" in s,
+    ),
+    (
+        "capture, snapshots, learning from RETURNING",
+        lambda leaf, s: (
+            "locking/capture.py" in s
+            or "locking/snapshots.py" in s
+            or "proxy/values.py" in s
+            or "locking/knowledge.py" in s
+        ),
+    ),
     ("locking logic, rest", lambda leaf, s: "proxy/locking/" in s),
-    ("session state machine, framing, message codecs",
-     lambda leaf, s: any(f in s for f in ("wire/framing.py",
-                                          "wire/messages.py", "proxy/session/"))),
+    (
+        "session state machine, framing, message codecs",
+        lambda leaf, s: any(
+            f in s for f in ("wire/framing.py", "wire/messages.py", "proxy/session/")
+        ),
+    ),
     ("relay glue (proxy/server/)", lambda leaf, s: "proxy/server/" in s),
     ("event loop and interpreter (uvloop, libuv, CPython)", lambda leaf, s: True),
 )
@@ -121,49 +140,86 @@ def summarize(collapsed: Path, top: int = 40, expected: int | None = None) -> tu
             leaf_native[(py, leaf)] += count
     busy = samples - idle
     if idle:  # native frames: idle samples recorded and recognised by their epoll leaf
-        first = (f"samples: {samples} (idle in epoll: {idle}, {100 * idle / max(samples, 1):.1f}%;"
-                 f" busy: {busy})")
+        first = (
+            f"samples: {samples} (idle in epoll: {idle}, {100 * idle / max(samples, 1):.1f}%;"
+            f" busy: {busy})"
+        )
     else:  # py-spy left out the samples in which the thread slept
         first = f"busy samples: {busy}" + (
             f" of {expected} taken ({100 * busy / expected:.0f}% of the time the event loop "
-            f"thread was running, not waiting in epoll)" if expected else "")
+            f"thread was running, not waiting in epoll)"
+            if expected
+            else ""
+        )
     lines = [first, "", "where the busy samples go:"]
     for name, count in categories.most_common():
         lines.append(f"{100 * count / max(busy, 1):7.1f}%  {name}")
-    lines += ["",
-             f"top {top} by self samples (% of busy samples):",
-             f"{'self%':>7} {'total%':>7}  function"]
+    lines += [
+        "",
+        f"top {top} by self samples (% of busy samples):",
+        f"{'self%':>7} {'total%':>7}  function",
+    ]
     for frame, count in self_counts.most_common(top):
-        lines.append(f"{100 * count / max(busy, 1):7.2f} {100 * total_counts[frame] / max(busy, 1):7.2f}"
-                     f"  {frame}")
-    lines += ["", f"top {top} Python functions by self samples, native code they called (C "
-              "extensions, libc, system calls) counted as theirs:",
-              f"{'self%':>7} {'total%':>7}  function  [largest native part]"]
+        lines.append(
+            f"{100 * count / max(busy, 1):7.2f} {100 * total_counts[frame] / max(busy, 1):7.2f}"
+            f"  {frame}"
+        )
+    lines += [
+        "",
+        f"top {top} Python functions by self samples, native code they called (C "
+        "extensions, libc, system calls) counted as theirs:",
+        f"{'self%':>7} {'total%':>7}  function  [largest native part]",
+    ]
     for frame, count in py_self.most_common(top):
         natives = [(n, c) for (p_, n), c in leaf_native.items() if p_ == frame]
         natives.sort(key=lambda x: -x[1])
-        extra = (f"  [{natives[0][0]}: {100 * natives[0][1] / max(busy, 1):.1f}%]"
-                 if natives else "")
-        lines.append(f"{100 * count / max(busy, 1):7.2f} "
-                     f"{100 * total_counts[frame] / max(busy, 1):7.2f}  {frame}{extra}")
-    lines += ["", f"top {top} by total (inclusive) samples (% of busy samples):",
-              f"{'total%':>7} {'self%':>7}  function"]
+        extra = f"  [{natives[0][0]}: {100 * natives[0][1] / max(busy, 1):.1f}%]" if natives else ""
+        lines.append(
+            f"{100 * count / max(busy, 1):7.2f} "
+            f"{100 * total_counts[frame] / max(busy, 1):7.2f}  {frame}{extra}"
+        )
+    lines += [
+        "",
+        f"top {top} by total (inclusive) samples (% of busy samples):",
+        f"{'total%':>7} {'self%':>7}  function",
+    ]
     n = 0
     for frame, count in total_counts.most_common():
-        lines.append(f"{100 * count / max(busy, 1):7.2f} {100 * self_counts[frame] / max(busy, 1):7.2f}"
-                     f"  {frame}")
+        lines.append(
+            f"{100 * count / max(busy, 1):7.2f} {100 * self_counts[frame] / max(busy, 1):7.2f}"
+            f"  {frame}"
+        )
         n += 1
         if n >= top:
             break
-    data = {"samples": samples, "idle": idle, "self": self_counts.most_common(100),
-            "python_self": py_self.most_common(100), "total": total_counts.most_common(100)}
+    data = {
+        "samples": samples,
+        "idle": idle,
+        "self": self_counts.most_common(100),
+        "python_self": py_self.most_common(100),
+        "total": total_counts.most_common(100),
+    }
     return "\n".join(lines) + "\n", data
 
 
-def record(pid: int, out: Path, fmt: str, duration: int, rate: int, native: bool,
-           nonblocking: bool = False) -> subprocess.CompletedProcess:
-    cmd = [py_spy(), "record", "--pid", str(pid), "--duration", str(duration), "--rate", str(rate),
-           "--format", fmt, "--output", str(out), "--function"]
+def record(
+    pid: int, out: Path, fmt: str, duration: int, rate: int, native: bool, nonblocking: bool = False
+) -> subprocess.CompletedProcess:
+    cmd = [
+        py_spy(),
+        "record",
+        "--pid",
+        str(pid),
+        "--duration",
+        str(duration),
+        "--rate",
+        str(rate),
+        "--format",
+        fmt,
+        "--output",
+        str(out),
+        "--function",
+    ]
     if native:
         cmd += ["--native", "--idle"]
     if nonblocking:
@@ -172,26 +228,36 @@ def record(pid: int, out: Path, fmt: str, duration: int, rate: int, native: bool
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m tests.bench.profiling",
-                                description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(
+        prog="python -m tests.bench.profiling", description=__doc__.split("\n\n")[0]
+    )
     p.add_argument("--workload", choices=list(WORKLOADS), default="select-extended")
     p.add_argument("--duration", type=int, default=20, help="seconds per py-spy recording")
     p.add_argument("--rate", type=int, default=200, help="py-spy samples per second")
     p.add_argument("--clients", type=int, default=8)
     p.add_argument("--jobs", type=int, default=2)
     p.add_argument("--scale", type=int, default=10)
-    p.add_argument("--python-only", action="store_true",
-                   help="Python frames only, sampled without pausing the process (py-spy "
-                   "--nonblocking); its idle detection then misses the event loop's epoll wait, "
-                   "so busy and idle time cannot be told apart")
-    p.add_argument("--pin", action="store_true",
-                   help="give the proxy a CPU of its own (the last one) and PostgreSQL and "
-                   "pgbench the others, so that samples show where the proxy spends CPU rather "
-                   "than where it waits for a CPU")
+    p.add_argument(
+        "--python-only",
+        action="store_true",
+        help="Python frames only, sampled without pausing the process (py-spy "
+        "--nonblocking); its idle detection then misses the event loop's epoll wait, "
+        "so busy and idle time cannot be told apart",
+    )
+    p.add_argument(
+        "--pin",
+        action="store_true",
+        help="give the proxy a CPU of its own (the last one) and PostgreSQL and "
+        "pgbench the others, so that samples show where the proxy spends CPU rather "
+        "than where it waits for a CPU",
+    )
     p.add_argument("--tag", default="", help="suffix of the output file names")
     p.add_argument("--out", default=str(REPO / "docs" / "profile"))
-    p.add_argument("--summarize", metavar="COLLAPSED",
-                   help="only print the summary of an existing .collapsed.txt file")
+    p.add_argument(
+        "--summarize",
+        metavar="COLLAPSED",
+        help="only print the summary of an existing .collapsed.txt file",
+    )
     args = p.parse_args(argv)
     if args.summarize:
         print(summarize(Path(args.summarize), 40)[0])
@@ -222,14 +288,27 @@ def main(argv: list[str] | None = None) -> int:
                 others = set(cpus[:-1])
                 os.sched_setaffinity(pg.pid, others)  # backends forked from now on inherit it
                 os.sched_setaffinity(proxy.pid, {cpus[-1]})
-            cmd = [pg_tool("pgbench"), "-n", "-c", str(args.clients), "-j", str(args.jobs),
-                   "-T", str(pgbench_time)] + [a.replace("{script}", str(script)) for a in pgargs]
+            cmd = [
+                pg_tool("pgbench"),
+                "-n",
+                "-c",
+                str(args.clients),
+                "-j",
+                str(args.jobs),
+                "-T",
+                str(pgbench_time),
+            ] + [a.replace("{script}", str(script)) for a in pgargs]
             cmd.append(dsn(proxy.host, proxy.port, DB))
             print(" ".join(cmd), file=sys.stderr)
-            bench = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                     text=True, env=client_env(), stdin=subprocess.DEVNULL,
-                                     preexec_fn=(lambda: os.sched_setaffinity(0, others))
-                                     if others else None)
+            bench = subprocess.Popen(
+                cmd,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+                env=client_env(),
+                stdin=subprocess.DEVNULL,
+                preexec_fn=(lambda: os.sched_setaffinity(0, others)) if others else None,
+            )
             try:
                 time.sleep(warmup)
                 native = not args.python_only
@@ -240,8 +319,9 @@ def main(argv: list[str] | None = None) -> int:
                 if res.returncode != 0:
                     raise RuntimeError(f"py-spy failed:\n{res.stderr}")
                 svg = out / f"{name}.svg"
-                res = record(proxy.pid, svg, "flamegraph", args.duration, args.rate, native,
-                             nonblocking)
+                res = record(
+                    proxy.pid, svg, "flamegraph", args.duration, args.rate, native, nonblocking
+                )
                 if res.returncode != 0:
                     print(f"py-spy flamegraph failed:\n{res.stderr}", file=sys.stderr)
                 stdout, stderr = bench.communicate(timeout=pgbench_time + 60)
@@ -255,16 +335,18 @@ def main(argv: list[str] | None = None) -> int:
         print("interrupted: everything started was stopped", file=sys.stderr)
         return 130
     text, _ = summarize(raw, 40, None if native else args.duration * args.rate)
-    header = (f"py-spy profile of `optimist serve` (uvloop) under pgbench {' '.join(pgargs)} "
-              f"-c {args.clients} -j {args.jobs}, scale {args.scale}"
-              f"{', version rules' if rules else ', no rules'}; {args.duration}s at {args.rate} Hz"
-              f"{', native frames' if native else ''}"
-              f"{', proxy pinned to a CPU of its own' if args.pin else ', no CPU pinning'}"
-              f"{', non-blocking sampling' if nonblocking else ', blocking sampling'}.\n"
-              f"pgbench during the profile: "
-              f"tps {result.tps}, failed {result.failed}, rc {result.returncode}\n"
-              f"self%: samples with the function at the top of the stack; total%: samples with "
-              f"the function anywhere on the stack.\n\n")
+    header = (
+        f"py-spy profile of `optimist serve` (uvloop) under pgbench {' '.join(pgargs)} "
+        f"-c {args.clients} -j {args.jobs}, scale {args.scale}"
+        f"{', version rules' if rules else ', no rules'}; {args.duration}s at {args.rate} Hz"
+        f"{', native frames' if native else ''}"
+        f"{', proxy pinned to a CPU of its own' if args.pin else ', no CPU pinning'}"
+        f"{', non-blocking sampling' if nonblocking else ', blocking sampling'}.\n"
+        f"pgbench during the profile: "
+        f"tps {result.tps}, failed {result.failed}, rc {result.returncode}\n"
+        f"self%: samples with the function at the top of the stack; total%: samples with "
+        f"the function anywhere on the stack.\n\n"
+    )
     (out / f"{name}.top.txt").write_text(header + text)
     print(header + text)
     print(f"written: {raw}, {out / (name + '.svg')}, {out / (name + '.top.txt')}")

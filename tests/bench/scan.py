@@ -6,6 +6,7 @@ Interleaves the measures (round-robin, best of several rounds) so a busy machine
 them alike. "before" is what the enforcer paid per simple-protocol write: write_target, then
 normalize, classify and normalize again, all uncached.
 """
+
 from __future__ import annotations
 
 import argparse

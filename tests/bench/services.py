@@ -5,6 +5,7 @@ when its `with` block ends, on an error, on Ctrl-C and on SIGTERM/SIGHUP (turned
 KeyboardInterrupt by `install_signal_handlers`). Children also get a parent-death signal, so
 even a SIGKILLed benchmark leaves nothing behind.
 """
+
 from __future__ import annotations
 
 import ctypes
@@ -14,15 +15,13 @@ import pwd
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
-from proxy.embedded import EmbeddedPostgres, SYSTEM_USER, free_port, pg_tool
-from tests.support.proxyproc import port_accepts, wait_for_port
+from proxy.embedded import SYSTEM_USER, EmbeddedPostgres, free_port, pg_tool
+from tests.support.proxyproc import wait_for_port
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -61,8 +60,14 @@ def dsn(host: str, port: int, dbname: str, user: str = "postgres") -> str:
 def psql(url: str, sql: str, timeout: float = 300) -> str:
     """Run SQL with psql (ON_ERROR_STOP), return its stdout (-At: unaligned, tuples only)."""
     cmd = [pg_tool("psql"), url, "-X", "-q", "-At", "-v", "ON_ERROR_STOP=1", "-c", sql]
-    res = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=client_env(),
-                         stdin=subprocess.DEVNULL)
+    res = subprocess.run(
+        cmd,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=client_env(),
+        stdin=subprocess.DEVNULL,
+    )
     if res.returncode != 0:
         raise RuntimeError(f"psql failed ({res.returncode}) on {sql!r}:\n{res.stderr}")
     return res.stdout.strip()
@@ -74,8 +79,9 @@ class Managed:
     name = "process"
     stop_signal = signal.SIGTERM
 
-    def __init__(self, cmd: list[str], logdir: Path, *, env=None, cwd=None, user=None,
-                 group=None) -> None:
+    def __init__(
+        self, cmd: list[str], logdir: Path, *, env=None, cwd=None, user=None, group=None
+    ) -> None:
         self.cmd = cmd
         self.log_path = logdir / f"{self.name}.out"
         self.env = env
@@ -90,9 +96,16 @@ class Managed:
             kwargs.update(user=self.user, group=self.group, extra_groups=[])
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(
-                self.cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                env=self.env, cwd=self.cwd, start_new_session=True,
-                preexec_fn=lambda: _set_pdeathsig(signal.SIGKILL), **kwargs)
+                self.cmd,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=self.env,
+                cwd=self.cwd,
+                start_new_session=True,
+                preexec_fn=lambda: _set_pdeathsig(signal.SIGKILL),
+                **kwargs,
+            )
 
     @property
     def pid(self) -> int | None:
@@ -130,16 +143,35 @@ class Optimist(Managed):
 
     stop_signal = signal.SIGINT  # optimist drains and exits 0 on SIGINT
 
-    def __init__(self, label: str, upstream_port: int, logdir: Path, rules: Path | None = None,
-                 *, python: str = sys.executable, prefix: list[str] | None = None) -> None:
+    def __init__(
+        self,
+        label: str,
+        upstream_port: int,
+        logdir: Path,
+        rules: Path | None = None,
+        *,
+        python: str = sys.executable,
+        prefix: list[str] | None = None,
+    ) -> None:
         self.name = f"optimist-{label}"
         self.label = label
         self.host = "127.0.0.1"
         self.port = free_port(self.host)
         self.rules = rules
-        cmd = [python, "-m", "proxy", "serve", "--listen", f"{self.host}:{self.port}",
-               "--upstream", f"127.0.0.1:{upstream_port}", "--log-level", "warning",
-               "--drain-timeout", "5"]
+        cmd = [
+            python,
+            "-m",
+            "proxy",
+            "serve",
+            "--listen",
+            f"{self.host}:{self.port}",
+            "--upstream",
+            f"127.0.0.1:{upstream_port}",
+            "--log-level",
+            "warning",
+            "--drain-timeout",
+            "5",
+        ]
         if rules is not None:
             cmd += ["--rules", str(rules)]
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
@@ -148,7 +180,7 @@ class Optimist(Managed):
                 del env[k]
         super().__init__((prefix or []) + cmd, logdir, env=env, cwd=str(REPO))
 
-    def start(self, timeout: float = 30.0) -> "Optimist":
+    def start(self, timeout: float = 30.0) -> Optimist:
         self.spawn()
         if not wait_for_port(self.host, self.port, timeout, self.proc):
             self.stop(5)
@@ -165,8 +197,9 @@ class PgBouncer(Managed):
     name = "pgbouncer"
     stop_signal = signal.SIGINT  # "safe shutdown": the benchmark is over, clients are gone
 
-    def __init__(self, upstream_port: int, workdir: Path, *, user: str = "postgres",
-                 pool_size: int = 20) -> None:
+    def __init__(
+        self, upstream_port: int, workdir: Path, *, user: str = "postgres", pool_size: int = 20
+    ) -> None:
         self.host = "127.0.0.1"
         self.port = free_port(self.host)
         workdir.mkdir(parents=True, exist_ok=True)
@@ -204,22 +237,28 @@ stats_period = 3600
                 if mode & 0o011 != 0o011:
                     parent.chmod((mode | 0o011) & 0o7777)
         binary = shutil.which("pgbouncer") or "/usr/sbin/pgbouncer"
-        super().__init__([binary, str(workdir / "pgbouncer.ini")], workdir, cwd=str(workdir),
-                         **run_as)
+        super().__init__(
+            [binary, str(workdir / "pgbouncer.ini")], workdir, cwd=str(workdir), **run_as
+        )
 
-    def start(self, timeout: float = 20.0) -> "PgBouncer":
+    def start(self, timeout: float = 20.0) -> PgBouncer:
         self.spawn()
         if not wait_for_port(self.host, self.port, timeout, self.proc):
             self.stop(5)
-            log = (Path(self.log_path).parent / "pgbouncer.log")
+            log = Path(self.log_path).parent / "pgbouncer.log"
             extra = log.read_text(errors="replace") if log.exists() else ""
             raise RuntimeError(f"pgbouncer did not come up:\n{self.log_tail()}\n{extra[-3000:]}")
         return self
 
 
 def start_postgres(workdir: Path) -> EmbeddedPostgres:
-    pg = EmbeddedPostgres(workdir / "pgdata", fast=True, max_connections=PG_MAX_CONNECTIONS,
-                          config=PG_SETTINGS, die_with_parent=True)
+    pg = EmbeddedPostgres(
+        workdir / "pgdata",
+        fast=True,
+        max_connections=PG_MAX_CONNECTIONS,
+        config=PG_SETTINGS,
+        die_with_parent=True,
+    )
     return pg.start()
 
 
@@ -230,8 +269,10 @@ class Interrupted(KeyboardInterrupt):
 def install_signal_handlers() -> None:
     """SIGINT, SIGTERM and SIGHUP end the benchmark through every `finally` (SIGINT also when
     the shell started it in the background with SIGINT ignored)."""
+
     def handler(signum, frame):
         raise Interrupted(f"signal {signum}")
+
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, handler)
 
@@ -249,7 +290,7 @@ class Services:
         self.pg: EmbeddedPostgres | None = None
         self.started: list[Managed] = []
 
-    def __enter__(self) -> "Services":
+    def __enter__(self) -> Services:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -319,21 +360,31 @@ def environment(pg: EmbeddedPostgres | None = None) -> dict[str, str]:
         pass
     env["kernel"] = platform.release()
     try:
-        head = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"],
-                              capture_output=True, text=True, timeout=10).stdout.strip()
-        dirty = subprocess.run(["git", "-C", str(REPO), "status", "--porcelain", "--", "proxy"],
-                               capture_output=True, text=True, timeout=10).stdout.strip()
+        head = subprocess.run(
+            ["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "-C", str(REPO), "status", "--porcelain", "--", "proxy"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+        ).stdout.strip()
         env["optimist commit"] = head + (" (proxy/ has uncommitted changes)" if dirty else "")
     except (OSError, subprocess.TimeoutExpired):
         pass
     env["python"] = f"{platform.python_implementation()} {platform.python_version()}"
     try:
         import uvloop
+
         env["uvloop"] = uvloop.__version__
     except ImportError:
         env["uvloop"] = "not installed (asyncio)"
     try:
         import sqlglot
+
         env["sqlglot"] = sqlglot.__version__
     except ImportError:
         pass

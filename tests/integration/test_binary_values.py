@@ -1,5 +1,6 @@
 """Binary values read by one protocol come back as text literals in another: every text form the
 proxy derives from a binary value must mean the same value to PostgreSQL."""
+
 import psycopg
 import pytest
 
@@ -28,16 +29,31 @@ CASES = [
 ]
 
 
-SEND = {"timestamptz": "timestamptz_send", "timestamp": "timestamp_send", "date": "date_send",
-        "time": "time_send", "interval": "interval_send", "jsonb": "jsonb_send",
-        "numeric": "numeric_send", "uuid": "uuid_send", "bytea": "byteasend", "bool": "boolsend",
-        "int8": "int8send", "float8": "float8send", "text": "textsend"}
+SEND = {
+    "timestamptz": "timestamptz_send",
+    "timestamp": "timestamp_send",
+    "date": "date_send",
+    "time": "time_send",
+    "interval": "interval_send",
+    "jsonb": "jsonb_send",
+    "numeric": "numeric_send",
+    "uuid": "uuid_send",
+    "bytea": "byteasend",
+    "bool": "boolsend",
+    "int8": "int8send",
+    "float8": "float8send",
+    "text": "textsend",
+}
 
 
 @pytest.mark.parametrize("expr,type_name", CASES)
 def test_text_form_of_binary_value_is_equal_in_sql(upstream_dsn, expr, type_name):
     with psycopg.connect(upstream_dsn, autocommit=True) as c:
-        raw, oid = c.execute(f"SELECT {SEND[type_name]}({expr}), pg_typeof({expr})::oid::int").fetchone()
+        raw, oid = c.execute(
+            f"SELECT {SEND[type_name]}({expr}), pg_typeof({expr})::oid::int"
+        ).fetchone()
         text = binary_to_text(oid, bytes(raw))
-        same, = c.execute(f"SELECT %s::{type_name} IS NOT DISTINCT FROM {expr}", (text,)).fetchone()
+        (same,) = c.execute(
+            f"SELECT %s::{type_name} IS NOT DISTINCT FROM {expr}", (text,)
+        ).fetchone()
     assert same, f"{expr}: binary -> {text!r} is not the same value"

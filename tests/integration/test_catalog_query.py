@@ -1,5 +1,6 @@
 """The catalog query against a real server: what it reports, and that the proxy's way of
 sending it (simple Query, text DataRows) gives the same catalog as asyncpg."""
+
 from __future__ import annotations
 
 import asyncio
@@ -32,7 +33,13 @@ CREATE TABLE cat.plain (id integer);
 CREATE VIEW cat.v AS SELECT 1 AS id;
 """
 
-TABLES = [("cat", "Odd 'Name'"), ("cat", "plain"), ("cat", "v"), ("cat", "missing"), ("nope", "plain")]
+TABLES = [
+    ("cat", "Odd 'Name'"),
+    ("cat", "plain"),
+    ("cat", "v"),
+    ("cat", "missing"),
+    ("nope", "plain"),
+]
 NOT_COMPARABLE = {"j", "x", "p", "jarr", "jd"}
 
 
@@ -61,8 +68,13 @@ def simple_query_rows(dsn: str, sql: str) -> list[list[str | None]]:
     with psycopg.connect(dsn, autocommit=True) as conn:
         result = conn.pgconn.exec_(sql.encode())
         assert result.status == psycopg.pq.ExecStatus.TUPLES_OK, result.error_message
-        return [[None if (v := result.get_value(r, c)) is None else v.decode()
-                 for c in range(result.nfields)] for r in range(result.ntuples)]
+        return [
+            [
+                None if (v := result.get_value(r, c)) is None else v.decode()
+                for c in range(result.nfields)
+            ]
+            for r in range(result.ntuples)
+        ]
 
 
 def test_simple_query_and_asyncpg_read_the_same_catalog(db):
@@ -70,14 +82,33 @@ def test_simple_query_and_asyncpg_read_the_same_catalog(db):
     fetched = asyncio.run(fetch_catalog(db, TABLES))
     assert in_band.tables_by_oid == fetched.tables_by_oid
     assert {t.qualified_name for t in fetched.tables_by_oid.values()} == {
-        "cat.Odd 'Name'", "cat.plain"}  # views and missing tables give no rows
+        "cat.Odd 'Name'",
+        "cat.plain",
+    }  # views and missing tables give no rows
 
 
 def test_columns_keys_types_and_comparability(db):
     catalog = asyncio.run(fetch_catalog(db, TABLES))
     odd = catalog.table("cat", "Odd 'Name'")
-    assert list(odd.columns) == ["b", "a", "Mixed", "j", "jb", "x", "p", "arr", "jarr", "d", "jd",
-                                 "m", "r", "c", "n", "ts", "ci"]  # the dropped column is gone
+    assert list(odd.columns) == [
+        "b",
+        "a",
+        "Mixed",
+        "j",
+        "jb",
+        "x",
+        "p",
+        "arr",
+        "jarr",
+        "d",
+        "jd",
+        "m",
+        "r",
+        "c",
+        "n",
+        "ts",
+        "ci",
+    ]  # the dropped column is gone
     assert odd.primary_key == ("b", "a")
     assert odd.columns["Mixed"].attnum == 4  # attnums keep the dropped column's gap
     assert {name for name, c in odd.columns.items() if not c.comparable} == NOT_COMPARABLE
@@ -97,8 +128,10 @@ def test_comparability_agrees_with_the_server(db):
     odd = catalog.table("cat", "Odd 'Name'")
     with psycopg.connect(db, autocommit=True) as conn:
         for name, column in odd.columns.items():
-            sql = (f'SELECT x."{name}" IS NOT DISTINCT FROM y."{name}" '
-                   "FROM cat.\"Odd 'Name'\" x, cat.\"Odd 'Name'\" y")
+            sql = (
+                f'SELECT x."{name}" IS NOT DISTINCT FROM y."{name}" '
+                "FROM cat.\"Odd 'Name'\" x, cat.\"Odd 'Name'\" y"
+            )
             try:
                 conn.execute(sql).fetchall()
                 works = True

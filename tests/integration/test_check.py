@@ -1,5 +1,6 @@
 """`optimist check` against a real database: the shipped example passes, and every kind of
 problem a rule can have with the database is reported at its rule's line."""
+
 from __future__ import annotations
 
 import textwrap
@@ -57,15 +58,18 @@ def test_example_rules_fit_the_example_schema(db):
     code, lines = check([REPO / "rules" / "example.yaml"], db)
     assert code == EXIT_OK, lines
     assert lines == [lines[-1]] and lines[-1].startswith(
-        "rules fit the database: 4 protected tables, 0 errors, 0 warnings")
+        "rules fit the database: 4 protected tables, 0 errors, 0 warnings"
+    )
 
 
 def test_example_rules_do_not_fit_an_empty_database(upstream_dsn, tmp_path):
     rules = write(tmp_path, "version: 1\nsearch_path: [nowhere]\ntables:\n  - table: accounts\n")
     code, lines = check([rules], upstream_dsn)
     assert code == EXIT_PROBLEMS
-    assert lines[0] == (f"{rules}:4: error: table accounts does not exist in search_path "
-                        "nowhere (only tables can be protected, not views)")
+    assert lines[0] == (
+        f"{rules}:4: error: table accounts does not exist in search_path "
+        "nowhere (only tables can be protected, not views)"
+    )
 
 
 PROBLEM_RULES = """
@@ -111,8 +115,16 @@ EXPECTED = [
     (7, "error", "group column 'phantom' is not a column of shop.docs"),
     (7, "error", "column shop.docs.body (json) has no equality operator and cannot be checked"),
     (11, "error", "table docs_v does not exist"),
-    (14, "error", "version column shop.text_version.version (text) must be an integer or numeric type"),
-    (16, "error", "version column shop.int_stamp.changed (integer) must be timestamp or timestamptz"),
+    (
+        14,
+        "error",
+        "version column shop.text_version.version (text) must be an integer or numeric type",
+    ),
+    (
+        16,
+        "error",
+        "version column shop.int_stamp.changed (integer) must be timestamp or timestamptz",
+    ),
     (19, "error", "key column shop.places.spot (point) has no equality operator"),
     (21, "error", "column 'id' is part of the key of public.customers"),
     (25, "error", "column public.reports.attachment (json) has no equality operator"),
@@ -127,37 +139,53 @@ def test_every_problem_kind_is_reported_at_its_rule(db, tmp_path):
     *problems, summary = lines
     for line, severity, fragment in EXPECTED:
         prefix = f"{rules}:{line}: {severity}: "
-        assert any(p.startswith(prefix) and fragment in p for p in problems), (prefix, fragment, lines)
+        assert any(p.startswith(prefix) and fragment in p for p in problems), (
+            prefix,
+            fragment,
+            lines,
+        )
     assert len(problems) == len(EXPECTED), lines
-    assert summary.startswith(f"rules do not fit the database: {len(EXPECTED) - 1} errors, 1 warning")
+    assert summary.startswith(
+        f"rules do not fit the database: {len(EXPECTED) - 1} errors, 1 warning"
+    )
 
 
 def test_nullable_version_is_only_a_warning(db, tmp_path):
-    rules = write(tmp_path, """
+    rules = write(
+        tmp_path,
+        """
         version: 1
         tables:
           - table: shop.docs
             version_column: rev
             bump: none
-        """)
+        """,
+    )
     code, lines = check([rules], db)
     assert code == EXIT_OK, lines
-    assert lines[0].startswith(f"{rules}:3: warning: version column shop.docs.rev (integer) allows NULL")
+    assert lines[0].startswith(
+        f"{rules}:3: warning: version column shop.docs.rev (integer) allows NULL"
+    )
     assert lines[1].startswith("rules fit the database: 1 protected table, 0 errors, 1 warning")
 
 
 def test_invalid_files_fail_before_the_database_is_asked(tmp_path):
-    rules = write(tmp_path, """
+    rules = write(
+        tmp_path,
+        """
         version: 1
         tables:
           - table: accounts
             stratgy: version
-        """)
+        """,
+    )
     # the upstream is unreachable, yet the answer is about the file: it is checked first
     code, lines = check([rules], "postgresql://postgres@127.0.0.1:1/none")
     assert code == EXIT_PROBLEMS
-    assert lines == [f"{rules}:4: error: unknown setting 'stratgy' (did you mean 'strategy'?)",
-                     "rules are invalid: 1 error"]
+    assert lines == [
+        f"{rules}:4: error: unknown setting 'stratgy' (did you mean 'strategy'?)",
+        "rules are invalid: 1 error",
+    ]
 
 
 def test_without_upstream_only_the_files_are_checked():

@@ -9,6 +9,7 @@ The jar is Debian's libpostgresql-jdbc-java (/usr/share/java/postgresql.jar, or
 ``OPTIMIST_PGJDBC_JAR``); .ci/run installs it with a JDK when missing. Without any Java on the
 machine the tests skip; with Java but no jar they fail (the install step is what is broken).
 """
+
 from __future__ import annotations
 
 import json
@@ -45,14 +46,24 @@ VARIANTS = {
 def jdbc(tmp_path_factory) -> tuple[str, str]:
     java, javac = shutil.which("java"), shutil.which("javac")
     if java is None and javac is None:
-        pytest.skip("no Java on this machine (.ci/run installs default-jdk-headless and "
-                    "libpostgresql-jdbc-java with apt-get)")
-    assert java and javac, f"java={java} javac={javac}: a JRE without a JDK? install default-jdk-headless"
-    assert JAR.is_file(), (f"pgjdbc jar {JAR} missing: apt-get install libpostgresql-jdbc-java "
-                           f"(or set OPTIMIST_PGJDBC_JAR)")
+        pytest.skip(
+            "no Java on this machine (.ci/run installs default-jdk-headless and "
+            "libpostgresql-jdbc-java with apt-get)"
+        )
+    assert java and javac, (
+        f"java={java} javac={javac}: a JRE without a JDK? install default-jdk-headless"
+    )
+    assert JAR.is_file(), (
+        f"pgjdbc jar {JAR} missing: apt-get install libpostgresql-jdbc-java "
+        f"(or set OPTIMIST_PGJDBC_JAR)"
+    )
     out = tmp_path_factory.mktemp("jdbc-classes")
-    res = subprocess.run([javac, "-encoding", "UTF-8", "-cp", str(JAR), "-d", str(out), str(SOURCE)],
-                         capture_output=True, text=True, timeout=120)
+    res = subprocess.run(
+        [javac, "-encoding", "UTF-8", "-cp", str(JAR), "-d", str(out), str(SOURCE)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert res.returncode == 0, f"javac failed:\n{res.stdout}\n{res.stderr}"
     return java, f"{JAR}{os.pathsep}{out}"
 
@@ -74,8 +85,13 @@ class Databases:
             host, port, db = self.proxy.host, self.proxy.port, self.db
         else:
             host, port, db = self.pg.host, self.pg.port, self.twin
-        q = [f"user={quote(self.user)}", "sslmode=disable", "connectTimeout=10", "socketTimeout=60",
-             "loginTimeout=20"]
+        q = [
+            f"user={quote(self.user)}",
+            "sslmode=disable",
+            "connectTimeout=10",
+            "socketTimeout=60",
+            "loginTimeout=20",
+        ]
         if self.password:
             q.append(f"password={quote(self.password)}")
         if params:
@@ -93,24 +109,31 @@ def dbs(pg, proxy_factory, tmp_path):
     return Databases(pg, proxy_factory, tmp_path)
 
 
-def run_scenario(jdbc, dbs: Databases, scenario: str, target: str, params: str = "") -> dict[str, dict]:
+def run_scenario(
+    jdbc, dbs: Databases, scenario: str, target: str, params: str = ""
+) -> dict[str, dict]:
     java, cp = jdbc
     cmd = [java, "-Xss4m", "-cp", cp, "DriverScenarios", scenario, dbs.url(target, params), target]
     try:
         res = subprocess.run(cmd, capture_output=True, text=True, timeout=RUN_TIMEOUT)
     except subprocess.TimeoutExpired as exc:
-        pytest.fail(f"{scenario} ({target}, {params!r}) did not finish in {RUN_TIMEOUT}s\n"
-                    f"stdout:\n{exc.stdout}\nstderr:\n{exc.stderr}\n"
-                    + (dbs.proxy.describe() if target == "proxy" else ""))
+        pytest.fail(
+            f"{scenario} ({target}, {params!r}) did not finish in {RUN_TIMEOUT}s\n"
+            f"stdout:\n{exc.stdout}\nstderr:\n{exc.stderr}\n"
+            + (dbs.proxy.describe() if target == "proxy" else "")
+        )
     steps: dict[str, dict] = {}
     for line in res.stdout.splitlines():
         if line.startswith("{"):
             obj = json.loads(line)
             steps[obj.pop("step")] = obj
     if res.returncode != 0 or "done" not in steps:
-        pytest.fail(f"{scenario} ({target}, {params!r}) exited {res.returncode}\n"
-                    f"stdout:\n{res.stdout}\nstderr:\n{res.stderr}\n"
-                    + (dbs.proxy.describe() if target == "proxy" else ""), pytrace=False)
+        pytest.fail(
+            f"{scenario} ({target}, {params!r}) exited {res.returncode}\n"
+            f"stdout:\n{res.stdout}\nstderr:\n{res.stderr}\n"
+            + (dbs.proxy.describe() if target == "proxy" else ""),
+            pytrace=False,
+        )
     return steps
 
 
@@ -138,8 +161,10 @@ class Checks(SoftChecks):
 
     def error(self, name: str, sqlstate: str) -> dict:
         step = self.step(name)
-        if not self.true(step.get("ok") is False, f"{name}: expected SQLSTATE {sqlstate}, but it "
-                         f"succeeded: {step}"):
+        if not self.true(
+            step.get("ok") is False,
+            f"{name}: expected SQLSTATE {sqlstate}, but it succeeded: {step}",
+        ):
             return {}
         err = step["error"]
         self.equal(err["sqlstate"], sqlstate, f"{name}: SQLSTATE ({err['message']!r})")
@@ -149,13 +174,17 @@ class Checks(SoftChecks):
         err = err if err is not None else self.error(name, "40001")
         if not err or err.get("sqlstate") != "40001":
             return {}
-        self.true(f"{kind} by another session" in err["message"], f"{name}: message {err['message']!r}")
+        self.true(
+            f"{kind} by another session" in err["message"], f"{name}: message {err['message']!r}"
+        )
         try:
             detail = json.loads(err.get("detail") or "")
         except ValueError:
             self.failed.append(f"{name}: DETAIL is not JSON: {err.get('detail')!r}")
             return err
-        self.equal((detail.get("kind"), detail.get("table")), (kind, "public.accounts"), f"{name}: detail")
+        self.equal(
+            (detail.get("kind"), detail.get("table")), (kind, "public.accounts"), f"{name}: detail"
+        )
         return err
 
     def same_as_direct(self, direct: dict[str, dict], ignore=()) -> None:
@@ -164,8 +193,10 @@ class Checks(SoftChecks):
             if step in ignore:
                 continue
             if via_n.get(step) != direct_n.get(step):
-                self.failed.append(f"{step} differs from a direct run:\n    proxy  {self.out.get(step)}"
-                                   f"\n    direct {direct.get(step)}")
+                self.failed.append(
+                    f"{step} differs from a direct run:\n    proxy  {self.out.get(step)}"
+                    f"\n    direct {direct.get(step)}"
+                )
 
 
 def table(rows: list[dict]) -> dict[str, tuple[str, str]]:
@@ -190,7 +221,11 @@ def test_update_count_and_lost_update_minimal(jdbc, dbs):
         check.ok("bulk_write_count", 0)
         check.ok("a_write", 1)
         check.conflict("b_lost_update")
-        check.equal(table(out["final"]["rows"])["2"], ("Lou", "1.00"), "row 2 keeps the first writer's value")
+        check.equal(
+            table(out["final"]["rows"])["2"],
+            ("Lou", "1.00"),
+            "row 2 keeps the first writer's value",
+        )
 
 
 @pytest.mark.parametrize("variant", list(VARIANTS))
@@ -201,12 +236,22 @@ def test_statements_and_prepared_statements_same_as_direct(jdbc, dbs, variant):
     direct = run_scenario(jdbc, dbs, "sequence", "direct", VARIANTS[variant])
     with Checks(via) as check:
         check.same_as_direct(direct)
-        check.equal([via[f"loop_read_write_{i}"]["count"] for i in range(1, 9)], [1] * 8, "read+write counts")
+        check.equal(
+            [via[f"loop_read_write_{i}"]["count"] for i in range(1, 9)],
+            [1] * 8,
+            "read+write counts",
+        )
         check.equal((via["delete"]["count"], via["delete_again"]["count"]), (1, 0), "delete counts")
-        check.equal([via[f"loop_returning_{i}"]["columns"] for i in range(1, 7)], [2] * 6, "RETURNING columns")
+        check.equal(
+            [via[f"loop_returning_{i}"]["columns"] for i in range(1, 7)],
+            [2] * 6,
+            "RETURNING columns",
+        )
         # every write went through the proxy and bumped the version once
         check.equal(versions(via["final"]["rows"]), {"1": "16", "2": "21", "4": "7"}, "versions")
-        check.equal(versions(direct["final"]["rows"]), {"1": "1", "2": "1", "4": "1"}, "versions (direct)")
+        check.equal(
+            versions(direct["final"]["rows"]), {"1": "1", "2": "1", "4": "1"}, "versions (direct)"
+        )
 
 
 @pytest.mark.parametrize("variant", list(VARIANTS))
@@ -241,10 +286,19 @@ def test_conflict_raises_40001_and_aborts_the_transaction(jdbc, dbs):
         check.ok("b_after_rollback", [{"one": "1"}])
         check.ok("b_tx_retry", 1)
         # b's write to row 1 inside the aborted transaction was rolled back with it
-        check.equal(table(out["final"]["rows"]),
-                    {"1": ("Sue", "150.00"), "2": ("Lou", "250.00"), "3": ("Ann", "31.00")}, "final rows")
-        check.equal([out[s]["count"] for s in ("a_update_1", "a_update_2", "b_tx_other_write", "a_update_3")],
-                    [1, 1, 1, 1], "update counts")
+        check.equal(
+            table(out["final"]["rows"]),
+            {"1": ("Sue", "150.00"), "2": ("Lou", "250.00"), "3": ("Ann", "31.00")},
+            "final rows",
+        )
+        check.equal(
+            [
+                out[s]["count"]
+                for s in ("a_update_1", "a_update_2", "b_tx_other_write", "a_update_3")
+            ],
+            [1, 1, 1, 1],
+            "update counts",
+        )
 
 
 # --------------------------------------------------------------------------- batches
@@ -266,13 +320,18 @@ def test_batches_without_conflict_same_as_direct(jdbc, dbs, rewrite):
         if not rewrite:
             check.equal(via["insert_batch"]["counts"], [1] * 5, "insert batch")
             check.equal(via["insert_batch_big"]["counts"], [1] * 300, "big insert batch")
-        check.equal(dbs.rows("SELECT count(*) FROM accounts"),
-                    dbs.rows("SELECT count(*) FROM accounts", "direct"), "row count")
+        check.equal(
+            dbs.rows("SELECT count(*) FROM accounts"),
+            dbs.rows("SELECT count(*) FROM accounts", "direct"),
+            "row count",
+        )
 
 
 @pytest.mark.parametrize("rewrite", [False, True], ids=["plain", "reWriteBatchedInserts"])
 def test_batch_with_a_conflicting_row(jdbc, dbs, rewrite):
-    out = run_scenario(jdbc, dbs, "batch_conflict", "proxy", f"reWriteBatchedInserts={str(rewrite).lower()}")
+    out = run_scenario(
+        jdbc, dbs, "batch_conflict", "proxy", f"reWriteBatchedInserts={str(rewrite).lower()}"
+    )
     initial = {"1": ("Sue", "100.00"), "2": ("a", "200.00"), "3": ("Ann", "300.00")}
     with Checks(out) as check:
         check.ok("tx_insert_batch")
@@ -288,8 +347,11 @@ def test_batch_with_a_conflicting_row(jdbc, dbs, rewrite):
         check.equal(table(out["after_retry"]["rows"]), after_retry, "after the retried batch")
 
         check.error("tx_statement_batch", "40001")
-        check.equal(table(out["after_statement_batch_rollback"]["rows"]), {**after_retry, "3": ("a3", "5.00")},
-                    "after the Statement batch, rolled back")
+        check.equal(
+            table(out["after_statement_batch_rollback"]["rows"]),
+            {**after_retry, "3": ("a3", "5.00")},
+            "after the Statement batch, rolled back",
+        )
 
         # autocommit: a conflict in a batch leaves applied exactly what an ordinary error in
         # the same position does (extended protocol: one Sync for the batch, all or nothing)
@@ -299,11 +361,15 @@ def test_batch_with_a_conflicting_row(jdbc, dbs, rewrite):
         after_conflict = table(out["after_autocommit_conflict"]["rows"])
         after_overflow = table(out["after_autocommit_overflow"]["rows"])
         check.equal(after_conflict["3"], ("a33", "5.00"), "the other session's write is kept")
-        check.equal(sorted(k for k in before if before[k] != after_conflict[k]),
-                    sorted(k for k in before if after_conflict[k] != after_overflow[k]),
-                    "rows applied by a batch with a conflict / with an ordinary error")
+        check.equal(
+            sorted(k for k in before if before[k] != after_conflict[k]),
+            sorted(k for k in before if after_conflict[k] != after_overflow[k]),
+            "rows applied by a batch with a conflict / with an ordinary error",
+        )
         if conflict and overflow:
-            check.equal(conflict["update_counts"], overflow["update_counts"], "BatchUpdateException counts")
+            check.equal(
+                conflict["update_counts"], overflow["update_counts"], "BatchUpdateException counts"
+            )
 
 
 # --------------------------------------------------------------------------- keys, metadata
@@ -321,17 +387,35 @@ def test_generated_keys_show_only_what_the_client_asked_for(jdbc, dbs):
         check.same_as_direct(direct, ignore={"conflict_21", "other_update_21"})
         for i in range(7):
             keys = via[f"insert_all_{i}"]["keys"]
-            check.equal(keys["labels"], ["id", "owner", "balance", "version"], f"insert_all_{i} labels")
-            check.equal(keys["rows"], [{"id": str(10 + i), "owner": f"k{i}", "balance": "1.00", "version": "1"}],
-                        f"insert_all_{i} keys")
+            check.equal(
+                keys["labels"], ["id", "owner", "balance", "version"], f"insert_all_{i} labels"
+            )
+            check.equal(
+                keys["rows"],
+                [{"id": str(10 + i), "owner": f"k{i}", "balance": "1.00", "version": "1"}],
+                f"insert_all_{i} keys",
+            )
             keys = via[f"insert_id_{i}"]["keys"]
-            check.equal((keys["columns"], keys["rows"]), (1, [{"id": str(20 + i)}]), f"insert_id_{i} keys")
+            check.equal(
+                (keys["columns"], keys["rows"]), (1, [{"id": str(20 + i)}]), f"insert_id_{i} keys"
+            )
             keys = via[f"update_all_{i}"]["keys"]
-            check.equal((keys["columns"], keys["rows"][0]["version"]), (4, str(2 + i)), f"update_all_{i} keys")
-        check.equal(via["insert_owner_balance"]["keys"]["labels"], ["owner", "balance"], "named keys")
-        check.equal(via["statement_update_owner"]["keys"],
-                    {"columns": 1, "labels": ["owner"], "rows": [{"owner": "g2"}]}, "UPDATE keys")
-        check.equal([r["id"] for r in via["insert_batch"]["keys"]["rows"]], ["40", "41", "42"], "batch keys")
+            check.equal(
+                (keys["columns"], keys["rows"][0]["version"]),
+                (4, str(2 + i)),
+                f"update_all_{i} keys",
+            )
+        check.equal(
+            via["insert_owner_balance"]["keys"]["labels"], ["owner", "balance"], "named keys"
+        )
+        check.equal(
+            via["statement_update_owner"]["keys"],
+            {"columns": 1, "labels": ["owner"], "rows": [{"owner": "g2"}]},
+            "UPDATE keys",
+        )
+        check.equal(
+            [r["id"] for r in via["insert_batch"]["keys"]["rows"]], ["40", "41", "42"], "batch keys"
+        )
         # what the session learned from its own INSERT is checked
         check.conflict("conflict_21")
 
@@ -344,13 +428,24 @@ def test_result_and_parameter_metadata_of_update_returning(jdbc, dbs):
     with Checks(via) as check:
         check.same_as_direct(direct)
         before = via["prepared_metadata_before"]
-        check.equal((before["meta"]["labels"], before["params"]), (["id", "balance"], 2), "before execution")
+        check.equal(
+            (before["meta"]["labels"], before["params"]), (["id", "balance"], 2), "before execution"
+        )
         for i in range(1, 7):
-            check.equal(via[f"returning_{i}"]["meta"]["labels"], ["id", "balance"], f"returning_{i}")
-        check.equal(via["statement_returning_star"]["meta"]["labels"], ["id", "owner", "balance", "version"],
-                    "RETURNING *")
+            check.equal(
+                via[f"returning_{i}"]["meta"]["labels"], ["id", "balance"], f"returning_{i}"
+            )
+        check.equal(
+            via["statement_returning_star"]["meta"]["labels"],
+            ["id", "owner", "balance", "version"],
+            "RETURNING *",
+        )
         check.equal(via["statement_returning_balance"]["meta"]["columns"], 1, "RETURNING balance")
-        check.equal(via["statement_returning_expr"]["meta"]["labels"], ["who", "twice"], "RETURNING expressions")
+        check.equal(
+            via["statement_returning_expr"]["meta"]["labels"],
+            ["who", "twice"],
+            "RETURNING expressions",
+        )
         check.equal(via["statement_delete_returning"]["meta"]["columns"], 1, "DELETE RETURNING")
         check.equal(via["prepared_plain_metadata"]["params"], 2, "parameters of a plain UPDATE")
         check.equal(via["database_metadata"]["primary_key"], ["id"], "primary key")

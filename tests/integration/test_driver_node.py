@@ -7,6 +7,7 @@ The script is tests/drivers/node/scenarios.js; ``pg`` is installed from the comm
 package-lock.json into tests/drivers/node/node_modules (by .ci/run, or here with ``npm ci`` when
 it is missing). Without node on the machine the tests skip.
 """
+
 from __future__ import annotations
 
 import json
@@ -35,8 +36,13 @@ def node() -> str:
     if not (NODE_DIR / "node_modules" / "pg" / "package.json").is_file():
         npm = shutil.which("npm")
         assert npm, f"node_modules/pg missing in {NODE_DIR} and no npm to install it"
-        res = subprocess.run([npm, "ci", "--no-audit", "--no-fund"], cwd=NODE_DIR, capture_output=True,
-                             text=True, timeout=300)
+        res = subprocess.run(
+            [npm, "ci", "--no-audit", "--no-fund"],
+            cwd=NODE_DIR,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
         assert res.returncode == 0, f"npm ci failed in {NODE_DIR}:\n{res.stdout}\n{res.stderr}"
     return exe
 
@@ -56,8 +62,15 @@ class Database:
         auth = up.username or "postgres"
         if up.password:
             auth += f":{up.password}"
-        return urlunsplit(("postgresql", f"{auth}@{self.proxy.host}:{self.proxy.port}", f"/{self.db}",
-                           "sslmode=disable", ""))
+        return urlunsplit(
+            (
+                "postgresql",
+                f"{auth}@{self.proxy.host}:{self.proxy.port}",
+                f"/{self.db}",
+                "sslmode=disable",
+                "",
+            )
+        )
 
     def rows(self, sql: str) -> list[tuple]:
         with connect(self.pg.dsn.rsplit("/", 1)[0] + "/" + self.db) as c:
@@ -74,16 +87,22 @@ def run_scenario(node: str, database: Database, scenario: str, mode: str) -> dic
     try:
         res = subprocess.run(cmd, cwd=NODE_DIR, capture_output=True, text=True, timeout=RUN_TIMEOUT)
     except subprocess.TimeoutExpired as exc:
-        pytest.fail(f"{scenario} ({mode}) did not finish in {RUN_TIMEOUT}s\nstdout:\n{exc.stdout}\n"
-                    f"stderr:\n{exc.stderr}\n{database.proxy.describe()}", pytrace=False)
+        pytest.fail(
+            f"{scenario} ({mode}) did not finish in {RUN_TIMEOUT}s\nstdout:\n{exc.stdout}\n"
+            f"stderr:\n{exc.stderr}\n{database.proxy.describe()}",
+            pytrace=False,
+        )
     steps: dict[str, dict] = {}
     for line in res.stdout.splitlines():
         if line.startswith("{"):
             obj = json.loads(line)
             steps[obj.pop("step")] = obj
     if res.returncode != 0 or "done" not in steps:
-        pytest.fail(f"{scenario} ({mode}) exited {res.returncode}\nstdout:\n{res.stdout}\n"
-                    f"stderr:\n{res.stderr}\n{database.proxy.describe()}", pytrace=False)
+        pytest.fail(
+            f"{scenario} ({mode}) exited {res.returncode}\nstdout:\n{res.stdout}\n"
+            f"stderr:\n{res.stderr}\n{database.proxy.describe()}",
+            pytrace=False,
+        )
     return steps
 
 
@@ -100,7 +119,9 @@ class Checks(SoftChecks):
 
     def error(self, name: str, code: str) -> dict:
         step = self.out.get(name, {})
-        if not self.true(step.get("ok") is False, f"{name}: expected error {code}, but it succeeded: {step}"):
+        if not self.true(
+            step.get("ok") is False, f"{name}: expected error {code}, but it succeeded: {step}"
+        ):
             return {}
         err = step["error"]
         self.equal(err["code"], code, f"{name}: err.code ({err['message']!r})")
@@ -110,13 +131,17 @@ class Checks(SoftChecks):
         err = self.error(name, "40001")
         if err.get("code") != "40001":
             return {}
-        self.true(f"{kind} by another session" in err["message"], f"{name}: message {err['message']!r}")
+        self.true(
+            f"{kind} by another session" in err["message"], f"{name}: message {err['message']!r}"
+        )
         try:
             detail = json.loads(err.get("detail") or "")
         except ValueError:
             self.failed.append(f"{name}: err.detail is not JSON: {err.get('detail')!r}")
             return {}
-        self.equal((detail.get("kind"), detail.get("table")), (kind, "public.accounts"), f"{name}: detail")
+        self.equal(
+            (detail.get("kind"), detail.get("table")), (kind, "public.accounts"), f"{name}: detail"
+        )
         if key is not None:
             self.equal(detail.get("key"), key, f"{name}: detail key")
         return detail
@@ -170,9 +195,14 @@ def test_conflict_aborts_the_transaction(node, database, mode):
 def test_no_false_conflict_on_own_writes(node, database, mode):
     out = run_scenario(node, database, "own_writes", mode)
     with Checks(out) as check:
-        for step in [f"a_again_{i}" for i in range(1, 5)] + ["a_again_owner", "a_tx_again_1", "a_tx_again_2",
-                                                              "a_insert", "a_write_inserted_1",
-                                                              "a_write_inserted_2"]:
+        for step in [f"a_again_{i}" for i in range(1, 5)] + [
+            "a_again_owner",
+            "a_tx_again_1",
+            "a_tx_again_2",
+            "a_insert",
+            "a_write_inserted_1",
+            "a_write_inserted_2",
+        ]:
             check.ok(step, 1)
         check.conflict("b_conflict", "modified", {"id": 1})
         check.ok("a_write_2", 1)
@@ -190,8 +220,10 @@ def test_returning_shows_what_the_client_asked_for(node, database, mode):
     with Checks(out) as check:
         steps = {
             "returning_two": (["id", "balance"], [{"id": 1, "balance": "101.00"}]),
-            "returning_star": (["id", "owner", "balance", "version"],
-                               [{"id": 1, "owner": "Zed", "balance": "101.00", "version": 3}]),
+            "returning_star": (
+                ["id", "owner", "balance", "version"],
+                [{"id": 1, "owner": "Zed", "balance": "101.00", "version": 3}],
+            ),
             "returning_expr": (["who", "twice"], [{"who": "Zoe", "twice": "202.00"}]),
             "insert_returning": (["id"], [{"id": 8}]),
             "delete_returning": (["owner"], [{"owner": "ret"}]),
@@ -200,4 +232,8 @@ def test_returning_shows_what_the_client_asked_for(node, database, mode):
             step = check.ok(name, 1)
             if step:
                 check.equal((step["fields"], step["rows"]), (fields, rows), name)
-        check.equal(out["read_1"]["rows"], [{"id": 1, "owner": "Zoe", "balance": "101.00", "version": 4}], "row 1")
+        check.equal(
+            out["read_1"]["rows"],
+            [{"id": 1, "owner": "Zoe", "balance": "101.00", "version": 4}],
+            "row 1",
+        )

@@ -30,18 +30,35 @@ class Serve:
         self.log = Path(log)
         with os.fdopen(fd, "wb") as out:  # the child keeps its own copy of the descriptor
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "proxy", "serve", "--data-dir", str(data), "--listen", f"127.0.0.1:{self.port}"],
-                cwd=str(REPO), stdout=out, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+                [
+                    sys.executable,
+                    "-m",
+                    "proxy",
+                    "serve",
+                    "--data-dir",
+                    str(data),
+                    "--listen",
+                    f"127.0.0.1:{self.port}",
+                ],
+                cwd=str(REPO),
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            )
 
     def output(self) -> str:
         return self.log.read_text(errors="replace")
 
     def wait_listening(self) -> Serve:
-        assert wait_for_port("127.0.0.1", self.port, 90, self.proc), f"serve did not listen:\n{self.output()}"
+        assert wait_for_port("127.0.0.1", self.port, 90, self.proc), (
+            f"serve did not listen:\n{self.output()}"
+        )
         return self
 
     def select_one(self) -> tuple:
-        with psycopg.connect(f"postgresql://postgres@127.0.0.1:{self.port}/postgres", connect_timeout=10) as c:
+        with psycopg.connect(
+            f"postgresql://postgres@127.0.0.1:{self.port}/postgres", connect_timeout=10
+        ) as c:
             return c.execute("select 1").fetchone()
 
     def terminate(self) -> int:
@@ -112,7 +129,9 @@ def test_a_serve_that_fails_to_start_leaves_the_server_to_the_others(data):
     serves.append(clash)
     clash.proc.wait(60)
     assert clash.proc.returncode != 0, clash.output()
-    assert postmaster(data) == (pid, port), f"the failed serve stopped the server:\n{clash.output()}"
+    assert postmaster(data) == (pid, port), (
+        f"the failed serve stopped the server:\n{clash.output()}"
+    )
     assert first.select_one() == (1,)
 
     assert first.terminate() == 0, first.output()

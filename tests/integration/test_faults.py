@@ -3,6 +3,7 @@ stop reading; rules are reloaded while clients hammer checked writes.
 
 Each test uses a private PostgreSQL (pg_factory) when it stops or kills it.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -21,10 +22,19 @@ import psutil
 import psycopg
 import pytest
 
-from tests.support.promtext import sample_sum as sample, sample_sum as total, scrape
-from tests.support import (RawClient, backend_gone, backend_pids, connect, query_direct, rows,
-                           wait_until)
+from tests.support import (
+    RawClient,
+    backend_gone,
+    backend_pids,
+    connect,
+    query_direct,
+    rows,
+    wait_until,
+)
 from tests.support.locking import VERSION_RULES, make_database, write_rules
+from tests.support.promtext import sample_sum as sample
+from tests.support.promtext import sample_sum as total
+from tests.support.promtext import scrape
 from tests.support.rawpg import message, query, startup_packet
 
 pytestmark = pytest.mark.timeout(180)
@@ -44,11 +54,14 @@ def http_status(url: str) -> int:
 def errors_in(data: bytes) -> list[tuple[str, str, str]]:
     out, pos = [], 0
     while pos + 5 <= len(data):
-        kind = data[pos:pos + 1]
-        length = struct.unpack("!I", data[pos + 1:pos + 5])[0]
+        kind = data[pos : pos + 1]
+        length = struct.unpack("!I", data[pos + 1 : pos + 5])[0]
         if kind == b"E":
-            f = {chr(p[0]): p[1:].decode(errors="replace")
-                 for p in data[pos + 5:pos + 1 + length].split(b"\0") if p}
+            f = {
+                chr(p[0]): p[1:].decode(errors="replace")
+                for p in data[pos + 5 : pos + 1 + length].split(b"\0")
+                if p
+            }
             out.append((f["S"], f["C"], f["M"]))
         pos += 1 + length
     return out
@@ -74,8 +87,9 @@ class Upstream:
 
     def __init__(self, pg_factory, proxy_factory, *args, **kwargs):
         self.server = pg_factory()
-        self.proxy = proxy_factory(*args, metrics=True, upstream=(self.server.host, self.server.port),
-                                   **kwargs)
+        self.proxy = proxy_factory(
+            *args, metrics=True, upstream=(self.server.host, self.server.port), **kwargs
+        )
         self.base = self.proxy.metrics_url.rsplit("/", 1)[0]
 
     def ready(self) -> int:
@@ -95,8 +109,13 @@ def test_upstream_goes_away_and_comes_back(pg_factory, proxy_factory, how):
     in_tx = connect(p.dsn, autocommit=False)
     in_tx.execute("select 1")
     busy.send(query("select pg_sleep(30)"))
-    wait_until(lambda: backend_pids(server.dsn, application_name="fault-busy",
-                                    query_like="select pg_sleep%"), 5, what="the busy query")
+    wait_until(
+        lambda: backend_pids(
+            server.dsn, application_name="fault-busy", query_like="select pg_sleep%"
+        ),
+        5,
+        what="the busy query",
+    )
     t0 = time.monotonic()
     if how == "stop":
         server.stop(mode="fast")
@@ -125,16 +144,22 @@ def test_upstream_goes_away_and_comes_back(pg_factory, proxy_factory, how):
     assert "could not connect" in errs[0][2]
     wait_until(lambda: up.ready() == 503, 10, what="/readyz to report 503")
     assert http_status(up.base + "/healthz") == 200
-    wait_until(lambda: sample(scrape(p.metrics_url), "optimist_upstream_up") == 0, 5,
-               what="optimist_upstream_up 0")
+    wait_until(
+        lambda: sample(scrape(p.metrics_url), "optimist_upstream_up") == 0,
+        5,
+        what="optimist_upstream_up 0",
+    )
     # back
     server.start()
     wait_until(lambda: up.ready() == 200, 10, what="/readyz to report 200 again")
     with connect(p.dsn) as c:
         assert c.execute("select 'back'").fetchone() == ("back",)
     assert sample(scrape(p.metrics_url), "optimist_upstream_up") == 1
-    wait_until(lambda: sample(scrape(p.metrics_url), "optimist_client_connections") == 0, 5,
-               what="the client connections gauge back to 0")
+    wait_until(
+        lambda: sample(scrape(p.metrics_url), "optimist_client_connections") == 0,
+        5,
+        what="the client connections gauge back to 0",
+    )
     assert p.alive
 
 
@@ -168,6 +193,7 @@ def test_backend_vanishing_gives_08006(pg_factory, proxy_factory):
                 return c.execute("select 'recovered'").fetchone() == ("recovered",)
         except psycopg.OperationalError:
             return False
+
     wait_until(works, 30, interval=0.3, what="new sessions after crash recovery")
     assert p.alive
 
@@ -176,8 +202,11 @@ def test_upstream_restart_with_rules_sessions_recover(pg_factory, proxy_factory,
     """After a restart, new sessions of a rules proxy learn the catalog again and check writes."""
     server = pg_factory()
     db = make_database(server.dsn)
-    p = proxy_factory(rules=write_rules(tmp_path, VERSION_RULES), metrics=True,
-                      upstream=(server.host, server.port))
+    p = proxy_factory(
+        rules=write_rules(tmp_path, VERSION_RULES),
+        metrics=True,
+        upstream=(server.host, server.port),
+    )
     dsn = p.dsn_for(db)
     with connect(dsn) as a:
         a.execute("select * from accounts where id = 1").fetchall()
@@ -192,8 +221,10 @@ def test_upstream_restart_with_rules_sessions_recover(pg_factory, proxy_factory,
         a.execute("update accounts set balance = 2 where id = 1")
         with pytest.raises(psycopg.errors.SerializationFailure):
             b.execute("update accounts set balance = 3 where id = 1")
-    assert query_direct(server.dsn.rsplit("/", 1)[0] + "/" + db,
-                        "select balance, version from accounts where id = 1") == [(2, 3)]
+    assert query_direct(
+        server.dsn.rsplit("/", 1)[0] + "/" + db,
+        "select balance, version from accounts where id = 1",
+    ) == [(2, 3)]
 
 
 def test_connections_during_restart_get_clear_errors(pg_factory, proxy_factory):
@@ -215,7 +246,7 @@ def test_connections_during_restart_get_clear_errors(pg_factory, proxy_factory):
                 except (EOFError, ConnectionResetError) as exc:
                     outcomes.append(f"closed without a word: {exc}")
                     continue
-                except socket.timeout:
+                except TimeoutError:
                     outcomes.append("hang")
                     continue
                 last = msgs[-1]
@@ -256,8 +287,9 @@ def _bind(statement: bytes, params: list[bytes]) -> bytes:
 
 @pytest.mark.parametrize("close", ["fin", "rst"])
 @pytest.mark.parametrize("protocol", ["simple", "extended-no-sync"])
-def test_client_vanishes_mid_transaction_releases_row_lock(locking_proxy, upstream_dsn, close,
-                                                           protocol):
+def test_client_vanishes_mid_transaction_releases_row_lock(
+    locking_proxy, upstream_dsn, close, protocol
+):
     p, db, direct = locking_proxy
     app = f"vanish-{protocol}-{close}"
     raw = RawClient(p.host, p.port)
@@ -270,19 +302,33 @@ def test_client_vanishes_mid_transaction_releases_row_lock(locking_proxy, upstre
     else:
         # a checked write in an implicit transaction that is never synced: the server holds
         # the row lock until the connection goes
-        raw.send(message(b"P", b"\0update accounts set balance = $1 where id = $2\0\0\0")
-                 + _bind(b"", [b"5", b"1"]) + message(b"E", b"\0\0\0\0\0") + message(b"H"))
+        raw.send(
+            message(b"P", b"\0update accounts set balance = $1 where id = $2\0\0\0")
+            + _bind(b"", [b"5", b"1"])
+            + message(b"E", b"\0\0\0\0\0")
+            + message(b"H")
+        )
         got = raw.read_until(b"C")
         assert not [m for m in got if m.kind == b"E"], got
-    pid = wait_until(lambda: backend_pids(upstream_dsn, application_name=app), 5,
-                     what="the session's backend")[0]
-    assert query_direct(upstream_dsn, "select state from pg_stat_activity where pid = %s",
-                        [pid])[0][0].startswith("idle in transaction") or protocol != "simple"
+    pid = wait_until(
+        lambda: backend_pids(upstream_dsn, application_name=app), 5, what="the session's backend"
+    )[0]
+    assert (
+        query_direct(upstream_dsn, "select state from pg_stat_activity where pid = %s", [pid])[0][
+            0
+        ].startswith("idle in transaction")
+        or protocol != "simple"
+    )
     raw.close(reset=(close == "rst"))
-    wait_until(lambda: backend_gone(upstream_dsn, pid), 5,
-               what="the vanished client's backend to go away")
-    assert not query_direct(upstream_dsn, "select pid from pg_stat_activity where state like "
-                            "'idle in transaction%%' and application_name = %s", [app])
+    wait_until(
+        lambda: backend_gone(upstream_dsn, pid), 5, what="the vanished client's backend to go away"
+    )
+    assert not query_direct(
+        upstream_dsn,
+        "select pid from pg_stat_activity where state like "
+        "'idle in transaction%%' and application_name = %s",
+        [app],
+    )
     with connect(direct) as c:
         c.execute("set lock_timeout = '3s'")
         c.execute("update accounts set balance = 9 where id = 1")
@@ -298,8 +344,9 @@ def proxy_rss(p) -> int:
 
 
 @pytest.mark.parametrize("with_rules", [False, True], ids=["relay", "rules"])
-def test_slow_reader_does_not_stall_others_or_grow_memory(pg, proxy_factory, tmp_path, upstream_dsn,
-                                                          with_rules):
+def test_slow_reader_does_not_stall_others_or_grow_memory(
+    pg, proxy_factory, tmp_path, upstream_dsn, with_rules
+):
     kwargs = {"rules": write_rules(tmp_path, VERSION_RULES)} if with_rules else {}
     p = proxy_factory(**kwargs)
     with connect(p.dsn) as warm:  # let the proxy reach its steady size first
@@ -329,26 +376,34 @@ def test_slow_reader_does_not_stall_others_or_grow_memory(pg, proxy_factory, tmp
         with connect(p.dsn) as fresh:
             assert fresh.execute("select 'new session ok'").fetchone() == ("new session ok",)
     grown = (peak - baseline) / 1e6
-    print(f"\nslow reader: {n} queries by another session, slowest {worst * 1000:.0f} ms; "
-          f"proxy RSS {baseline / 1e6:.0f} MB -> peak {peak / 1e6:.0f} MB")
+    print(
+        f"\nslow reader: {n} queries by another session, slowest {worst * 1000:.0f} ms; "
+        f"proxy RSS {baseline / 1e6:.0f} MB -> peak {peak / 1e6:.0f} MB"
+    )
     assert worst < 1.0, f"a simple query took {worst:.2f}s while another client was not reading"
     assert grown < 100, f"proxy RSS grew by {grown:.0f} MB for one client that does not read"
     pids = backend_pids(upstream_dsn, application_name="slow-reader")
     slow.close(reset=True)
     for pid in pids:
-        wait_until(lambda: backend_gone(upstream_dsn, pid), 10,
-                   what="the slow reader's backend to go away")
+        wait_until(
+            lambda pid=pid: backend_gone(upstream_dsn, pid),
+            10,
+            what="the slow reader's backend to go away",
+        )
     assert p.alive
 
 
 # --------------------------------------------------------------------------- rules reload under load
 
 
-RULES_B = VERSION_RULES + """
+RULES_B = (
+    VERSION_RULES
+    + """
   - table: customers
     strategy: columns
     check: changed
 """
+)
 
 
 def test_rules_reload_under_load_loses_no_statement(pg, proxy_factory, tmp_path):
@@ -370,11 +425,13 @@ def test_rules_reload_under_load_loses_no_statement(pg, proxy_factory, tmp_path)
                 stats["statements"] += 1
                 try:
                     if rnd.random() < 0.5:
-                        tag = await conn.execute("UPDATE counters SET n = $1 WHERE id = $2",
-                                                 row["n"] + 1, k)
+                        tag = await conn.execute(
+                            "UPDATE counters SET n = $1 WHERE id = $2", row["n"] + 1, k
+                        )
                     else:  # simple protocol
-                        tag = await conn.execute(f"UPDATE counters SET n = {row['n'] + 1} "
-                                                 f"WHERE id = {k}")
+                        tag = await conn.execute(
+                            f"UPDATE counters SET n = {row['n'] + 1} WHERE id = {k}"
+                        )
                 except asyncpg.PostgresError as exc:
                     stats["errors"].setdefault(exc.sqlstate, 0)
                     stats["errors"][exc.sqlstate] += 1
@@ -395,8 +452,11 @@ def test_rules_reload_under_load_loses_no_statement(pg, proxy_factory, tmp_path)
         contents = [RULES_B, VERSION_RULES]
         i = 0
         while time.monotonic() < t_end and i < 8:
-            before = sample(await asyncio.to_thread(scrape, url), "optimist_rule_reloads_total",
-                            result="success")
+            before = sample(
+                await asyncio.to_thread(scrape, url),
+                "optimist_rule_reloads_total",
+                result="success",
+            )
             text = contents[i % 2]
             if i % 2:
                 # in place, as an editor without atomic saves does, then SIGHUP
@@ -407,8 +467,14 @@ def test_rules_reload_under_load_loses_no_statement(pg, proxy_factory, tmp_path)
                 tmp.write_text(text)
                 os.replace(tmp, rules)
             deadline = time.monotonic() + 10
-            while sample(await asyncio.to_thread(scrape, url), "optimist_rule_reloads_total",
-                         result="success") <= before:
+            while (
+                sample(
+                    await asyncio.to_thread(scrape, url),
+                    "optimist_rule_reloads_total",
+                    result="success",
+                )
+                <= before
+            ):
                 assert time.monotonic() < deadline, "a reload was not picked up"
                 await asyncio.sleep(0.1)
             reloads += 1
@@ -423,19 +489,27 @@ def test_rules_reload_under_load_loses_no_statement(pg, proxy_factory, tmp_path)
     assert reloads >= 4
     text = scrape(p.metrics_url)
     errors = stats["errors"]
-    assert set(errors) <= {"40001"}, f"statements failed with something else than a conflict: {errors}"
+    assert set(errors) <= {"40001"}, (
+        f"statements failed with something else than a conflict: {errors}"
+    )
     final = dict(query_direct(direct, "SELECT id, n FROM counters ORDER BY id"))
     versions = dict(query_direct(direct, "SELECT id, version FROM counters ORDER BY id"))
     for k in hot:
         assert final[k] == stats["acked"][k], (k, final[k], stats["acked"][k], stats)
         assert versions[k] == final[k] + 1
     seen = errors.get("40001", 0)
-    counted = sum(sample(text, "optimist_conflicts_total", table="public.counters", kind=kind)
-                  for kind in ("modified", "deleted"))
+    counted = sum(
+        sample(text, "optimist_conflicts_total", table="public.counters", kind=kind)
+        for kind in ("modified", "deleted")
+    )
     assert counted == seen, (counted, seen)
     assert seen > 0, "no conflicts: the hot set is not hot"
     assert total(text, "optimist_unverified_writes_total", table="public.counters") == 0
-    assert total(text, "optimist_checked_writes_total", table="public.counters") == \
-        sum(stats["acked"].values()) + seen
-    print(f"\nreload under load: {clients} clients, {stats['statements']} statements, "
-          f"{sum(stats['acked'].values())} acknowledged writes, {seen} conflicts, {reloads} reloads")
+    assert (
+        total(text, "optimist_checked_writes_total", table="public.counters")
+        == sum(stats["acked"].values()) + seen
+    )
+    print(
+        f"\nreload under load: {clients} clients, {stats['statements']} statements, "
+        f"{sum(stats['acked'].values())} acknowledged writes, {seen} conflicts, {reloads} reloads"
+    )

@@ -7,6 +7,7 @@ the guard functions were created -- in the simple protocol (asyncpg execute with
 and in the extended protocol (asyncpg with the extra arguments appended). Session B is another
 connection changing rows in between.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -34,8 +35,14 @@ from proxy.rewrite.planner import WritePlan, plan_write
 from proxy.rules.protected import ProtectedTable
 
 COLUMNS = ("id", "owner", "balance", "note", "version", "updated")
-TYPES = {"id": "integer", "owner": "text", "balance": "numeric(10,2)", "note": "text",
-         "version": "integer", "updated": "timestamp with time zone"}
+TYPES = {
+    "id": "integer",
+    "owner": "text",
+    "balance": "numeric(10,2)",
+    "note": "text",
+    "version": "integer",
+    "updated": "timestamp with time zone",
+}
 OIDS = {"id": 23, "owner": 25, "balance": 1700, "note": 25, "version": 23, "updated": 1184}
 
 
@@ -45,8 +52,16 @@ def run(coro):
 
 def error_fields(exc: asyncpg.PostgresError | asyncpg.PostgresLogMessage) -> dict[str, str]:
     """The wire fields (one-letter codes) of an asyncpg error or notice."""
-    names = {"S": "severity", "C": "sqlstate", "M": "message", "D": "detail", "H": "hint",
-             "W": "context", "s": "schema_name", "t": "table_name"}
+    names = {
+        "S": "severity",
+        "C": "sqlstate",
+        "M": "message",
+        "D": "detail",
+        "H": "hint",
+        "W": "context",
+        "s": "schema_name",
+        "t": "table_name",
+    }
     fields = {}
     for code, attr in names.items():
         value = getattr(exc, attr, None)
@@ -79,10 +94,17 @@ class Env:
         return self.table.name
 
     def protect(self, **kw) -> ProtectedTable:
-        spec = dict(schema="public", name=self.table.name if self.table else "", oid=0,
-                    columns=COLUMNS,
-                    column_types=TYPES, column_type_oids=OIDS, key=("id",), strategy="version",
-                    version_column="version")
+        spec = dict(
+            schema="public",
+            name=self.table.name if self.table else "",
+            oid=0,
+            columns=COLUMNS,
+            column_types=TYPES,
+            column_type_oids=OIDS,
+            key=("id",),
+            strategy="version",
+            version_column="version",
+        )
         spec.update(kw)
         self.table = ProtectedTable(**spec)
         return self.table
@@ -129,7 +151,8 @@ def scenario(dsn: str, body, rows: int = 3, **protect):
                 f"balance numeric(10,2), note text, version integer NOT NULL DEFAULT 1, "
                 f"updated timestamptz NOT NULL DEFAULT clock_timestamp());"
                 f"INSERT INTO {name} (id, owner, balance, note) "
-                f"SELECT g, 'o' || g, 10 * g, 'n' || g FROM generate_series(1, {rows}) g")
+                f"SELECT g, 'o' || g, 10 * g, 'n' || g FROM generate_series(1, {rows}) g"
+            )
             await a.execute(guard_functions_sql())
             env = Env(a, b, None)  # type: ignore[arg-type]
             env.protect(name=name, **protect)
@@ -171,7 +194,8 @@ def test_presence_check_is_a_one_time_filter(upstream_dsn):
         plans.append("\n".join(r[0] for r in rows))
         functions = await env.a.fetch(
             "SELECT proname, provolatile::text, procost FROM pg_proc "
-            "WHERE pronamespace = pg_my_temp_schema() ORDER BY proname")
+            "WHERE pronamespace = pg_my_temp_schema() ORDER BY proname"
+        )
         return plans, [tuple(f) for f in functions]
 
     plans, functions = scenario(upstream_dsn, body)
@@ -180,8 +204,11 @@ def test_presence_check_is_a_one_time_filter(upstream_dsn):
         assert "LockRows" in plan  # the InitPlan locks the pinned rows
         assert "Filter: ((NOT" in plan or "optimist_modified" in plan
     assert functions == [
-        ("optimist_modified", "v", 100.0), ("optimist_modified_audit", "v", 100.0),
-        ("optimist_present", "s", 100.0), ("optimist_present_audit", "s", 100.0)]
+        ("optimist_modified", "v", 100.0),
+        ("optimist_modified_audit", "v", 100.0),
+        ("optimist_present", "s", 100.0),
+        ("optimist_present_audit", "s", 100.0),
+    ]
 
 
 def test_guard_functions_sql_is_rerunnable_and_checks_its_sqlstate(upstream_dsn):
@@ -207,8 +234,9 @@ def test_matching_read_updates_and_bumps(upstream_dsn):
         tag = await env.simple("UPDATE {t} SET balance = 5 WHERE id = 1", reads)
         after = await env.row(1)
         reads = [await env.read(2)]
-        returned = await env.extended("UPDATE {t} SET balance = $1 WHERE id = $2 RETURNING owner",
-                                      (Decimal("7.5"), 2), reads)
+        returned = await env.extended(
+            "UPDATE {t} SET balance = $1 WHERE id = $2 RETURNING owner", (Decimal("7.5"), 2), reads
+        )
         return tag, after, [tuple(r) for r in returned]
 
     tag, after, returned = scenario(upstream_dsn, body)
@@ -221,8 +249,9 @@ def test_matching_read_updates_and_bumps(upstream_dsn):
 def test_concurrent_modification_is_a_conflict(upstream_dsn):
     async def body(env: Env):
         reads = [await env.read(1)]
-        await env.b.execute(f"UPDATE {env.name} SET owner = 'b', version = version + 1 "
-                            f"WHERE id = 1")
+        await env.b.execute(
+            f"UPDATE {env.name} SET owner = 'b', version = version + 1 WHERE id = 1"
+        )
         with pytest.raises(asyncpg.SerializationError) as simple_exc:
             await env.simple("UPDATE {t} SET owner = 'a' WHERE id = 1", reads)
         with pytest.raises(asyncpg.SerializationError) as ext_exc:
@@ -233,13 +262,18 @@ def test_concurrent_modification_is_a_conflict(upstream_dsn):
     for excinfo in (simple_exc, ext_exc):
         exc = excinfo.value
         table = exc.table_name
-        assert exc.message == (f"optimistic lock conflict: row (id)=(1) of public.{table} "
-                               f"was modified by another session")
+        assert exc.message == (
+            f"optimistic lock conflict: row (id)=(1) of public.{table} "
+            f"was modified by another session"
+        )
         assert exc.hint == "Re-read the row and retry the transaction."
         assert exc.schema_name == "public" and table.startswith("optimist_guard_")
         assert json.loads(exc.detail) == {
-            "table": f"public.{table}", "key": {"id": 1}, "kind": "modified",
-            "columns": {"version": {"read": 1, "current": 2, "attempted": None}}}
+            "table": f"public.{table}",
+            "key": {"id": 1},
+            "kind": "modified",
+            "columns": {"version": {"read": 1, "current": 2, "attempted": None}},
+        }
         conflict = conflict_of(excinfo)
         assert (conflict.kind, conflict.key, conflict.audit) == ("modified", {"id": 1}, False)
     assert row["owner"] == "b" and row["version"] == 2  # B's write survived
@@ -257,9 +291,15 @@ def test_deleted_row_is_a_conflict(upstream_dsn):
 
     for excinfo in scenario(upstream_dsn, body):
         exc = excinfo.value
-        assert exc.message.endswith("of public." + exc.table_name + " was deleted by another session")
-        assert json.loads(exc.detail) == {"table": "public." + exc.table_name, "key": {"id": 1},
-                                          "kind": "deleted", "columns": {}}
+        assert exc.message.endswith(
+            "of public." + exc.table_name + " was deleted by another session"
+        )
+        assert json.loads(exc.detail) == {
+            "table": "public." + exc.table_name,
+            "key": {"id": 1},
+            "kind": "deleted",
+            "columns": {},
+        }
         assert conflict_of(excinfo).kind == "deleted"
 
 
@@ -282,17 +322,20 @@ def test_conflict_aborts_the_clients_own_transaction(upstream_dsn):
 def test_writer_committing_while_we_wait_is_a_conflict(upstream_dsn):
     """Real interleaving: A's guarded write blocks on B's row lock; B commits; A must not
     overwrite B's row (EvalPlanQual re-checks the guard on B's version)."""
+
     async def body(env: Env):
         await env.a.execute("BEGIN")
         reads = [await env.read(1)]
         await env.b.execute("BEGIN")
-        await env.b.execute(f"UPDATE {env.name} SET balance = 99, version = version + 1 "
-                            f"WHERE id = 1")
+        await env.b.execute(
+            f"UPDATE {env.name} SET balance = 99, version = version + 1 WHERE id = 1"
+        )
         pid = env.a.get_server_pid()
         write = asyncio.ensure_future(env.simple("UPDATE {t} SET balance = 1 WHERE id = 1", reads))
         for _ in range(100):  # until A waits on B's lock
             waiting = await env.b.fetchval(
-                "SELECT wait_event_type FROM pg_stat_activity WHERE pid = $1", pid)
+                "SELECT wait_event_type FROM pg_stat_activity WHERE pid = $1", pid
+            )
             if waiting == "Lock":
                 break
             await asyncio.sleep(0.05)
@@ -349,8 +392,7 @@ def test_client_writing_the_version_itself(upstream_dsn):
 
     tag, row, excinfo = scenario(upstream_dsn, body)
     assert tag == "UPDATE 1" and row["version"] == 42  # no bump on top of the client's value
-    assert conflict_of(excinfo).columns == {
-        "version": {"read": 1, "current": 42, "attempted": 43}}
+    assert conflict_of(excinfo).columns == {"version": {"read": 1, "current": 42, "attempted": 43}}
 
 
 def test_timestamp_bump(upstream_dsn):
@@ -388,11 +430,13 @@ def test_in_list_checks_each_row_against_its_own_read(upstream_dsn):
         reads = [await env.read(1), await env.read(2), await env.read(3)]  # versions 1, 5, 1
         ok = await env.simple("UPDATE {t} SET note = 'all' WHERE id IN (1, 2, 3)", reads)
         reads = [await env.read(1), await env.read(2), await env.read(3)]
-        await env.b.execute(f"UPDATE {env.name} SET owner = 'b', version = version + 1 "
-                            f"WHERE id = 3")
+        await env.b.execute(
+            f"UPDATE {env.name} SET owner = 'b', version = version + 1 WHERE id = 3"
+        )
         with pytest.raises(asyncpg.SerializationError) as excinfo:
-            await env.extended("UPDATE {t} SET note = $1 WHERE id IN ($2,$3,$4)",
-                               ("again", 1, 2, 3), reads)
+            await env.extended(
+                "UPDATE {t} SET note = $1 WHERE id IN ($2,$3,$4)", ("again", 1, 2, 3), reads
+            )
         return ok, excinfo, [await env.row(i) for i in (1, 2, 3)]
 
     ok, excinfo, rows = scenario(upstream_dsn, body)
@@ -429,15 +473,19 @@ def test_blind_write_of_unread_row_is_not_checked(upstream_dsn):
 
 def test_composite_key(upstream_dsn):
     async def body(env: Env):
-        await env.a.execute(f"ALTER TABLE {env.name} DROP CONSTRAINT {env.name}_pkey, "
-                            f"ADD PRIMARY KEY (owner, id)")
+        await env.a.execute(
+            f"ALTER TABLE {env.name} DROP CONSTRAINT {env.name}_pkey, ADD PRIMARY KEY (owner, id)"
+        )
         env.protect(key=("owner", "id"))
         reads = [await env.read(1)]
         ok = await env.simple("UPDATE {t} SET note = 'x' WHERE owner = 'o1' AND id = 1", reads)
         await env.b.execute(f"UPDATE {env.name} SET version = 9 WHERE id = 1")
         with pytest.raises(asyncpg.SerializationError) as excinfo:
-            await env.extended("UPDATE {t} SET note = $1 WHERE id = $2 AND owner = $3",
-                               ("y", 1, "o1"), [{"version": "2"}])  # learned by RETURNING
+            await env.extended(
+                "UPDATE {t} SET note = $1 WHERE id = $2 AND owner = $3",
+                ("y", 1, "o1"),
+                [{"version": "2"}],
+            )  # learned by RETURNING
         return ok, excinfo
 
     ok, excinfo = scenario(upstream_dsn, body)
@@ -449,8 +497,13 @@ def test_composite_key(upstream_dsn):
 
 # ============================================================================ columns strategy
 
-POLICIES = {"owner": "changed", "balance": "changed", "note": "never", "version": "never",
-            "updated": "never"}
+POLICIES = {
+    "owner": "changed",
+    "balance": "changed",
+    "note": "never",
+    "version": "never",
+    "updated": "never",
+}
 
 
 def columns(**policies) -> dict:
@@ -470,7 +523,8 @@ def test_changed_policy(upstream_dsn):
     assert other == "UPDATE 1"  # another column: no conflict, B's change kept
     assert row["owner"] == "b" and row["balance"] == Decimal("1.00")
     assert conflict_of(excinfo).columns == {
-        "owner": {"read": "o1", "current": "b", "attempted": "a"}}
+        "owner": {"read": "o1", "current": "b", "attempted": "a"}
+    }
 
 
 def test_any_policy(upstream_dsn):
@@ -486,7 +540,8 @@ def test_any_policy(upstream_dsn):
     excinfo, ok = scenario(upstream_dsn, body, **columns(balance="any"))
     # only what B changed is listed, with numbers as numbers
     assert conflict_of(excinfo).columns == {
-        "balance": {"read": 10.0, "current": 55.0, "attempted": None}}
+        "balance": {"read": 10.0, "current": 55.0, "attempted": None}
+    }
     assert ok == "UPDATE 1"
 
 
@@ -502,7 +557,8 @@ def test_differing_policy(upstream_dsn):
     ok, excinfo = scenario(upstream_dsn, body, **columns(owner="differing"))
     assert ok == "UPDATE 1"  # B already wrote what A writes: nothing is lost
     assert conflict_of(excinfo).columns == {
-        "owner": {"read": "o1", "current": "same", "attempted": "other"}}
+        "owner": {"read": "o1", "current": "same", "attempted": "other"}
+    }
 
 
 def test_never_policy(upstream_dsn):
@@ -524,10 +580,12 @@ def test_groups(upstream_dsn):
         ok = await env.simple("UPDATE {t} SET owner = 'a' WHERE id = 1", reads)
         return excinfo, ok
 
-    excinfo, ok = scenario(upstream_dsn, body, groups=(frozenset({"balance", "note"}),),
-                           **columns())
-    assert conflict_of(excinfo).columns == {"note": {"read": "n1", "current": "b",
-                                                     "attempted": None}}
+    excinfo, ok = scenario(
+        upstream_dsn, body, groups=(frozenset({"balance", "note"}),), **columns()
+    )
+    assert conflict_of(excinfo).columns == {
+        "note": {"read": "n1", "current": "b", "attempted": None}
+    }
     assert ok == "UPDATE 1"
 
 
@@ -540,8 +598,9 @@ def test_sparse_update_keeps_another_sessions_change(upstream_dsn):
         after = await env.row(1)
         reads = [await env.read(2)]
         await env.b.execute(f"UPDATE {env.name} SET balance = 21 WHERE id = 2")
-        ext = await env.extended("UPDATE {t} SET owner = $1, balance = $2 WHERE id = $3",
-                                 ("a2", Decimal("20"), 2), reads)
+        ext = await env.extended(
+            "UPDATE {t} SET owner = $1, balance = $2 WHERE id = $3", ("a2", Decimal("20"), 2), reads
+        )
         stale = [{**(await env.read(1)), "balance": "10.00"}]  # a real change from 10
         with pytest.raises(asyncpg.SerializationError) as excinfo:
             await env.simple("UPDATE {t} SET balance = 15 WHERE id = 1", stale)
@@ -552,7 +611,8 @@ def test_sparse_update_keeps_another_sessions_change(upstream_dsn):
     assert after["owner"] == "a" and after["balance"] == Decimal("20.00")
     assert ext == [(2, "a2", Decimal("21.00"))]  # row 2: B's 21 kept, A's owner written
     assert conflict_of(excinfo).columns == {
-        "balance": {"read": 10.0, "current": 20.0, "attempted": 15.0}}
+        "balance": {"read": 10.0, "current": 20.0, "attempted": 15.0}
+    }
 
 
 def test_delete_checks_tracked_columns(upstream_dsn):
@@ -567,8 +627,9 @@ def test_delete_checks_tracked_columns(upstream_dsn):
 
     ok, excinfo, row = scenario(upstream_dsn, body, **columns())
     assert ok == "DELETE 1"  # 'never' columns do not stop a delete
-    assert conflict_of(excinfo).columns == {"owner": {"read": "o2", "current": "b",
-                                                      "attempted": None}}
+    assert conflict_of(excinfo).columns == {
+        "owner": {"read": "o2", "current": "b", "attempted": None}
+    }
     assert row is not None
 
 
@@ -594,7 +655,9 @@ def test_audit_mode_lets_the_write_through_and_reports(upstream_dsn):
     assert row["owner"] == "a" and row["version"] == 4
     conflicts = [parse_conflict(error_fields(n)) for n in notices]
     assert [(c.kind, c.key, c.audit) for c in conflicts] == [
-        ("modified", {"id": 1}, True), ("deleted", {"id": 2}, True)]
+        ("modified", {"id": 1}, True),
+        ("deleted", {"id": 2}, True),
+    ]
     assert all(n.message.startswith(AUDIT_MARKER) for n in notices)
     assert conflicts[0].columns == {"version": {"read": 1, "current": 3, "attempted": None}}
 
@@ -605,6 +668,7 @@ def test_audit_mode_lets_the_write_through_and_reports(upstream_dsn):
 def test_extended_protocol_with_text_parameters(upstream_dsn):
     """The proxy binds read values as it captured them (text): psycopg sends str parameters
     as text of unknown type, which the CASTs must type."""
+
     async def setup(env: Env):
         return env.name, await env.read(1)
 
@@ -614,8 +678,9 @@ def test_extended_protocol_with_text_parameters(upstream_dsn):
         plan, literals = env.plan("UPDATE {t} SET owner = $1, balance = $2 WHERE id = $3", 3)
         rendered = plan.render_extended(literals, 3)
         extra = [reads[col] for _, col in rendered.extra_params]
-        with psycopg.connect(upstream_dsn, autocommit=True,
-                             cursor_factory=psycopg.RawCursor) as conn:
+        with psycopg.connect(
+            upstream_dsn, autocommit=True, cursor_factory=psycopg.RawCursor
+        ) as conn:
             conn.execute(guard_functions_sql())
             conn.execute(f"UPDATE {name} SET balance = 30 WHERE id = 1")
             cur = conn.execute(rendered.sql, ["a", "10.00", "1", *extra], prepare=True)
@@ -632,7 +697,8 @@ def test_extended_protocol_with_text_parameters(upstream_dsn):
     first, diag = scenario(upstream_dsn, body)
     assert first[0][:3] == (1, "a", Decimal("30.00"))  # balance written back: B's 30 kept
     assert json.loads(diag.message_detail)["columns"] == {
-        "owner": {"read": "o1", "current": "z", "attempted": "b"}}
+        "owner": {"read": "o1", "current": "z", "attempted": "b"}
+    }
 
 
 # ============================================================================ error plumbing
@@ -661,8 +727,10 @@ def test_other_errors_are_not_conflicts(upstream_dsn):
         with pytest.raises(asyncpg.UniqueViolationError) as unique:
             await env.a.execute(f"INSERT INTO {env.name} (id) VALUES (1)")
         with pytest.raises(asyncpg.RaiseError) as own:
-            await env.a.execute("DO $$ BEGIN RAISE EXCEPTION 'optimistic lock conflict: mine' "
-                                "USING DETAIL = 'not json'; END $$")
+            await env.a.execute(
+                "DO $$ BEGIN RAISE EXCEPTION 'optimistic lock conflict: mine' "
+                "USING DETAIL = 'not json'; END $$"
+            )
         return unique.value, own.value
 
     for exc in scenario(upstream_dsn, body):
@@ -687,43 +755,81 @@ from hypothesis import HealthCheck, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
 _targets = st.sampled_from(["{t}", "{t} AS q", "ONLY {t}", "public.{t}", "{t} q"])
-_set_items = st.lists(st.sampled_from([
-    "owner = 'a'", "owner = NULL", "balance = balance + 1", "balance = 5.5", "note = DEFAULT",
-    "note = (SELECT 'x')", "version = 7", "(owner, note) = ('p', 'q')",
-    "updated = now()", "balance = '12'::numeric",
-]), min_size=1, max_size=3).filter(lambda items: _distinct_targets(items))
+_set_items = st.lists(
+    st.sampled_from(
+        [
+            "owner = 'a'",
+            "owner = NULL",
+            "balance = balance + 1",
+            "balance = 5.5",
+            "note = DEFAULT",
+            "note = (SELECT 'x')",
+            "version = 7",
+            "(owner, note) = ('p', 'q')",
+            "updated = now()",
+            "balance = '12'::numeric",
+        ]
+    ),
+    min_size=1,
+    max_size=3,
+).filter(lambda items: _distinct_targets(items))
 
 
 def _distinct_targets(items: list[str]) -> bool:
     written = [c.strip() for item in items for c in item.split("=")[0].strip("( )").split(",")]
     return len(written) == len(set(written))
-_pins = st.sampled_from(["id = 1", "{q}.id = 2", "1 = id", "id IN (1, 2)", "id = '3'::int",
-                         "id IN (3,2,1)", "(id = 1)"])
-_others = st.lists(st.sampled_from([
-    "note IS NULL", "balance BETWEEN 1 AND 100", "(owner = 'x' OR owner = 'y')",
-    "owner LIKE 'o%'", "NOT (balance < 0)", "version > 0"]), max_size=2)
-_tails = st.sampled_from(["", " RETURNING *", " RETURNING owner", " -- done", " ;",
-                          " RETURNING id /* c */"])
-_tables = st.sampled_from([
-    dict(),
-    dict(bump="timestamp", version_column="updated"),
-    dict(mode="audit"),
-    dict(notify="optimist_shapes"),
-    dict(strategy="columns", version_column=None,
-         policies={"owner": "differing", "balance": "any", "note": "never"}),
-    dict(strategy="columns", version_column=None, sparse_update=True,
-         policies={"owner": "changed", "balance": "differing", "note": "changed"},
-         groups=(frozenset({"owner", "note"}),)),
-])
+
+
+_pins = st.sampled_from(
+    ["id = 1", "{q}.id = 2", "1 = id", "id IN (1, 2)", "id = '3'::int", "id IN (3,2,1)", "(id = 1)"]
+)
+_others = st.lists(
+    st.sampled_from(
+        [
+            "note IS NULL",
+            "balance BETWEEN 1 AND 100",
+            "(owner = 'x' OR owner = 'y')",
+            "owner LIKE 'o%'",
+            "NOT (balance < 0)",
+            "version > 0",
+        ]
+    ),
+    max_size=2,
+)
+_tails = st.sampled_from(
+    ["", " RETURNING *", " RETURNING owner", " -- done", " ;", " RETURNING id /* c */"]
+)
+_tables = st.sampled_from(
+    [
+        dict(),
+        dict(bump="timestamp", version_column="updated"),
+        dict(mode="audit"),
+        dict(notify="optimist_shapes"),
+        dict(
+            strategy="columns",
+            version_column=None,
+            policies={"owner": "differing", "balance": "any", "note": "never"},
+        ),
+        dict(
+            strategy="columns",
+            version_column=None,
+            sparse_update=True,
+            policies={"owner": "changed", "balance": "differing", "note": "changed"},
+            groups=(frozenset({"owner", "note"}),),
+        ),
+    ]
+)
 
 
 @pytest.fixture(scope="module")
 def shape_db(upstream_dsn):
     name = "optimist_shapes_" + uuid.uuid4().hex[:8]
     with psycopg.connect(upstream_dsn, autocommit=True) as conn:
-        conn.execute(f"CREATE TABLE {name} (id integer PRIMARY KEY, owner text, "
-                     f"balance numeric(10,2), note text, version integer NOT NULL DEFAULT 1, "
-                     f"updated timestamptz NOT NULL DEFAULT now())")
+        conn.execute(
+            f"CREATE TABLE {name} (id integer PRIMARY KEY, owner text, "
+            f"balance numeric(10,2), note text, version integer NOT NULL DEFAULT 1, "
+            f"updated timestamptz NOT NULL DEFAULT now())"
+        )
         conn.execute(guard_functions_sql())
         try:
             yield conn, name
@@ -731,27 +837,50 @@ def shape_db(upstream_dsn):
             conn.execute(f"DROP TABLE {name}")
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(kind=st.sampled_from(["update", "delete"]), target=_targets, items=_set_items,
-       pin=_pins, others=_others, tail=_tails, spec=_tables, data=st.data())
-def test_random_statement_shapes_render_to_valid_sql(shape_db, kind, target, items, pin, others,
-                                                     tail, spec, data):
+@settings(
+    max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    kind=st.sampled_from(["update", "delete"]),
+    target=_targets,
+    items=_set_items,
+    pin=_pins,
+    others=_others,
+    tail=_tails,
+    spec=_tables,
+    data=st.data(),
+)
+def test_random_statement_shapes_render_to_valid_sql(
+    shape_db, kind, target, items, pin, others, tail, spec, data
+):
     conn, name = shape_db
     alias = "q" if target.endswith(" q") else name
     where = " AND ".join(data.draw(st.permutations([pin.replace("{q}", alias), *others])))
-    head = f"UPDATE {target} SET {', '.join(items)}" if kind == "update" else \
-        f"DELETE FROM {target}"
+    head = (
+        f"UPDATE {target} SET {', '.join(items)}" if kind == "update" else f"DELETE FROM {target}"
+    )
     client = f"{head} WHERE {where}{tail}".replace("{t}", name)
     env = Env(None, None, None)  # type: ignore[arg-type]
     table = env.protect(name=name, **spec)
     template, literals = normalize(client)
     plan = plan_write(template, table, 0)
     assert isinstance(plan, WritePlan), (client, plan)
-    reads = [{c: {"integer": "1", "text": "x", "numeric(10,2)": "1.50",
-                  "timestamp with time zone": "2024-01-01 00:00:00+00"}[TYPES[c]]
-              for c in plan.checked_columns} for _ in plan.pinned_rows]
-    for sql in (plan.render_simple(literals, reads, True),
-                plan.render_simple(literals, reads[:1] + [None] * (len(reads) - 1), True)):
+    reads = [
+        {
+            c: {
+                "integer": "1",
+                "text": "x",
+                "numeric(10,2)": "1.50",
+                "timestamp with time zone": "2024-01-01 00:00:00+00",
+            }[TYPES[c]]
+            for c in plan.checked_columns
+        }
+        for _ in plan.pinned_rows
+    ]
+    for sql in (
+        plan.render_simple(literals, reads, True),
+        plan.render_simple(literals, reads[:1] + [None] * (len(reads) - 1), True),
+    ):
         explained = conn.execute("EXPLAIN " + sql.rstrip(" ;")).fetchall()
         assert explained
         if table.mode != "off" and reads:

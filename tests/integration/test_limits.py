@@ -6,9 +6,9 @@ Where PostgreSQL itself has an answer, the test runs the same bytes against a di
 connection and compares: same SQLSTATEs, same message kinds, the connection left in the same
 state.
 """
+
 from __future__ import annotations
 
-import socket
 import struct
 import time
 
@@ -28,9 +28,9 @@ pytestmark = pytest.mark.timeout(120)
 def parse_backend(data: bytes) -> list[tuple[bytes, bytes]]:
     out, pos = [], 0
     while pos + 5 <= len(data):
-        kind = data[pos:pos + 1]
-        length = struct.unpack("!I", data[pos + 1:pos + 5])[0]
-        out.append((kind, data[pos + 5:pos + 1 + length]))
+        kind = data[pos : pos + 1]
+        length = struct.unpack("!I", data[pos + 1 : pos + 5])[0]
+        out.append((kind, data[pos + 5 : pos + 1 + length]))
         pos += 1 + length
     return out
 
@@ -56,7 +56,9 @@ def assert_serving(p) -> None:
 
 
 def bind(portal: bytes, statement: bytes, params: list[bytes | None] = ()) -> bytes:
-    body = portal + b"\0" + statement + b"\0" + struct.pack("!h", 0) + struct.pack("!h", len(params))
+    body = (
+        portal + b"\0" + statement + b"\0" + struct.pack("!h", 0) + struct.pack("!h", len(params))
+    )
     for p in params:
         body += struct.pack("!i", -1) if p is None else struct.pack("!i", len(p)) + p
     body += struct.pack("!h", 0)
@@ -79,8 +81,9 @@ def close_msg(kind: bytes, name: bytes) -> bytes:
     return message(b"C", kind + name + b"\0")
 
 
-def scenario_outcome(host: str, port: int, database: str, payload: bytes, *,
-                     expect_ready: int, wait: float = 5.0) -> dict:
+def scenario_outcome(
+    host: str, port: int, database: str, payload: bytes, *, expect_ready: int, wait: float = 5.0
+) -> dict:
     """Start a session, send `payload`, read until `expect_ready` ReadyForQuery messages (0:
     until the peer closes), or close, or `wait` seconds; then check whether the session still
     answers a query."""
@@ -100,7 +103,7 @@ def scenario_outcome(host: str, port: int, database: str, payload: bytes, *,
             except (EOFError, ConnectionResetError):
                 closed = True
                 break
-            except (socket.timeout, TimeoutError):
+            except TimeoutError:
                 break
             got.append((m.kind, m.payload))
         alive = False
@@ -111,9 +114,12 @@ def scenario_outcome(host: str, port: int, database: str, payload: bytes, *,
             except (EOFError, OSError, ValueError):
                 alive = False
     kinds = [k for k, _ in got if k not in (b"N", b"S")]
-    return {"kinds": kinds,
-            "errors": [(fields_of(p)["S"], fields_of(p)["C"]) for k, p in got if k == b"E"],
-            "closed": closed, "alive": alive}
+    return {
+        "kinds": kinds,
+        "errors": [(fields_of(p)["S"], fields_of(p)["C"]) for k, p in got if k == b"E"],
+        "closed": closed,
+        "alive": alive,
+    }
 
 
 # --------------------------------------------------------------------------- message size
@@ -163,8 +169,9 @@ def test_max_message_size_does_not_limit_server_results(proxy_factory):
     assert_serving(p)
 
 
-@pytest.mark.parametrize("size,accepted", [(10000, True), (10004, True), (10005, False),
-                                           (100000, False)])
+@pytest.mark.parametrize(
+    "size,accepted", [(10000, True), (10004, True), (10005, False), (100000, False)]
+)
 def test_startup_packet_length_limit(proxy, pg, size, accepted):
     """PostgreSQL refuses a startup packet whose length word, less its own 4 bytes, exceeds
     MAX_STARTUP_PACKET_LENGTH (10000): packets of up to 10004 bytes in all are accepted."""
@@ -173,12 +180,17 @@ def test_startup_packet_length_limit(proxy, pg, size, accepted):
     packet = struct.pack("!I", len(body) + 4) + body
     assert len(packet) == size
     outcomes = {}
-    for name, (host, port) in {"direct": (pg.host, pg.port), "proxy": (proxy.host, proxy.port)}.items():
+    for name, (host, port) in {
+        "direct": (pg.host, pg.port),
+        "proxy": (proxy.host, proxy.port),
+    }.items():
         with RawClient(host, port) as raw:
             raw.send(packet)
             try:
                 msgs = raw.read_until((b"Z", b"E"))
-                outcomes[name] = "ready" if msgs[-1].kind == b"Z" else f"error {msgs[-1].fields.get('C')}"
+                outcomes[name] = (
+                    "ready" if msgs[-1].kind == b"Z" else f"error {msgs[-1].fields.get('C')}"
+                )
             except (EOFError, ConnectionResetError):
                 outcomes[name] = "closed"
     if getattr(pg, "external", False):
@@ -217,6 +229,7 @@ def test_max_client_connections(proxy_factory):
                 return True
             except psycopg.OperationalError:
                 return False
+
         wait_until(new_accepted, timeout=5, what="a new client once one has closed")
         assert conns[-1].execute("select 1").fetchone() == (1,)
         # raw sockets that never start up count too (they hold a slot until auth timeout)
@@ -234,8 +247,9 @@ def test_max_client_connections(proxy_factory):
 @pytest.mark.parametrize("what", ["nothing", "partial-startup", "partial-length"])
 def test_auth_timeout_closes_silent_clients(proxy_factory, what):
     p = proxy_factory("--auth-timeout", "1")
-    payload = {"nothing": b"", "partial-startup": startup_packet()[:12],
-               "partial-length": b"\0\0"}[what]
+    payload = {"nothing": b"", "partial-startup": startup_packet()[:12], "partial-length": b"\0\0"}[
+        what
+    ]
     with RawClient(p.host, p.port) as raw:
         t0 = time.monotonic()
         if payload:
@@ -261,9 +275,12 @@ def test_auth_timeout_during_password_exchange(proxy_factory, pg_factory):
     server = pg_factory()
     hba = server.data_dir / "pg_hba.conf"
     st = hba.stat()
-    hba.write_text("local all all trust\nhost all postgres 127.0.0.1/32 trust\n"
-                   "host all all 127.0.0.1/32 scram-sha-256\n")
+    hba.write_text(
+        "local all all trust\nhost all postgres 127.0.0.1/32 trust\n"
+        "host all all 127.0.0.1/32 scram-sha-256\n"
+    )
     import os
+
     os.chown(hba, st.st_uid, st.st_gid)
     with connect(server.dsn) as c:
         c.execute("create role slow_bob login password 'pw'")
@@ -383,23 +400,39 @@ ODDITIES = {
     "describe-unknown-statement": (describe(b"S", b"no_such_statement") + sync(), 1),
     "describe-unknown-portal": (describe(b"P", b"no_such_portal") + sync(), 1),
     "close-unknown-statement": (close_msg(b"S", b"no_such_statement") + sync(), 1),
-    "parse-syntax-error-then-more": (parse_msg(b"", "selec 1") + bind(b"", b"") + execute()
-                                     + sync() + query("select 'after'"), 2),
-    "copy-data-outside-copy": (message(b"d", b"stray row\n") + message(b"c")
-                               + query("select 'after copy data'"), 1),
+    "parse-syntax-error-then-more": (
+        parse_msg(b"", "selec 1") + bind(b"", b"") + execute() + sync() + query("select 'after'"),
+        2,
+    ),
+    "copy-data-outside-copy": (
+        message(b"d", b"stray row\n") + message(b"c") + query("select 'after copy data'"),
+        1,
+    ),
     "copy-fail-outside-copy": (message(b"f", b"why\0") + query("select 'after copy fail'"), 1),
     "flush-only": (message(b"H") + query("select 'after flush'"), 1),
     "sync-only": (sync() + sync(), 2),
     "empty-query": (query(""), 1),
-    "function-call-unknown-oid": (message(b"F", struct.pack("!IhhH", 1, 0, 0, 0)
-                                          + struct.pack("!h", 0)), 1),
-    "bind-wrong-parameter-count": (parse_msg(b"s1", "select $1::int") + bind(b"", b"s1")
-                                   + execute() + sync(), 1),
-    "bind-invalid-integer": (parse_msg(b"s2", "select $1::int") + bind(b"", b"s2", [b"abc"])
-                             + execute() + sync(), 1),
+    "function-call-unknown-oid": (
+        message(b"F", struct.pack("!IhhH", 1, 0, 0, 0) + struct.pack("!h", 0)),
+        1,
+    ),
+    "bind-wrong-parameter-count": (
+        parse_msg(b"s1", "select $1::int") + bind(b"", b"s1") + execute() + sync(),
+        1,
+    ),
+    "bind-invalid-integer": (
+        parse_msg(b"s2", "select $1::int") + bind(b"", b"s2", [b"abc"]) + execute() + sync(),
+        1,
+    ),
     "query-invalid-utf8": (message(b"Q", b"select '\xff\xfe'\0"), 1),
-    "execute-with-row-limit": (parse_msg(b"", "select generate_series(1, 5)") + bind(b"", b"")
-                               + execute(b"", 2) + execute(b"", 2) + sync(), 1),
+    "execute-with-row-limit": (
+        parse_msg(b"", "select generate_series(1, 5)")
+        + bind(b"", b"")
+        + execute(b"", 2)
+        + execute(b"", 2)
+        + sync(),
+        1,
+    ),
 }
 
 
@@ -408,13 +441,20 @@ def oddity_targets(pg, tmp_path_factory):
     """Direct, through a plain proxy and through a proxy with rules (the enforcer decodes
     Parse/Bind/Execute/Describe/Close)."""
     from tests.support import ProxyProcess
+
     db = make_database(pg.dsn)
     rules = write_rules(tmp_path_factory.mktemp("rules"), VERSION_RULES)
     plain = ProxyProcess(pg.host, pg.port).start()
     ruled = ProxyProcess(pg.host, pg.port, rules=rules).start()
     try:
-        yield db, {"direct": (pg.host, pg.port), "proxy": (plain.host, plain.port),
-                   "proxy+rules": (ruled.host, ruled.port)}
+        yield (
+            db,
+            {
+                "direct": (pg.host, pg.port),
+                "proxy": (plain.host, plain.port),
+                "proxy+rules": (ruled.host, ruled.port),
+            },
+        )
     finally:
         for p in (plain, ruled):
             code = p.stop()
@@ -427,13 +467,19 @@ def oddity_targets(pg, tmp_path_factory):
 def test_protocol_oddity_answered_as_postgresql(oddity_targets, name):
     db, targets = oddity_targets
     payload, ready = ODDITIES[name]
-    outcomes = {target: scenario_outcome(host, port, db, payload, expect_ready=ready)
-                for target, (host, port) in targets.items()}
+    outcomes = {
+        target: scenario_outcome(host, port, db, payload, expect_ready=ready)
+        for target, (host, port) in targets.items()
+    }
     direct = outcomes.pop("direct")
     for target, got in outcomes.items():
         assert got["errors"] == direct["errors"], (target, got, direct)
         assert got["kinds"] == direct["kinds"], (target, got, direct)
-        assert (got["closed"], got["alive"]) == (direct["closed"], direct["alive"]), (target, got, direct)
+        assert (got["closed"], got["alive"]) == (direct["closed"], direct["alive"]), (
+            target,
+            got,
+            direct,
+        )
     for host, port in list(targets.values())[1:]:
         with RawClient(host, port) as raw:
             raw.startup(database=db)
@@ -445,36 +491,48 @@ def test_protocol_oddity_answered_as_postgresql(oddity_targets, name):
 
 def scrape(url: str) -> str:
     import urllib.request
+
     with urllib.request.urlopen(url, timeout=5) as resp:
         return resp.read().decode()
 
 
 def unverified(url: str, table: str, reason: str) -> float:
     from tests.support.promtext import sample_sum as sample
+
     return sample(scrape(url), "optimist_unverified_writes_total", table=table, reason=reason)
 
 
 UNREADABLE = {
     # sqlglot cannot read the statement: relayed as the client wrote it
     "where-current-of": (
-        ["BEGIN",
-         "DECLARE c CURSOR FOR SELECT id, owner, balance, version FROM accounts WHERE id = 2 FOR UPDATE",
-         "FETCH c",
-         "UPDATE accounts SET balance = 222 WHERE CURRENT OF c",
-         "DELETE FROM accounts WHERE CURRENT OF c",
-         "COMMIT"],
-        "where_current_of", 2),
+        [
+            "BEGIN",
+            "DECLARE c CURSOR FOR SELECT id, owner, balance, version FROM accounts WHERE id = 2 FOR UPDATE",
+            "FETCH c",
+            "UPDATE accounts SET balance = 222 WHERE CURRENT OF c",
+            "DELETE FROM accounts WHERE CURRENT OF c",
+            "COMMIT",
+        ],
+        "where_current_of",
+        2,
+    ),
     "is-nfc-normalized": (
-        ["SELECT * FROM accounts WHERE id = 1",
-         "UPDATE accounts SET balance = 111 WHERE id = 1 AND owner IS NFC NORMALIZED",
-         "SELECT * FROM accounts WHERE id = 3",
-         "DELETE FROM accounts WHERE id = 3 AND owner IS NOT NFC NORMALIZED"],
-        "parse_error", 2),
+        [
+            "SELECT * FROM accounts WHERE id = 1",
+            "UPDATE accounts SET balance = 111 WHERE id = 1 AND owner IS NFC NORMALIZED",
+            "SELECT * FROM accounts WHERE id = 3",
+            "DELETE FROM accounts WHERE id = 3 AND owner IS NOT NFC NORMALIZED",
+        ],
+        "parse_error",
+        2,
+    ),
 }
 
 
 @pytest.mark.parametrize("name", list(UNREADABLE))
-def test_unreadable_write_passes_through_untouched_and_is_counted(pg, proxy_factory, tmp_path, name):
+def test_unreadable_write_passes_through_untouched_and_is_counted(
+    pg, proxy_factory, tmp_path, name
+):
     statements, reason, count = UNREADABLE[name]
     via_proxy_db, direct_db = make_database(pg.dsn), make_database(pg.dsn)
     p = proxy_factory(rules=write_rules(tmp_path, VERSION_RULES), metrics=True)
@@ -492,18 +550,28 @@ def test_unreadable_write_passes_through_untouched_and_is_counted(pg, proxy_fact
     direct = run(f"{base}/{direct_db}")
     assert through == direct
     state = "SELECT id, owner, balance, version FROM accounts ORDER BY id"
-    assert query_direct(f"{base}/{via_proxy_db}", state) == query_direct(f"{base}/{direct_db}", state)
+    assert query_direct(f"{base}/{via_proxy_db}", state) == query_direct(
+        f"{base}/{direct_db}", state
+    )
     # nothing was added: no version bump on the rows written
-    assert wait_until(lambda: unverified(p.metrics_url, "public.accounts", reason) == count,
-                      timeout=5, what=f"{count} unverified writes counted with reason {reason}")
+    assert wait_until(
+        lambda: unverified(p.metrics_url, "public.accounts", reason) == count,
+        timeout=5,
+        what=f"{count} unverified writes counted with reason {reason}",
+    )
     # the extended protocol too
     if name == "is-nfc-normalized":
         with connect(p.dsn_for(via_proxy_db)) as c:
             c.execute("SELECT * FROM accounts WHERE id = 2").fetchall()
-            cur = c.execute("UPDATE accounts SET balance = %s WHERE id = %s AND owner IS NFC NORMALIZED",
-                            [5, 2])
+            cur = c.execute(
+                "UPDATE accounts SET balance = %s WHERE id = %s AND owner IS NFC NORMALIZED", [5, 2]
+            )
             assert cur.rowcount == 1
-        assert query_direct(f"{base}/{via_proxy_db}",
-                            "SELECT balance, version FROM accounts WHERE id = 2") == [(5, 1)]
-        wait_until(lambda: unverified(p.metrics_url, "public.accounts", reason) == count + 1,
-                   timeout=5, what="the extended-protocol unverified write counted")
+        assert query_direct(
+            f"{base}/{via_proxy_db}", "SELECT balance, version FROM accounts WHERE id = 2"
+        ) == [(5, 1)]
+        wait_until(
+            lambda: unverified(p.metrics_url, "public.accounts", reason) == count + 1,
+            timeout=5,
+            what="the extended-protocol unverified write counted",
+        )

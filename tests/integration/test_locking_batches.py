@@ -1,5 +1,6 @@
 """Batches with one conflicting row: the server raises inside the batch's own transaction, so
 nothing of an implicit-transaction batch is applied; and lost updates, counted."""
+
 from __future__ import annotations
 
 import asyncio
@@ -10,8 +11,8 @@ import asyncpg
 import psycopg
 import pytest
 
-from tests.integration.test_locking_core import Locking, run
 from proxy.embedded import pg_tool
+from tests.integration.test_locking_core import Locking, run
 
 
 @pytest.fixture
@@ -21,8 +22,10 @@ def locking(pg, proxy_factory, tmp_path):
 
 def bump_behind_our_back(locking, account_id):
     with psycopg.connect(locking.direct, autocommit=True) as c:
-        c.execute("UPDATE accounts SET balance = balance + 1000, version = version + 1 "
-                  "WHERE id = %s", (account_id,))
+        c.execute(
+            "UPDATE accounts SET balance = balance + 1000, version = version + 1 WHERE id = %s",
+            (account_id,),
+        )
 
 
 def test_asyncpg_executemany_with_one_conflicting_row(locking):
@@ -34,14 +37,18 @@ def test_asyncpg_executemany_with_one_conflicting_row(locking):
             await c.fetch("SELECT * FROM accounts")
             bump_behind_our_back(locking, 2)
             with pytest.raises(asyncpg.SerializationError):
-                await c.executemany("UPDATE accounts SET balance = $1 WHERE id = $2",
-                                    [(11, 1), (22, 2), (33, 3)])
+                await c.executemany(
+                    "UPDATE accounts SET balance = $1 WHERE id = $2", [(11, 1), (22, 2), (33, 3)]
+                )
         finally:
             await c.close()
 
     run(scenario())
-    assert locking.direct_rows("SELECT id, balance FROM accounts ORDER BY id") == \
-        [(1, 100), (2, 1200), (3, 300)]
+    assert locking.direct_rows("SELECT id, balance FROM accounts ORDER BY id") == [
+        (1, 100),
+        (2, 1200),
+        (3, 300),
+    ]
 
 
 def test_psycopg_pipeline_with_one_conflicting_row(locking):
@@ -56,8 +63,11 @@ def test_psycopg_pipeline_with_one_conflicting_row(locking):
                 c.execute("UPDATE accounts SET balance = %s WHERE id = %s", (33, 3))
                 c.execute("UPDATE accounts SET balance = %s WHERE id = %s", (22, 2))
                 c.execute("COMMIT")
-    assert locking.direct_rows("SELECT id, balance FROM accounts ORDER BY id") == \
-        [(1, 100), (2, 200), (3, 1300)]
+    assert locking.direct_rows("SELECT id, balance FROM accounts ORDER BY id") == [
+        (1, 100),
+        (2, 200),
+        (3, 1300),
+    ]
 
 
 def test_psql_multi_statement_string_is_all_or_nothing(locking):
@@ -65,18 +75,31 @@ def test_psql_multi_statement_string_is_all_or_nothing(locking):
     psql = pg_tool("psql")
     # psql runs each -c on the same connection; between the read and the write another
     # session (a direct psql started through \\!) changes row 2
-    hook = (f"{psql} '{locking.direct}' -X -q -c "
-            "\"UPDATE accounts SET balance = balance + 1000, version = version + 1 WHERE id = 2\"")
+    hook = (
+        f"{psql} '{locking.direct}' -X -q -c "
+        "\"UPDATE accounts SET balance = balance + 1000, version = version + 1 WHERE id = 2\""
+    )
     proc = subprocess.run(
-        [psql, locking.dsn, "-X",
-         "-c", "SELECT * FROM accounts WHERE id IN (1, 2)",
-         "-c", f"\\! {hook}",
-         "-c", "UPDATE accounts SET balance = 1 WHERE id = 1; "
-               "UPDATE accounts SET balance = 2 WHERE id = 2"],
-        capture_output=True, text=True, timeout=30)
+        [
+            psql,
+            locking.dsn,
+            "-X",
+            "-c",
+            "SELECT * FROM accounts WHERE id IN (1, 2)",
+            "-c",
+            f"\\! {hook}",
+            "-c",
+            "UPDATE accounts SET balance = 1 WHERE id = 1; "
+            "UPDATE accounts SET balance = 2 WHERE id = 2",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     assert "modified by another session" in proc.stderr, proc.stderr
-    assert locking.direct_rows("SELECT id, balance FROM accounts WHERE id IN (1, 2) ORDER BY id") \
-        == [(1, 100), (2, 1200)]
+    assert locking.direct_rows(
+        "SELECT id, balance FROM accounts WHERE id IN (1, 2) ORDER BY id"
+    ) == [(1, 100), (2, 1200)]
 
 
 def _increment_workload(dsn, clients, rounds, retry):
@@ -94,7 +117,9 @@ def _increment_workload(dsn, clients, rounds, retry):
                     row = await c.fetchrow("SELECT id, n, version FROM counters WHERE id = $1", cid)
                     await asyncio.sleep(0)  # let others interleave, like a user thinking
                     try:
-                        await c.execute("UPDATE counters SET n = $1 WHERE id = $2", row["n"] + 1, cid)
+                        await c.execute(
+                            "UPDATE counters SET n = $1 WHERE id = $2", row["n"] + 1, cid
+                        )
                         break
                     except asyncpg.SerializationError:
                         if not retry:
@@ -119,5 +144,5 @@ def test_lost_updates_happen_direct_and_not_through_the_proxy(locking):
     with psycopg.connect(locking.direct, autocommit=True) as c:
         c.execute("UPDATE counters SET n = 0")
     _increment_workload(locking.direct, clients, rounds, retry=True)
-    (total,), = locking.direct_rows("SELECT sum(n) FROM counters")
+    ((total,),) = locking.direct_rows("SELECT sum(n) FROM counters")
     assert total < clients * rounds, "direct to PostgreSQL, read-modify-write loses updates"

@@ -1,5 +1,6 @@
 """Optimistic locking through the real proxy with real drivers: conflicts, kinds, details, and
 no false conflicts."""
+
 from __future__ import annotations
 
 import asyncio
@@ -189,7 +190,9 @@ def test_composite_keys_and_in_lists(locking):
             await b.fetch("SELECT * FROM pairs")
             await a.execute("UPDATE pairs SET payload = 'A' WHERE a = 1 AND b = 'y'")
             with pytest.raises(asyncpg.SerializationError):
-                await b.execute("UPDATE pairs SET payload = $1 WHERE a = $2 AND b = $3", "B", 1, "y")
+                await b.execute(
+                    "UPDATE pairs SET payload = $1 WHERE a = $2 AND b = $3", "B", 1, "y"
+                )
             await b.execute("UPDATE pairs SET payload = $1 WHERE a = $2 AND b = $3", "B", 1, "x")
             await a.fetch("SELECT * FROM accounts")
             await b.fetch("SELECT * FROM accounts")
@@ -201,9 +204,13 @@ def test_composite_keys_and_in_lists(locking):
             await b.close()
 
     run(scenario())
-    assert locking.direct_rows("SELECT b, payload FROM pairs ORDER BY b") == [("x", "B"), ("y", "A")]
-    assert locking.direct_rows("SELECT id, balance FROM accounts WHERE id IN (2, 3) ORDER BY id") \
-        == [(2, 200), (3, 300)]
+    assert locking.direct_rows("SELECT b, payload FROM pairs ORDER BY b") == [
+        ("x", "B"),
+        ("y", "A"),
+    ]
+    assert locking.direct_rows(
+        "SELECT id, balance FROM accounts WHERE id IN (2, 3) ORDER BY id"
+    ) == [(2, 200), (3, 300)]
 
 
 def test_writes_without_a_key_pin_pass_unchanged(locking):
@@ -211,8 +218,11 @@ def test_writes_without_a_key_pin_pass_unchanged(locking):
     with psycopg.connect(locking.dsn, autocommit=True) as c:
         c.execute("SELECT * FROM accounts").fetchall()
         c.execute("UPDATE accounts SET balance = balance + 1 WHERE balance > 150")
-    assert locking.direct_rows("SELECT id, balance FROM accounts ORDER BY id") == \
-        [(1, 100), (2, 201), (3, 301)]
+    assert locking.direct_rows("SELECT id, balance FROM accounts ORDER BY id") == [
+        (1, 100),
+        (2, 201),
+        (3, 301),
+    ]
 
 
 @pytest.mark.parametrize("protocol", ["simple", "extended"])
@@ -245,16 +255,19 @@ def test_in_list_with_one_row_not_read_still_checks_the_others(locking, protocol
             await b.close()
 
     run(scenario())
-    assert locking.direct_rows("SELECT id, balance FROM accounts WHERE id IN (1, 3) ORDER BY id") \
-        == [(1, 100), (3, 7)]
+    assert locking.direct_rows(
+        "SELECT id, balance FROM accounts WHERE id IN (1, 3) ORDER BY id"
+    ) == [(1, 100), (3, 7)]
 
 
 def test_discard_all_keeps_checking(locking):
     """Connection pools reset sessions with DISCARD ALL, which drops temporary functions and
     prepared statements: the proxy must notice and keep guarding."""
     locking.start()
-    with psycopg.connect(locking.dsn, autocommit=True) as a, \
-            psycopg.connect(locking.dsn, autocommit=True) as b:
+    with (
+        psycopg.connect(locking.dsn, autocommit=True) as a,
+        psycopg.connect(locking.dsn, autocommit=True) as b,
+    ):
         b.execute("UPDATE accounts SET owner = %s WHERE id = %s", ("warm", 1))  # prepares forms
         b.execute("DISCARD ALL")
         a.execute("SELECT * FROM accounts WHERE id = 1").fetchall()
@@ -276,7 +289,9 @@ def test_role_without_temp_privilege_passes_writes_unverified(locking):
         c.execute("GRANT SELECT, UPDATE ON accounts TO notemp")
     locking.start()
     try:
-        with psycopg.connect(locking.proxy.dsn_for(locking.db, user="notemp"), autocommit=True) as c:
+        with psycopg.connect(
+            locking.proxy.dsn_for(locking.db, user="notemp"), autocommit=True
+        ) as c:
             c.execute("SELECT * FROM accounts WHERE id = 2").fetchall()
             c.execute("UPDATE accounts SET owner = 'n' WHERE id = 2")
             c.execute("UPDATE accounts SET owner = %s WHERE id = %s", ("m", 2))
@@ -293,8 +308,10 @@ def test_psycopg_reads_with_parameters_are_captured(locking, prepare):
     """psycopg sends Parse/Bind/Describe(portal)/Execute/Sync in one flight: the read must be
     captured from the RowDescription that arrives after the Execute was queued."""
     locking.start()
-    with psycopg.connect(locking.dsn, autocommit=True) as a, \
-            psycopg.connect(locking.dsn, autocommit=True) as b:
+    with (
+        psycopg.connect(locking.dsn, autocommit=True) as a,
+        psycopg.connect(locking.dsn, autocommit=True) as b,
+    ):
         for _ in range(3):  # prepare=True: later executions Bind a described named statement
             b.execute("SELECT * FROM accounts WHERE id = %s", (2,), prepare=prepare).fetchall()
         a.execute("SELECT * FROM accounts WHERE id = %s", (2,), prepare=prepare).fetchall()
@@ -314,8 +331,10 @@ def test_retry_after_conflict_is_not_refused_forever(locking, in_transaction):
     the same stale version forever (pgbench --max-tries, retry loops)."""
     locking.start()
     stmt = "UPDATE accounts SET balance = balance + 1 WHERE id = 1"
-    with psycopg.connect(locking.dsn, autocommit=True) as a, \
-            psycopg.connect(locking.dsn, autocommit=True) as b:
+    with (
+        psycopg.connect(locking.dsn, autocommit=True) as a,
+        psycopg.connect(locking.dsn, autocommit=True) as b,
+    ):
         a.execute(stmt)  # unread: unchecked, learned
         b.execute(stmt)  # someone else writes the row
         with pytest.raises(psycopg.errors.SerializationFailure):
@@ -334,8 +353,10 @@ def test_a_row_that_was_read_stays_stale_after_a_conflict(locking):
     """Unlike a blind write, a write based on a read must not slip through after its conflict:
     without a re-read, every further write of the row is refused."""
     locking.start()
-    with psycopg.connect(locking.dsn, autocommit=True) as a, \
-            psycopg.connect(locking.dsn, autocommit=True) as b:
+    with (
+        psycopg.connect(locking.dsn, autocommit=True) as a,
+        psycopg.connect(locking.dsn, autocommit=True) as b,
+    ):
         a.execute("SELECT * FROM accounts WHERE id = 2").fetchall()
         b.execute("SELECT * FROM accounts WHERE id = 2").fetchall()
         a.execute("UPDATE accounts SET owner = 'a' WHERE id = 2")

@@ -2,6 +2,7 @@
 ASCII letters, so the capital Ä stays) and `"MixedCase"` created quoted. Through the real
 proxy: the stale writer gets 40001, nothing of its write is applied, and the writes are
 counted as checked (not unverified) in /metrics."""
+
 from __future__ import annotations
 
 import asyncio
@@ -85,8 +86,11 @@ def test_stale_write_on_oddly_named_table_is_refused(names_db, catalog_name, pro
     with connect(direct) as c:
         rows = c.execute(f"SELECT name, version FROM {sql_name} WHERE id = 1").fetchall()
     assert rows == [("from a", 2)]  # a's write, bumped once; nothing of b's
-    assert wait_until(lambda: _checked(proxy.metrics_url, label) == 2, timeout=5,
-                      what=f"two checked writes on {label}")
+    assert wait_until(
+        lambda: _checked(proxy.metrics_url, label) == 2,
+        timeout=5,
+        what=f"two checked writes on {label}",
+    )
     text = scrape(proxy.metrics_url)
     assert sample_sum(text, "optimist_unverified_writes_total", table=label) == 0
     assert sample_sum(text, "optimist_conflicts_total", table=label, kind="modified") == 1

@@ -84,8 +84,10 @@ def test_executemany_pipeline(proxy, upstream_dsn):
             got = await conn.fetch(f"select count(*), sum(id), max(v) from {name}")
             # a failing batch is atomic (executemany runs in one implicit transaction)
             with pytest.raises(asyncpg.UniqueViolationError):
-                await conn.executemany(f"insert into {name} values ($1, $2, $3)",
-                                       [(5000, "a", 1), (5001, "b", 2), (1, "dup", 3), (5002, "c", 4)])
+                await conn.executemany(
+                    f"insert into {name} values ($1, $2, $3)",
+                    [(5000, "a", 1), (5001, "b", 2), (1, "dup", 3), (5002, "c", 4)],
+                )
             after = await conn.fetchval(f"select count(*) from {name}")
             await conn.copy_records_to_table(name, records=[(9000 + i, "c", 1) for i in range(500)])
             copied = await conn.fetchval(f"select count(*) from {name} where id >= 9000")
@@ -106,8 +108,11 @@ def test_binary_formats_round_trip(proxy):
         ("numeric", decimal.Decimal("12345678901234567890.123456789012345678901234567890")),
         ("numeric", decimal.Decimal("-0.000000000000000000000001")),
         ("numeric", decimal.Decimal("NaN")),
-        ("timestamptz", dt.datetime(2024, 2, 29, 23, 59, 59, 999999, tzinfo=dt.timezone.utc)),
-        ("timestamptz", dt.datetime(1900, 1, 1, tzinfo=dt.timezone(dt.timedelta(hours=5, minutes=30)))),
+        ("timestamptz", dt.datetime(2024, 2, 29, 23, 59, 59, 999999, tzinfo=dt.UTC)),
+        (
+            "timestamptz",
+            dt.datetime(1900, 1, 1, tzinfo=dt.timezone(dt.timedelta(hours=5, minutes=30))),
+        ),
         ("timestamp", dt.datetime(2000, 1, 1, 12, 0)),
         ("date", dt.date(1, 1, 1)),
         ("interval", dt.timedelta(days=-3, seconds=7, microseconds=11)),
@@ -128,11 +133,16 @@ def test_binary_formats_round_trip(proxy):
             out = []
             for typ, v in values:
                 out.append(await conn.fetchval(f"select $1::{typ}", v))
-            await conn.set_type_codec("jsonb", encoder=json.dumps, decoder=json.loads, schema="pg_catalog")
+            await conn.set_type_codec(
+                "jsonb", encoder=json.dumps, decoder=json.loads, schema="pg_catalog"
+            )
             j = await conn.fetchval("select $1::jsonb", doc)
             j2 = await conn.fetchval("select jsonb_build_object('k', $1::int[])", [3, 4])
-            rec = await conn.fetchrow("select $1::bytea as b, $2::numeric[] as n", b"\x00\xff",
-                                      [decimal.Decimal("1.10"), None])
+            rec = await conn.fetchrow(
+                "select $1::bytea as b, $2::numeric[] as n",
+                b"\x00\xff",
+                [decimal.Decimal("1.10"), None],
+            )
             return out, j, j2, rec
         finally:
             await conn.close()
@@ -153,7 +163,9 @@ def test_listen_notify_between_proxy_connections(proxy):
         sender = await connect(proxy.dsn)
         try:
             got: asyncio.Queue = asyncio.Queue()
-            await listener.add_listener("relay_chan", lambda c, pid, ch, payload: got.put_nowait((ch, payload)))
+            await listener.add_listener(
+                "relay_chan", lambda c, pid, ch, payload: got.put_nowait((ch, payload))
+            )
             await sender.execute("notify relay_chan, 'hello'")
             first = await asyncio.wait_for(got.get(), 5)
             # notifications from a transaction arrive at commit, in order

@@ -9,13 +9,18 @@ import subprocess
 import sys
 import tempfile
 import textwrap
-import time
 from pathlib import Path
 
 import psycopg
 import pytest
 
-from proxy.embedded import EmbeddedPostgres, EmbeddedPostgresError, default_data_dir, free_port, pg_tool
+from proxy.embedded import (
+    EmbeddedPostgres,
+    EmbeddedPostgresError,
+    default_data_dir,
+    free_port,
+    pg_tool,
+)
 from proxy.embedded.privileges import untraversable_ancestors
 from tests.support import connect, query_direct, run_psql, wait_until
 
@@ -30,27 +35,57 @@ def scratch():
 def test_session_server_settings(pg):
     if getattr(pg, "external", False):
         pytest.skip("OPTIMIST_TEST_DSN server")
-    got = dict(query_direct(pg.dsn, "select name, setting from pg_settings where name = any(%s)",
-                            [["fsync", "synchronous_commit", "full_page_writes", "max_connections",
-                              "listen_addresses", "unix_socket_directories", "server_encoding"]]))
-    assert got == {"fsync": "off", "synchronous_commit": "off", "full_page_writes": "off",
-                   "max_connections": "200", "listen_addresses": "127.0.0.1",
-                   "unix_socket_directories": str(pg.data_dir), "server_encoding": "UTF8"}
+    got = dict(
+        query_direct(
+            pg.dsn,
+            "select name, setting from pg_settings where name = any(%s)",
+            [
+                [
+                    "fsync",
+                    "synchronous_commit",
+                    "full_page_writes",
+                    "max_connections",
+                    "listen_addresses",
+                    "unix_socket_directories",
+                    "server_encoding",
+                ]
+            ],
+        )
+    )
+    assert got == {
+        "fsync": "off",
+        "synchronous_commit": "off",
+        "full_page_writes": "off",
+        "max_connections": "200",
+        "listen_addresses": "127.0.0.1",
+        "unix_socket_directories": str(pg.data_dir),
+        "server_encoding": "UTF8",
+    }
     assert pg.dsn == f"postgresql://postgres@127.0.0.1:{pg.port}/postgres"
     assert (pg.data_dir / f".s.PGSQL.{pg.port}").is_socket()
     # the Unix socket works too
-    with psycopg.connect(host=str(pg.data_dir), port=pg.port, user="postgres", dbname="postgres") as c:
+    with psycopg.connect(
+        host=str(pg.data_dir), port=pg.port, user="postgres", dbname="postgres"
+    ) as c:
         assert c.execute("select 1").fetchone() == (1,)
     if os.geteuid() == 0:
-        assert query_direct(pg.dsn, "select current_setting('data_directory')")[0][0] == str(pg.data_dir)
+        assert query_direct(pg.dsn, "select current_setting('data_directory')")[0][0] == str(
+            pg.data_dir
+        )
         import pwd
+
         assert pwd.getpwuid(pg.data_dir.stat().st_uid).pw_name == "optimist-pg"
 
 
 def test_life_cycle_kill_restart_and_config(scratch):
     port = free_port()
-    pg = EmbeddedPostgres(scratch / "data", port, fast=True, config={"work_mem": "7MB", "application_name": "it's"},
-                          die_with_parent=True)
+    pg = EmbeddedPostgres(
+        scratch / "data",
+        port,
+        fast=True,
+        config={"work_mem": "7MB", "application_name": "it's"},
+        die_with_parent=True,
+    )
     try:
         pg.start()
         assert pg.running and pg.port == port
@@ -68,8 +103,11 @@ def test_life_cycle_kill_restart_and_config(scratch):
             conn.execute("select 1")
         conn.close()
         # no process of the old cluster is left
-        wait_until(lambda: subprocess.run(["pgrep", "-g", str(pid)], capture_output=True).returncode == 1, 5,
-                   what="the killed cluster's processes to disappear")
+        wait_until(
+            lambda: subprocess.run(["pgrep", "-g", str(pid)], capture_output=True).returncode == 1,
+            5,
+            what="the killed cluster's processes to disappear",
+        )
         pg.start()  # crash recovery
         assert query_direct(pg.dsn, "select x from survives") == [(1,)]
         pg.stop()
@@ -120,15 +158,27 @@ def test_server_dies_with_the_process_that_started_it(scratch):
         print(pg.pid, pg.port, flush=True)
         time.sleep(60)
     """)
-    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True,
-                            cwd=str(Path(__file__).resolve().parents[2]))
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code],
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=str(Path(__file__).resolve().parents[2]),
+    )
     try:
         pid, port = map(int, proc.stdout.readline().split())
-        assert query_direct(f"postgresql://postgres@127.0.0.1:{port}/postgres", "select 1") == [(1,)]
+        assert query_direct(f"postgresql://postgres@127.0.0.1:{port}/postgres", "select 1") == [
+            (1,)
+        ]
         proc.kill()
         proc.wait(10)
-        wait_until(lambda: not Path(f"/proc/{pid}").exists() or "Z" in Path(f"/proc/{pid}/stat").read_text().split(")")[1][:3],
-                   15, what="the orphaned postmaster to shut down")
+        wait_until(
+            lambda: (
+                not Path(f"/proc/{pid}").exists()
+                or "Z" in Path(f"/proc/{pid}/stat").read_text().split(")")[1][:3]
+            ),
+            15,
+            what="the orphaned postmaster to shut down",
+        )
     finally:
         if proc.poll() is None:
             proc.kill()
@@ -146,13 +196,17 @@ def test_psql_against_the_embedded_server(pg):
     assert res.check().stdout.strip() == "postgres|postgres"
 
 
-root_only = pytest.mark.skipif(os.geteuid() != 0, reason="the system user and mode changes happen only as root")
+root_only = pytest.mark.skipif(
+    os.geteuid() != 0, reason="the system user and mode changes happen only as root"
+)
 
 
 @root_only
 def test_root_default_data_dir_changes_no_directory_mode(caplog):
     data = default_data_dir()
-    assert untraversable_ancestors(data) == [], "the system user could not reach the default data dir"
+    assert untraversable_ancestors(data) == [], (
+        "the system user could not reach the default data dir"
+    )
     assert not data.is_relative_to(Path.home())
     watched = [Path.home(), *(p for p in data.parents if p.exists())]
     before = {p: p.stat().st_mode for p in watched}
@@ -196,6 +250,9 @@ def test_shared_instances_in_one_process_hold_their_own_lease(scratch):
         assert query_direct(first.dsn, "select 1") == [(1,)]
         first.stop()
         assert not (scratch / "data" / "postmaster.pid").exists()
-        assert not Path(f"/proc/{pid}").exists() or "Z" in Path(f"/proc/{pid}/stat").read_text().split(")")[1][:3]
+        assert (
+            not Path(f"/proc/{pid}").exists()
+            or "Z" in Path(f"/proc/{pid}/stat").read_text().split(")")[1][:3]
+        )
     finally:
         EmbeddedPostgres(scratch / "data").stop()

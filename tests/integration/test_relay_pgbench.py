@@ -46,20 +46,27 @@ def _processed(out: str) -> tuple[int, int, int]:
 
 @pytest.mark.parametrize("mode", ["simple", "extended", "prepared"])
 def test_pgbench_tpcb(proxy, bench_db, mode):
-    res = run_pgbench(proxy.dsn_for(DB), "-M", mode, "-t", "50", "-c", "4", "-j", "2", "-n", timeout=110)
+    res = run_pgbench(
+        proxy.dsn_for(DB), "-M", mode, "-t", "50", "-c", "4", "-j", "2", "-n", timeout=110
+    )
     assert res.returncode == 0, f"{res.stderr}\n{res.stdout}"
     done, expected, failed = _processed(res.stdout)
     assert (done, expected, failed) == (200, 200, 0), res.stdout
     # the bank stays balanced
-    rows = query_direct(bench_db, "select (select sum(abalance) from pgbench_accounts) = (select sum(delta) from pgbench_history),"
-                                  " (select sum(bbalance) from pgbench_branches) = (select sum(delta) from pgbench_history)")
+    rows = query_direct(
+        bench_db,
+        "select (select sum(abalance) from pgbench_accounts) = (select sum(delta) from pgbench_history),"
+        " (select sum(bbalance) from pgbench_branches) = (select sum(delta) from pgbench_history)",
+    )
     assert rows == [(True, True)]
 
 
 def _reset_det(dsn: str) -> None:
     with connect(dsn) as c:
         c.execute("drop table if exists det, det_log")
-        c.execute("create table det (id int primary key, v bigint not null, n int not null default 0)")
+        c.execute(
+            "create table det (id int primary key, v bigint not null, n int not null default 0)"
+        )
         c.execute("insert into det (id, v) select g, g * 100 from generate_series(1, 11) g")
         c.execute("create table det_log (seq bigserial primary key, client int, amount int)")
 
@@ -67,7 +74,9 @@ def _reset_det(dsn: str) -> None:
 def _state(dsn: str):
     return (
         query_direct(dsn, "select id, v, n from det order by id"),
-        query_direct(dsn, "select client, count(*), sum(amount) from det_log group by client order by client"),
+        query_direct(
+            dsn, "select client, count(*), sum(amount) from det_log group by client order by client"
+        ),
     )
 
 

@@ -19,7 +19,9 @@ def both(proxy, upstream_dsn, *args, **kwargs):
 
 def _normalised(result):
     # temporary schemas are numbered after the backend slot, which differs between runs
-    return tuple(re.sub(r"pg_temp_\d+", "pg_temp_N", x) if isinstance(x, str) else x for x in result.outcome)
+    return tuple(
+        re.sub(r"pg_temp_\d+", "pg_temp_N", x) if isinstance(x, str) else x for x in result.outcome
+    )
 
 
 def assert_identical(via, direct):
@@ -29,32 +31,38 @@ def assert_identical(via, direct):
     )
 
 
-@pytest.mark.parametrize("sql", [
-    "select 1 as a, 'x'::text as b, null::int as c",
-    "select g, md5(g::text) from generate_series(1, 500) g",
-    "select 1; select 2",
-    "select 'a' as x; select 'b' as y, 2 as z; values (1), (2)",
-    "begin; select 1; commit",
-    "",
-    ";;",
-    "select E'\\u00e9t\\u00e9 \\U0001F600', repeat('x', 70000) is not null",
-    "show server_version_num",
-])
+@pytest.mark.parametrize(
+    "sql",
+    [
+        "select 1 as a, 'x'::text as b, null::int as c",
+        "select g, md5(g::text) from generate_series(1, 500) g",
+        "select 1; select 2",
+        "select 'a' as x; select 'b' as y, 2 as z; values (1), (2)",
+        "begin; select 1; commit",
+        "",
+        ";;",
+        "select E'\\u00e9t\\u00e9 \\U0001F600', repeat('x', 70000) is not null",
+        "show server_version_num",
+    ],
+)
 def test_simple_queries_identical(proxy, upstream_dsn, sql):
     via, direct = both(proxy, upstream_dsn, "-c", sql)
     assert via.returncode == 0, via.stderr
     assert_identical(via, direct)
 
 
-@pytest.mark.parametrize("sql", [
-    "select 1/0",
-    "select * from no_such_table_xyz",
-    "selec 1",
-    "select 1; select 1/0; select 3",
-    "create temp table t(a int primary key); insert into t values (1); insert into t values (1)",
-    "begin; select 1/0; select 1; rollback",
-    "do $$ begin raise exception using errcode = 'P0001', message = 'custom', detail = 'd', hint = 'h'; end $$",
-])
+@pytest.mark.parametrize(
+    "sql",
+    [
+        "select 1/0",
+        "select * from no_such_table_xyz",
+        "selec 1",
+        "select 1; select 1/0; select 3",
+        "create temp table t(a int primary key); insert into t values (1); insert into t values (1)",
+        "begin; select 1/0; select 1; rollback",
+        "do $$ begin raise exception using errcode = 'P0001', message = 'custom', detail = 'd', hint = 'h'; end $$",
+    ],
+)
 def test_errors_identical(proxy, upstream_dsn, sql):
     via, direct = both(proxy, upstream_dsn, "-v", "VERBOSITY=verbose", "-c", sql)
     assert via.returncode != 0

@@ -6,9 +6,9 @@ from __future__ import annotations
 import asyncio
 import random
 import signal
-import threading
 import struct
 import subprocess
+import threading
 import time
 import uuid
 
@@ -16,10 +16,29 @@ import asyncpg
 import psycopg
 import pytest
 
-from tests.support import (RawClient, backend_gone, backend_pids, client_env, connect, pg_tool,
-                           port_accepts, psql_with_ssl, query_direct, run_async, run_psql, rows, wait_until)
-from tests.support.rawpg import (PROTOCOL_3_0, gssenc_request, message, query, ssl_request,
-                                 startup_packet)
+from tests.support import (
+    RawClient,
+    backend_gone,
+    backend_pids,
+    client_env,
+    connect,
+    pg_tool,
+    port_accepts,
+    psql_with_ssl,
+    query_direct,
+    rows,
+    run_async,
+    run_psql,
+    wait_until,
+)
+from tests.support.rawpg import (
+    PROTOCOL_3_0,
+    gssenc_request,
+    message,
+    query,
+    ssl_request,
+    startup_packet,
+)
 
 
 def _app() -> str:
@@ -45,28 +64,53 @@ def test_client_gone_mid_query_backend_goes_away(proxy, upstream_dsn, close):
         raw = RawClient(proxy.host, proxy.port)
         raw.startup(application_name=app)
         raw.send(query("select pg_sleep(5)"))
-        pids = wait_until(lambda: backend_pids(upstream_dsn, application_name=app, query_like="select pg_sleep(5)%"),
-                          5, what="the query to run on the server")
+        pids = wait_until(
+            lambda: backend_pids(
+                upstream_dsn, application_name=app, query_like="select pg_sleep(5)%"
+            ),
+            5,
+            what="the query to run on the server",
+        )
         raw.close(reset=(close == "rst"))
         t0 = time.monotonic()
-        wait_until(lambda: backend_gone(upstream_dsn, pids[0]), 3,
-                   what=f"server backend {pids[0]} to go away after its client vanished (pg_sleep(5) still running)")
+        wait_until(
+            lambda: backend_gone(upstream_dsn, pids[0]),
+            3,
+            what=f"server backend {pids[0]} to go away after its client vanished (pg_sleep(5) still running)",
+        )
         assert time.monotonic() - t0 < 3
         assert_serving(proxy, bystander)
 
 
 def test_client_process_killed_mid_query(proxy, upstream_dsn):
     app = _app()
-    cmd = [pg_tool("psql"), proxy.dsn_for("postgres", application_name=app), "-X", "-c", "select pg_sleep(5)"]
-    proc = subprocess.Popen(cmd, env=client_env(), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
+    cmd = [
+        pg_tool("psql"),
+        proxy.dsn_for("postgres", application_name=app),
+        "-X",
+        "-c",
+        "select pg_sleep(5)",
+    ]
+    proc = subprocess.Popen(
+        cmd,
+        env=client_env(),
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
-        pids = wait_until(lambda: backend_pids(upstream_dsn, application_name=app, query_like="select pg_sleep%"),
-                          5, what="psql's query to run on the server")
+        pids = wait_until(
+            lambda: backend_pids(upstream_dsn, application_name=app, query_like="select pg_sleep%"),
+            5,
+            what="psql's query to run on the server",
+        )
         proc.send_signal(signal.SIGKILL)
         proc.wait(5)
-        wait_until(lambda: backend_gone(upstream_dsn, pids[0]), 3,
-                   what=f"server backend {pids[0]} to go away after psql was killed")
+        wait_until(
+            lambda: backend_gone(upstream_dsn, pids[0]),
+            3,
+            what=f"server backend {pids[0]} to go away after psql was killed",
+        )
     finally:
         if proc.poll() is None:
             proc.kill()
@@ -86,7 +130,11 @@ def test_client_gone_idle_in_transaction_releases_locks(proxy, upstream_dsn):
         assert msgs[-1].kind == b"Z" and not any(m.kind == b"E" for m in msgs)
     pid = backend_pids(upstream_dsn, application_name=app)[0]
     raw.close(reset=True)
-    wait_until(lambda: backend_gone(upstream_dsn, pid), 3, what="the abandoned transaction's backend to go away")
+    wait_until(
+        lambda: backend_gone(upstream_dsn, pid),
+        3,
+        what="the abandoned transaction's backend to go away",
+    )
     with connect(proxy.dsn) as c:
         c.execute("set lock_timeout = '2s'")
         c.execute(f"update {table} set v = 2 where id = 1")  # the row lock is free again
@@ -104,7 +152,9 @@ def test_server_terminates_idle_backend(proxy, upstream_dsn):
         try:
             conn.execute("select 1")
             pid = backend_pids(upstream_dsn, application_name=app)[0]
-            assert query_direct(upstream_dsn, "select pg_terminate_backend(%s, 5000)", [pid]) == [(True,)]
+            assert query_direct(upstream_dsn, "select pg_terminate_backend(%s, 5000)", [pid]) == [
+                (True,)
+            ]
             t0 = time.monotonic()
             with pytest.raises(psycopg.OperationalError):
                 conn.execute("select 1")
@@ -142,13 +192,22 @@ def test_server_terminates_backend_asyncpg(proxy, upstream_dsn):
     app = _app()
 
     async def scenario():
-        conn = await asyncpg.connect(proxy.dsn, timeout=10, server_settings={"application_name": app})
+        conn = await asyncpg.connect(
+            proxy.dsn, timeout=10, server_settings={"application_name": app}
+        )
         try:
             pid = (await asyncio.to_thread(backend_pids, upstream_dsn, application_name=app))[0]
-            await asyncio.to_thread(query_direct, upstream_dsn, "select pg_terminate_backend(%s, 5000)", [pid])
-            with pytest.raises((asyncpg.exceptions.AdminShutdownError, asyncpg.exceptions.ConnectionDoesNotExistError,
-                                asyncpg.exceptions.InterfaceError,
-                                ConnectionError)):
+            await asyncio.to_thread(
+                query_direct, upstream_dsn, "select pg_terminate_backend(%s, 5000)", [pid]
+            )
+            with pytest.raises(
+                (
+                    asyncpg.exceptions.AdminShutdownError,
+                    asyncpg.exceptions.ConnectionDoesNotExistError,
+                    asyncpg.exceptions.InterfaceError,
+                    ConnectionError,
+                )
+            ):
                 for _ in range(3):
                     await conn.fetchval("select 1", timeout=5)
                     await asyncio.sleep(0.2)
@@ -207,13 +266,16 @@ def test_garbage_before_startup(proxy, name):
         assert_serving(proxy, bystander)
 
 
-@pytest.mark.parametrize("name,payload", [
-    ("unknown-message-type", message(b"\xff", b"abcd")),
-    ("absurd-message-length", b"Q" + struct.pack("!I", 0x7FFFFFF0) + b"select 1"),
-    ("message-length-below-4", b"Q" + struct.pack("!I", 2)),
-    ("second-startup-packet", startup_packet()),
-    ("random-bytes", _random_garbage()),
-])
+@pytest.mark.parametrize(
+    "name,payload",
+    [
+        ("unknown-message-type", message(b"\xff", b"abcd")),
+        ("absurd-message-length", b"Q" + struct.pack("!I", 0x7FFFFFF0) + b"select 1"),
+        ("message-length-below-4", b"Q" + struct.pack("!I", 2)),
+        ("second-startup-packet", startup_packet()),
+        ("random-bytes", _random_garbage()),
+    ],
+)
 def test_garbage_after_startup(proxy, upstream_dsn, name, payload):
     app = _app()
     with connect(proxy.dsn) as bystander:
@@ -229,7 +291,9 @@ def test_garbage_after_startup(proxy, upstream_dsn, name, payload):
             data, how = raw.read_until_close(8)
         assert how in ("eof", "reset"), f"connection still open after {name!r}: got {data[:100]!r}"
         assert data == b"" or data[:1] == b"E", f"unexpected reply to {name!r}: {data[:200]!r}"
-        wait_until(lambda: backend_gone(upstream_dsn, pid), 5, what="the session's backend to go away")
+        wait_until(
+            lambda: backend_gone(upstream_dsn, pid), 5, what="the session's backend to go away"
+        )
         assert_serving(proxy, bystander)
 
 
@@ -284,10 +348,14 @@ def test_psql_sslmode_prefer_and_require(proxy):
     psql = psql_with_ssl()
     if psql is None:
         pytest.skip("no psql with SSL support on this machine")
-    ok = run_psql(proxy.dsn_for("postgres", sslmode="prefer"), "-Atc", "select 'prefer ok'", psql=psql)
+    ok = run_psql(
+        proxy.dsn_for("postgres", sslmode="prefer"), "-Atc", "select 'prefer ok'", psql=psql
+    )
     assert ok.returncode == 0, ok.stderr
     assert ok.stdout.strip() == "prefer ok"
-    bad = run_psql(proxy.dsn_for("postgres", sslmode="require"), "-Atc", "select 1", psql=psql, timeout=15)
+    bad = run_psql(
+        proxy.dsn_for("postgres", sslmode="require"), "-Atc", "select 1", psql=psql, timeout=15
+    )
     assert bad.returncode == 2
     assert "does not support SSL" in bad.stderr
     assert_serving(proxy)
@@ -326,7 +394,11 @@ def test_sigterm_with_idle_session_drains_and_exits_0(proxy_factory, upstream_ds
         assert not port_accepts(p.host, p.port)
         with pytest.raises(psycopg.OperationalError):
             conn.execute("select 1")
-        wait_until(lambda: backend_gone(upstream_dsn, pid), 5, what="the drained session's backend to go away")
+        wait_until(
+            lambda: backend_gone(upstream_dsn, pid),
+            5,
+            what="the drained session's backend to go away",
+        )
     finally:
         conn.close()
 
@@ -340,7 +412,9 @@ def test_sigterm_lets_open_transaction_finish(proxy_factory, upstream_dsn):
         conn.execute(f"insert into {table} values (1)")
         p.terminate()
         time.sleep(0.5)
-        assert p.alive, "exited although a transaction was open and the drain timeout had not passed"
+        assert p.alive, (
+            "exited although a transaction was open and the drain timeout had not passed"
+        )
         assert not port_accepts(p.host, p.port), "still accepting new connections while draining"
         conn.execute(f"insert into {table} values (2)")
         conn.commit()
@@ -348,7 +422,9 @@ def test_sigterm_lets_open_transaction_finish(proxy_factory, upstream_dsn):
         assert code == 0, p.describe()
     finally:
         conn.close()
-    assert query_direct(upstream_dsn, f"select array_agg(id order by id) from {table}") == [([1, 2],)]
+    assert query_direct(upstream_dsn, f"select array_agg(id order by id) from {table}") == [
+        ([1, 2],)
+    ]
     query_direct(upstream_dsn, f"drop table {table}")
 
 
@@ -369,8 +445,11 @@ def test_sigterm_rolls_back_transaction_past_drain_timeout(proxy_factory, upstre
             conn.commit()
     finally:
         conn.close()
-    wait_until(lambda: query_direct(upstream_dsn, f"select count(*) from {table}") == [(0,)], 5,
-               what="the unfinished transaction to be rolled back")
+    wait_until(
+        lambda: query_direct(upstream_dsn, f"select count(*) from {table}") == [(0,)],
+        5,
+        what="the unfinished transaction to be rolled back",
+    )
     query_direct(upstream_dsn, f"drop table {table}")
 
 

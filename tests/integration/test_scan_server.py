@@ -1,4 +1,5 @@
 """The scan splits literals where PostgreSQL does, under either standard_conforming_strings."""
+
 from __future__ import annotations
 
 import psycopg
@@ -16,7 +17,9 @@ def test_backslash_literals_as_the_server_reads_them(pg):
         c.execute("SET escape_string_warning = off")
         server = list(c.execute(SQL).fetchone())
         found = scan(SQL, False)
-        assert [literal_text(lit, False) for lit in found.literals] == server == ["a'", "b\\", "c'd"]
+        assert (
+            [literal_text(lit, False) for lit in found.literals] == server == ["a'", "b\\", "c'd"]
+        )
         c.execute("SET standard_conforming_strings = on")
         with pytest.raises(psycopg.errors.SyntaxError):
             c.execute(SQL)

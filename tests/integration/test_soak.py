@@ -1,6 +1,7 @@
 """The soak (tests/soak/soak.py) with bounded defaults: 16 asyncpg clients for 60 s on 4 hot
 rows through the proxy, random disconnects mid-transaction, one upstream restart, and the audit
 of every write. OPTIMIST_SOAK_CLIENTS / OPTIMIST_SOAK_DURATION override the defaults."""
+
 from __future__ import annotations
 
 import asyncio
@@ -22,8 +23,9 @@ def test_soak_no_write_lost(pg_factory, proxy_factory, tmp_path):
     rules = tmp_path / "rules.yaml"
     rules.write_text(soak.RULES)
     p = proxy_factory(rules=rules, metrics=True, upstream=(server.host, server.port))
-    report = asyncio.run(soak.run(server, p, clients=clients, duration=duration, hot=4,
-                                  database=database))
+    report = asyncio.run(
+        soak.run(server, p, clients=clients, duration=duration, hot=4, database=database)
+    )
     print("\n" + "\n".join(report.lines()))
     assert p.alive, p.describe()
     assert report.restarts == 1 and report.disconnects > 0
@@ -33,8 +35,9 @@ def test_soak_no_write_lost(pg_factory, proxy_factory, tmp_path):
 
 
 @pytest.mark.parametrize("cache", [100, 0])
-def test_asyncpg_reads_are_captured_whatever_the_statement_cache(pg_factory, proxy_factory,
-                                                                 tmp_path, cache):
+def test_asyncpg_reads_are_captured_whatever_the_statement_cache(
+    pg_factory, proxy_factory, tmp_path, cache
+):
     """Found by the soak. With statement_cache_size=0 (what pgbouncer's transaction mode
     needs) asyncpg sends Parse("")/Describe/Flush, then Parse("") again with Bind/Execute:
     the read must still be captured, so the next write is checked (not 'not_read')."""

@@ -2,6 +2,7 @@
 the same name; unquoted names fold as the server folds them; quote_ident() agrees with the
 server's own quote_ident(); literals read back as their values under either
 standard_conforming_strings."""
+
 from __future__ import annotations
 
 import psycopg
@@ -19,8 +20,11 @@ from proxy.sqlnames import (
 )
 
 # short enough that no name reaches NAMEDATALEN (63 bytes) even in 4-byte characters
-NAMES = st.text(alphabet=st.characters(blacklist_characters="\x00", blacklist_categories=("Cs",)),
-                min_size=1, max_size=12)
+NAMES = st.text(
+    alphabet=st.characters(blacklist_characters="\x00", blacklist_categories=("Cs",)),
+    min_size=1,
+    max_size=12,
+)
 # what can be written unquoted: a letter or _, then letters, digits, _ and $
 _LETTER = st.characters(whitelist_categories=("Lu", "Ll", "Lt", "Lo"))
 UNQUOTED = st.builds(
@@ -29,8 +33,9 @@ UNQUOTED = st.builds(
     st.text(alphabet=st.one_of(_LETTER, st.sampled_from("_$0123456789")), max_size=10),
 ).filter(lambda s: fold_identifier(s) not in KEYWORDS)
 
-_SETTINGS = settings(max_examples=25, deadline=None,
-                     suppress_health_check=[HealthCheck.function_scoped_fixture])
+_SETTINGS = settings(
+    max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 
 
 @pytest.fixture(scope="module")
@@ -60,11 +65,22 @@ def test_unquoted_names_fold_like_the_server(conn, names):
 
 
 @_SETTINGS
-@given(st.lists(st.one_of(NAMES, st.sampled_from(sorted(KEYWORDS)), st.sampled_from(
-    ["action", "key", "version", "Ärzte", "a$b", "_x"])), min_size=1, max_size=60))
+@given(
+    st.lists(
+        st.one_of(
+            NAMES,
+            st.sampled_from(sorted(KEYWORDS)),
+            st.sampled_from(["action", "key", "version", "Ärzte", "a$b", "_x"]),
+        ),
+        min_size=1,
+        max_size=60,
+    )
+)
 def test_quote_ident_agrees_with_the_server(conn, names):
-    rows = conn.execute("SELECT quote_ident(n) FROM unnest(%s::text[]) WITH ORDINALITY AS u(n, i) "
-                        "ORDER BY i", (names,)).fetchall()
+    rows = conn.execute(
+        "SELECT quote_ident(n) FROM unnest(%s::text[]) WITH ORDINALITY AS u(n, i) ORDER BY i",
+        (names,),
+    ).fetchall()
     assert [quote_ident(n) for n in names] == [r[0] for r in rows]
 
 
@@ -75,9 +91,13 @@ def test_every_keyword_list_entry_is_one_the_server_quotes(conn):
 
 @pytest.mark.parametrize("scs", ["on", "off"])
 @_SETTINGS
-@given(values=st.lists(st.text(alphabet=st.characters(blacklist_characters="\x00",
-                                                      blacklist_categories=("Cs",))),
-                       min_size=1, max_size=20))
+@given(
+    values=st.lists(
+        st.text(alphabet=st.characters(blacklist_characters="\x00", blacklist_categories=("Cs",))),
+        min_size=1,
+        max_size=20,
+    )
+)
 def test_literals_read_back(conn, scs, values):
     conn.execute(f"SET standard_conforming_strings = {scs}")
     try:

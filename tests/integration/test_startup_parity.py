@@ -8,6 +8,7 @@ word, a partial packet, a malformed CancelRequest are communication errors, logg
 answered by closing the socket without a word; a bad protocol version, a bad parameter
 layout or a missing user name get a FATAL ErrorResponse.
 """
+
 from __future__ import annotations
 
 import re
@@ -78,8 +79,10 @@ CASES: dict[str, tuple[list[tuple[bytes, int]], bool]] = {
     "bad-replication-value": ([(startup_packet(replication="maybe"), 0)], False),
     # ---- encryption requests
     "ssl-then-startup": ([(ssl_request(), 1), (startup_packet(), 0)], False),
-    "gss-then-ssl-then-startup": ([(gssenc_request(), 1), (ssl_request(), 1),
-                                   (startup_packet(), 0)], False),
+    "gss-then-ssl-then-startup": (
+        [(gssenc_request(), 1), (ssl_request(), 1), (startup_packet(), 0)],
+        False,
+    ),
     # each kind of request is answered once, whatever came between
     "ssl-gss-ssl": ([(ssl_request(), 1), (gssenc_request(), 1), (ssl_request(), 0)], False),
     "gss-ssl-gss": ([(gssenc_request(), 1), (ssl_request(), 1), (gssenc_request(), 0)], False),
@@ -130,8 +133,8 @@ def _read_messages(sock: socket.socket, buf: bytes, timeout: float = 5.0):
             (length,) = struct.unpack("!I", buf[1:5])
             if len(buf) < 1 + length:
                 break
-            msg = Msg(buf[:1], buf[5:1 + length])
-            buf = buf[1 + length:]
+            msg = Msg(buf[:1], buf[5 : 1 + length])
+            buf = buf[1 + length :]
             messages.append(_summary(msg))
             if msg.kind == b"Z":
                 return messages, "ready"
@@ -154,14 +157,22 @@ def _same_meaning(text: str) -> str:
     # PostgreSQL names the protocol range it supports ("server supports 3.0 to 3.2"); the proxy
     # cannot know the server's before connecting to it, and relays any 3.x the server accepts:
     # the text after the requested version differs on purpose
-    return re.sub(r"(unsupported frontend protocol \d+\.\d+): .*", r"\1: ...", text, flags=re.DOTALL)
+    return re.sub(
+        r"(unsupported frontend protocol \d+\.\d+): .*", r"\1: ...", text, flags=re.DOTALL
+    )
 
 
 def _summary(msg: Msg) -> tuple:
     if msg.kind in (b"E", b"N"):
         f = msg.fields
-        return (msg.kind.decode(), f.get("S"), f.get("V"), f.get("C"), _same_meaning(f.get("M")),
-                f.get("D"))
+        return (
+            msg.kind.decode(),
+            f.get("S"),
+            f.get("V"),
+            f.get("C"),
+            _same_meaning(f.get("M")),
+            f.get("D"),
+        )
     if msg.kind in (b"R", b"v", b"Z"):
         return (msg.kind.decode(), msg.payload)
     # ParameterStatus values and the cancel key differ from one backend to the next

@@ -20,6 +20,7 @@ parameter / PGCHANNELBINDING). ``channel_binding=require`` cannot work through a
 proxy at all. With a plaintext upstream hop the server offers no -PLUS variant and the default
 works. asyncpg implements SCRAM-SHA-256 without channel binding and needs nothing.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -35,8 +36,7 @@ import psycopg
 import pytest
 
 from tests.support import RawClient, connect, psql_with_ssl, run_psql, wait_until
-from tests.support.certs import (install_server_cert, make_ca, make_server_cert,
-                                 ssl_postgres_bin_dir)
+from tests.support.certs import install_server_cert, make_ca, make_server_cert, ssl_postgres_bin_dir
 from tests.support.rawpg import query, ssl_request, startup_packet
 
 pytestmark = pytest.mark.timeout(180)
@@ -137,9 +137,9 @@ def error_fields(data: bytes) -> list[dict[str, str]]:
     """The fields of every ErrorResponse in a backend byte stream."""
     out, pos = [], 0
     while pos + 5 <= len(data):
-        kind = data[pos:pos + 1]
-        length = int.from_bytes(data[pos + 1:pos + 5], "big")
-        body = data[pos + 5:pos + 1 + length]
+        kind = data[pos : pos + 1]
+        length = int.from_bytes(data[pos + 1 : pos + 5], "big")
+        body = data[pos + 5 : pos + 1 + length]
         if kind == b"E":
             out.append({chr(p[0]): p[1:].decode(errors="replace") for p in body.split(b"\0") if p})
         pos += 1 + length
@@ -179,14 +179,17 @@ def test_psycopg_tls_to_proxy(proxy_factory, tls_module, mode):
         assert c.pgconn.ssl_in_use
         assert c.execute("select 40 + 2").fetchone() == (42,)
         # the server side of the hop is plaintext: TLS is the proxy's doing
-        assert c.execute("select ssl from pg_stat_ssl where pid = pg_backend_pid()").fetchone() == (False,)
+        assert c.execute("select ssl from pg_stat_ssl where pid = pg_backend_pid()").fetchone() == (
+            False,
+        )
     assert_serving(p)
 
 
 def test_psycopg_verify_full_by_host_name_and_wrong_ca(proxy_factory, tls_module, other_ca):
     p = proxy_factory(*tls_module.args())
-    with psycopg.connect(ssl_dsn(p, tls_module, host="localhost"), connect_timeout=10,
-                         autocommit=True) as c:
+    with psycopg.connect(
+        ssl_dsn(p, tls_module, host="localhost"), connect_timeout=10, autocommit=True
+    ) as c:
         assert c.pgconn.ssl_in_use and c.execute("select 1").fetchone() == (1,)
     wrong = p.dsn_for("postgres", sslmode="verify-full", sslrootcert=str(other_ca.cert))
     with pytest.raises(psycopg.OperationalError) as err:
@@ -225,12 +228,15 @@ def test_asyncpg_tls_to_proxy(proxy_factory, tls_module, other_ca):
 def test_psql_tls_to_proxy(proxy_factory, tls_module):
     psql = psql_with_ssl()
     if psql is None:
-        pytest.skip("no psql built with SSL support on this machine (the embedded wheel's "
-                    "libpq has none; install Debian's postgresql-client)")
+        pytest.skip(
+            "no psql built with SSL support on this machine (the embedded wheel's "
+            "libpq has none; install Debian's postgresql-client)"
+        )
     p = proxy_factory(*tls_module.args())
     for mode in ("require", "verify-full"):
-        res = run_psql(ssl_dsn(p, tls_module, mode), "-c", r"\conninfo", "-Atc", "select 'psql ok'",
-                       psql=psql)
+        res = run_psql(
+            ssl_dsn(p, tls_module, mode), "-c", r"\conninfo", "-Atc", "select 'psql ok'", psql=psql
+        )
         assert res.returncode == 0, res.stderr
         assert "SSL connection" in res.stdout, res.stdout
         assert res.stdout.strip().endswith("psql ok")
@@ -294,9 +300,11 @@ def test_tls_handshake_right_after_s(proxy_factory, tls_module):
     for attempt in range(30):
         try:
             der = eager_handshake(p.host, p.port, timeout=3)
-        except (socket.timeout, TimeoutError, EOFError, ssl.SSLError) as exc:
-            pytest.fail(f"TLS handshake {attempt + 1}/30 with the ClientHello sent right after "
-                        f"the 'S' never completed: {exc!r}\n{p.stderr_text()[-2000:]}")
+        except (TimeoutError, EOFError, ssl.SSLError) as exc:
+            pytest.fail(
+                f"TLS handshake {attempt + 1}/30 with the ClientHello sent right after "
+                f"the 'S' never completed: {exc!r}\n{p.stderr_text()[-2000:]}"
+            )
         assert der == expected
     assert_serving(p)
 
@@ -323,22 +331,33 @@ def test_certificate_reload_on_sighup(proxy_factory, tls):
     shutil.copyfile(second.key, tls.key)
     shutil.copyfile(second.cert, tls.cert)
     p.proc.send_signal(signal.SIGHUP)
-    wait_until(lambda: peer_cert_der(p.host, p.port) == second.der, timeout=10,
-               what="new connections to see the new certificate")
+    wait_until(
+        lambda: peer_cert_der(p.host, p.port) == second.der,
+        timeout=10,
+        what="new connections to see the new certificate",
+    )
     with psycopg.connect(ssl_dsn(p, tls), connect_timeout=10, autocommit=True) as c:
         assert c.execute("select 1").fetchone() == (1,)
     # a broken replacement is refused and the certificate in force stays
-    tls.cert.write_text("-----BEGIN CERTIFICATE-----\nnot a certificate\n-----END CERTIFICATE-----\n")
+    tls.cert.write_text(
+        "-----BEGIN CERTIFICATE-----\nnot a certificate\n-----END CERTIFICATE-----\n"
+    )
     p.proc.send_signal(signal.SIGHUP)
-    wait_until(lambda: "TLS reload refused" in p.stderr_text(), timeout=10,
-               what="the refused reload to be logged")
+    wait_until(
+        lambda: "TLS reload refused" in p.stderr_text(),
+        timeout=10,
+        what="the refused reload to be logged",
+    )
     assert peer_cert_der(p.host, p.port) == second.der
     # a key that does not match the certificate: refused as well
     third = make_server_cert(tls.ca, tls.root / "third", common_name="localhost-3", serial=3003)
     shutil.copyfile(third.cert, tls.cert)  # but the key stays the second one's
     p.proc.send_signal(signal.SIGHUP)
-    wait_until(lambda: p.stderr_text().count("TLS reload refused") >= 2, timeout=10,
-               what="the second refused reload to be logged")
+    wait_until(
+        lambda: p.stderr_text().count("TLS reload refused") >= 2,
+        timeout=10,
+        what="the second refused reload to be logged",
+    )
     assert peer_cert_der(p.host, p.port) == second.der
     with psycopg.connect(ssl_dsn(p, tls), connect_timeout=10, autocommit=True) as c:
         assert c.execute("select 'after refused reloads'").fetchone() == ("after refused reloads",)
@@ -348,12 +367,15 @@ def test_certificate_reload_on_sighup(proxy_factory, tls):
 def test_open_tls_sessions_survive_a_reload(proxy_factory, tls):
     p = proxy_factory(*tls.args())
     with psycopg.connect(ssl_dsn(p, tls), connect_timeout=10, autocommit=True) as c:
-        second = make_server_cert(tls.ca, tls.root / "second", common_name="localhost-2", serial=2002)
+        second = make_server_cert(
+            tls.ca, tls.root / "second", common_name="localhost-2", serial=2002
+        )
         shutil.copyfile(second.key, tls.key)
         shutil.copyfile(second.cert, tls.cert)
         p.proc.send_signal(signal.SIGHUP)
-        wait_until(lambda: peer_cert_der(p.host, p.port) == second.der, timeout=10,
-                   what="the reload")
+        wait_until(
+            lambda: peer_cert_der(p.host, p.port) == second.der, timeout=10, what="the reload"
+        )
         assert c.execute("select 'same session'").fetchone() == ("same session",)
 
 
@@ -398,8 +420,13 @@ def test_upstream_tls(proxy_factory, ssl_server, upstream_tls_files, mode):
 
 
 def test_upstream_verify_full_with_wrong_ca_fails_cleanly(proxy_factory, ssl_server, other_ca):
-    p = proxy_factory("--upstream-tls", "verify-full", "--upstream-tls-ca", str(other_ca.cert),
-                      upstream=(ssl_server.host, ssl_server.port))
+    p = proxy_factory(
+        "--upstream-tls",
+        "verify-full",
+        "--upstream-tls-ca",
+        str(other_ca.cert),
+        upstream=(ssl_server.host, ssl_server.port),
+    )
     t0 = time.monotonic()
     with pytest.raises(psycopg.OperationalError) as err:
         connect(p.dsn)
@@ -432,20 +459,25 @@ def test_upstream_tls_prefer_uses_tls_when_offered(proxy_factory, ssl_server):
     assert server_ssl(p.dsn) is True
 
 
-def test_both_hops_tls_with_rules_and_conflict(proxy_factory, ssl_server, upstream_tls_files,
-                                               tls_module, tmp_path):
+def test_both_hops_tls_with_rules_and_conflict(
+    proxy_factory, ssl_server, upstream_tls_files, tls_module, tmp_path
+):
     """Locking works unchanged over TLS on both hops (conflicts are raised by the server)."""
     from tests.support.locking import VERSION_RULES, make_database, write_rules
+
     db = make_database(ssl_server.dsn)
     ca, _ = upstream_tls_files
-    p = proxy_factory(*tls_module.args("--upstream-tls", "verify-full", "--upstream-tls-ca",
-                                       str(ca.cert)),
-                      rules=write_rules(tmp_path, VERSION_RULES),
-                      upstream=(ssl_server.host, ssl_server.port))
+    p = proxy_factory(
+        *tls_module.args("--upstream-tls", "verify-full", "--upstream-tls-ca", str(ca.cert)),
+        rules=write_rules(tmp_path, VERSION_RULES),
+        upstream=(ssl_server.host, ssl_server.port),
+    )
     dsn = p.dsn_for(db, sslmode="verify-full", sslrootcert=str(tls_module.ca.cert))
     with psycopg.connect(dsn, autocommit=True) as a, psycopg.connect(dsn, autocommit=True) as b:
         assert a.pgconn.ssl_in_use
-        assert a.execute("select ssl from pg_stat_ssl where pid = pg_backend_pid()").fetchone() == (True,)
+        assert a.execute("select ssl from pg_stat_ssl where pid = pg_backend_pid()").fetchone() == (
+            True,
+        )
         a.execute("select * from accounts where id = 1").fetchall()
         b.execute("select * from accounts where id = 1").fetchall()
         a.execute("update accounts set balance = 1 where id = 1")
@@ -464,48 +496,72 @@ def scram_server(ssl_server):
     """The SSL server, with host connections of every role but postgres needing SCRAM."""
     hba = ssl_server.data_dir / "pg_hba.conf"
     st = hba.stat()
-    hba.write_text("local all all trust\n"
-                   "host all postgres 127.0.0.1/32 trust\n"
-                   "host all all 127.0.0.1/32 scram-sha-256\n")
+    hba.write_text(
+        "local all all trust\n"
+        "host all postgres 127.0.0.1/32 trust\n"
+        "host all all 127.0.0.1/32 scram-sha-256\n"
+    )
     os.chown(hba, st.st_uid, st.st_gid)
     with connect(ssl_server.dsn) as c:
         c.execute("set password_encryption = 'scram-sha-256'")
         c.execute(f"create role {SCRAM_USER} login password '{SCRAM_PASSWORD}'")
         assert c.execute("select pg_reload_conf()").fetchone() == (True,)
-        assert c.execute("select rolpassword like 'SCRAM-SHA-256$%%' from pg_authid "
-                         "where rolname = %s", [SCRAM_USER]).fetchone() == (True,)
-        wait_until(lambda: c.execute("select count(*) from pg_hba_file_rules "
-                                     "where 'scram-sha-256' = auth_method").fetchone()[0] == 1,
-                   timeout=5, what="the new pg_hba.conf")
+        assert c.execute(
+            "select rolpassword like 'SCRAM-SHA-256$%%' from pg_authid where rolname = %s",
+            [SCRAM_USER],
+        ).fetchone() == (True,)
+        wait_until(
+            lambda: (
+                c.execute(
+                    "select count(*) from pg_hba_file_rules where 'scram-sha-256' = auth_method"
+                ).fetchone()[0]
+                == 1
+            ),
+            timeout=5,
+            what="the new pg_hba.conf",
+        )
     # direct: a password is required now
     with pytest.raises(psycopg.OperationalError):
-        psycopg.connect(ssl_server.dsn.replace("postgres@", f"{SCRAM_USER}@"), connect_timeout=10,
-                        sslmode="disable")
+        psycopg.connect(
+            ssl_server.dsn.replace("postgres@", f"{SCRAM_USER}@"),
+            connect_timeout=10,
+            sslmode="disable",
+        )
     return ssl_server
 
 
 def scram_dsn(p, tls_files, **params) -> str:
-    params = {"sslmode": "verify-full", "sslrootcert": str(tls_files.ca.cert),
-              "password": SCRAM_PASSWORD, **params}
+    params = {
+        "sslmode": "verify-full",
+        "sslrootcert": str(tls_files.ca.cert),
+        "password": SCRAM_PASSWORD,
+        **params,
+    }
     return p.dsn_for("postgres", user=SCRAM_USER, **params)
 
 
-def test_scram_through_proxy_with_tls_on_both_hops(proxy_factory, scram_server, upstream_tls_files,
-                                                   tls_module):
+def test_scram_through_proxy_with_tls_on_both_hops(
+    proxy_factory, scram_server, upstream_tls_files, tls_module
+):
     ca, _ = upstream_tls_files
-    p = proxy_factory(*tls_module.args("--upstream-tls", "verify-full", "--upstream-tls-ca",
-                                       str(ca.cert)),
-                      upstream=(scram_server.host, scram_server.port))
+    p = proxy_factory(
+        *tls_module.args("--upstream-tls", "verify-full", "--upstream-tls-ca", str(ca.cert)),
+        upstream=(scram_server.host, scram_server.port),
+    )
     # what clients must set: channel_binding=disable (see the module docstring)
-    with psycopg.connect(scram_dsn(p, tls_module, channel_binding="disable"), connect_timeout=10,
-                         autocommit=True) as c:
+    with psycopg.connect(
+        scram_dsn(p, tls_module, channel_binding="disable"), connect_timeout=10, autocommit=True
+    ) as c:
         assert c.pgconn.ssl_in_use
-        assert c.execute("select current_user, ssl from pg_stat_ssl "
-                         "where pid = pg_backend_pid()").fetchone() == (SCRAM_USER, True)
+        assert c.execute(
+            "select current_user, ssl from pg_stat_ssl where pid = pg_backend_pid()"
+        ).fetchone() == (SCRAM_USER, True)
     # a wrong password is the server's refusal, relayed
     with pytest.raises(psycopg.OperationalError) as err:
-        psycopg.connect(scram_dsn(p, tls_module, channel_binding="disable", password="wrong"),
-                        connect_timeout=10)
+        psycopg.connect(
+            scram_dsn(p, tls_module, channel_binding="disable", password="wrong"),
+            connect_timeout=10,
+        )
     assert "password authentication failed" in str(err.value), err.value
     # libpq's default (prefer) picks SCRAM-SHA-256-PLUS and binds to the proxy's certificate:
     # the server cannot accept that binding
@@ -518,8 +574,9 @@ def test_scram_through_proxy_with_tls_on_both_hops(proxy_factory, scram_server, 
     async def with_asyncpg():
         conn = await asyncpg.connect(scram_dsn(p, tls_module), timeout=10)
         try:
-            return await conn.fetchrow("select current_user as u, ssl from pg_stat_ssl "
-                                       "where pid = pg_backend_pid()")
+            return await conn.fetchrow(
+                "select current_user as u, ssl from pg_stat_ssl where pid = pg_backend_pid()"
+            )
         finally:
             await conn.close()
 

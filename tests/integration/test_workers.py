@@ -1,34 +1,42 @@
 """--workers N: several processes serve one port; one endpoint aggregates their metrics;
 cancel requests reach the right session whichever worker receives them."""
+
 from __future__ import annotations
 
 import threading
 import time
-import urllib.request
 
 import psutil
 import psycopg
 import pytest
 
-from tests.support.promtext import sample_sum as sample, scrape
 from tests.support.locking import VERSION_RULES, write_rules
 from tests.support.pgutil import wait_until
+from tests.support.promtext import sample_sum as sample
+from tests.support.promtext import scrape
 
 
 def test_two_workers_share_the_port_and_the_metrics(proxy_factory, tmp_path):
-    proxy = proxy_factory("--workers", "2", rules=write_rules(tmp_path, VERSION_RULES),
-                          metrics=True)
+    proxy = proxy_factory(
+        "--workers", "2", rules=write_rules(tmp_path, VERSION_RULES), metrics=True
+    )
     supervisor = psutil.Process(proxy.proc.pid)
-    workers = wait_until(lambda: len(supervisor.children()) == 2 and supervisor.children(),
-                         timeout=10, what="two worker processes")
+    workers = wait_until(
+        lambda: len(supervisor.children()) == 2 and supervisor.children(),
+        timeout=10,
+        what="two worker processes",
+    )
     conns = [psycopg.connect(proxy.dsn, autocommit=True) for _ in range(16)]
     try:
         for c in conns:
             assert c.execute("SELECT 1").fetchone() == (1,)
 
         def served(worker) -> int:
-            return sum(1 for k in worker.net_connections(kind="tcp")
-                       if k.status == psutil.CONN_ESTABLISHED and k.laddr.port == proxy.port)
+            return sum(
+                1
+                for k in worker.net_connections(kind="tcp")
+                if k.status == psutil.CONN_ESTABLISHED and k.laddr.port == proxy.port
+            )
 
         counts = [served(w) for w in workers]
         assert sum(counts) == 16

@@ -24,6 +24,7 @@ unchecked.
 
 Standalone it starts its own PostgreSQL (the embedded one) and proxy, on loopback only.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -66,8 +67,8 @@ class ClientLog:
     in_doubt: dict[str, int] = field(default_factory=dict)
     conflicts: int = 0
     statements: int = 0
-    disconnects: int = 0          # injected by the client itself
-    faults_seen: int = 0          # connections lost to the restart (or anything else)
+    disconnects: int = 0  # injected by the client itself
+    faults_seen: int = 0  # connections lost to the restart (or anything else)
     connect_failures: int = 0
     hangs: int = 0
     unexpected: dict[str, int] = field(default_factory=dict)
@@ -142,8 +143,11 @@ def _during_restart(margin: float = 10.0) -> bool:
 
 
 def _connection_fault(exc: BaseException) -> bool:
-    if isinstance(exc, asyncpg.exceptions.InternalClientError) and \
-            "another operation" in str(exc) and _during_restart():
+    if (
+        isinstance(exc, asyncpg.exceptions.InternalClientError)
+        and "another operation" in str(exc)
+        and _during_restart()
+    ):
         # asyncpg's own race when the server ends a session (FATAL 57P01, then EOF): a call
         # made between the two finds the protocol still consuming the error. Only counted
         # as a fault in the restart window; anywhere else it stays an unexpected error.
@@ -151,12 +155,28 @@ def _connection_fault(exc: BaseException) -> bool:
     if isinstance(exc, asyncpg.PostgresError):
         state = getattr(exc, "sqlstate", "") or ""
         return state.startswith("08") or state.startswith("57P")
-    return isinstance(exc, (asyncpg.InterfaceError, ConnectionError, OSError,
-                            asyncio.TimeoutError, asyncpg.exceptions.ConnectionDoesNotExistError))
+    return isinstance(
+        exc,
+        (
+            asyncpg.InterfaceError,
+            ConnectionError,
+            OSError,
+            asyncio.TimeoutError,
+            asyncpg.exceptions.ConnectionDoesNotExistError,
+        ),
+    )
 
 
-async def _client(i: int, dsn: str, hot: int, deadline: float, disconnect_rate: float,
-                  seed: int, log: ClientLog, statement_cache: int | None) -> None:
+async def _client(
+    i: int,
+    dsn: str,
+    hot: int,
+    deadline: float,
+    disconnect_rate: float,
+    seed: int,
+    log: ClientLog,
+    statement_cache: int | None,
+) -> None:
     rnd = random.Random(seed * 1000 + i)
     conn: asyncpg.Connection | None = None
     seq = 0
@@ -167,7 +187,7 @@ async def _client(i: int, dsn: str, hot: int, deadline: float, disconnect_rate: 
                     # 0: unnamed statements, as behind pgbouncer in transaction mode
                     cache = rnd.choice([0, 100]) if statement_cache is None else statement_cache
                     conn = await asyncpg.connect(dsn, timeout=5, statement_cache_size=cache)
-                except Exception:  # noqa: BLE001 - the server may be restarting
+                except Exception:
                     log.connect_failures += 1
                     await asyncio.sleep(0.1 + rnd.random() * 0.2)
                     continue
@@ -178,19 +198,27 @@ async def _client(i: int, dsn: str, hot: int, deadline: float, disconnect_rate: 
             try:
                 await conn.execute("BEGIN", timeout=CALL_TIMEOUT)
                 log.statements += 1
-                row = await conn.fetchrow("SELECT id, n, version FROM counters WHERE id = $1", k,
-                                          timeout=CALL_TIMEOUT)
+                row = await conn.fetchrow(
+                    "SELECT id, n, version FROM counters WHERE id = $1", k, timeout=CALL_TIMEOUT
+                )
                 log.statements += 1
                 stage = "write"
                 if rnd.random() < 0.5:
-                    await conn.execute("UPDATE counters SET n = $1 WHERE id = $2", row["n"] + 1, k,
-                                       timeout=CALL_TIMEOUT)
+                    await conn.execute(
+                        "UPDATE counters SET n = $1 WHERE id = $2",
+                        row["n"] + 1,
+                        k,
+                        timeout=CALL_TIMEOUT,
+                    )
                 else:  # simple protocol
-                    await conn.execute(f"UPDATE counters SET n = {row['n'] + 1} WHERE id = {k}",
-                                       timeout=CALL_TIMEOUT)
+                    await conn.execute(
+                        f"UPDATE counters SET n = {row['n'] + 1} WHERE id = {k}",
+                        timeout=CALL_TIMEOUT,
+                    )
                 log.statements += 1
-                await conn.execute("INSERT INTO ledger VALUES ($1, $2, $3)", wid, k, i,
-                                   timeout=CALL_TIMEOUT)
+                await conn.execute(
+                    "INSERT INTO ledger VALUES ($1, $2, $3)", wid, k, i, timeout=CALL_TIMEOUT
+                )
                 log.statements += 1
                 if rnd.random() < disconnect_rate:
                     # vanish mid-transaction: the write must not survive
@@ -209,11 +237,11 @@ async def _client(i: int, dsn: str, hot: int, deadline: float, disconnect_rate: 
                 try:
                     await conn.execute("ROLLBACK", timeout=CALL_TIMEOUT)
                     log.statements += 1
-                except Exception:  # noqa: BLE001 - a fault right after the conflict
+                except Exception:
                     conn.terminate()
                     conn = None
                     log.faults_seen += 1
-            except Exception as exc:  # noqa: BLE001
+            except Exception as exc:
                 if isinstance(exc, asyncio.TimeoutError):
                     log.hangs += 1
                 if stage == "commit":
@@ -223,7 +251,9 @@ async def _client(i: int, dsn: str, hot: int, deadline: float, disconnect_rate: 
                 if _connection_fault(exc):
                     log.faults_seen += 1
                 else:
-                    key = f"{stage}: {type(exc).__name__} {getattr(exc, 'sqlstate', '')}: {exc}"[:160]
+                    key = f"{stage}: {type(exc).__name__} {getattr(exc, 'sqlstate', '')}: {exc}"[
+                        :160
+                    ]
                     log.unexpected[key] = log.unexpected.get(key, 0) + 1
                 if conn is not None:
                     conn.terminate()
@@ -232,7 +262,7 @@ async def _client(i: int, dsn: str, hot: int, deadline: float, disconnect_rate: 
         if conn is not None:
             try:
                 await asyncio.wait_for(conn.close(), 5)
-            except Exception:  # noqa: BLE001
+            except Exception:
                 conn.terminate()
 
 
@@ -244,9 +274,19 @@ async def _restart_later(server, at: float, report: Report) -> None:
     report.restarts += 1
 
 
-async def run(server, proxy, *, clients: int = 16, duration: float = 60.0, hot: int = 4,
-              disconnect_rate: float = 0.02, restart: bool = True, seed: int = 1,
-              database: str | None = None, statement_cache: int | None = None) -> Report:
+async def run(
+    server,
+    proxy,
+    *,
+    clients: int = 16,
+    duration: float = 60.0,
+    hot: int = 4,
+    disconnect_rate: float = 0.02,
+    restart: bool = True,
+    seed: int = 1,
+    database: str | None = None,
+    statement_cache: int | None = None,
+) -> Report:
     """Drive `proxy` (a ProxyProcess with the soak RULES and metrics, in front of `server`, an
     EmbeddedPostgres) and audit. `database` must hold SCHEMA (see prepare()).
     `statement_cache`: asyncpg's statement_cache_size for every client (None: 0 or 100 at
@@ -257,9 +297,12 @@ async def run(server, proxy, *, clients: int = 16, duration: float = 60.0, hot: 
     t0 = time.monotonic()
     deadline = t0 + duration
     logs = [ClientLog() for _ in range(clients)]
-    tasks = [asyncio.create_task(_client(i, dsn, hot, deadline, disconnect_rate, seed, logs[i],
-                                         statement_cache))
-             for i in range(clients)]
+    tasks = [
+        asyncio.create_task(
+            _client(i, dsn, hot, deadline, disconnect_rate, seed, logs[i], statement_cache)
+        )
+        for i in range(clients)
+    ]
     restarter = None
     if restart:
         restarter = asyncio.create_task(_restart_later(server, t0 + duration / 2, report))
@@ -271,17 +314,20 @@ async def run(server, proxy, *, clients: int = 16, duration: float = 60.0, hot: 
 
 def prepare(admin_dsn: str, hot: int) -> str:
     import psycopg
+
     name = f"soak_{os.getpid()}_{int(time.time() * 1000) % 100000}"
     with psycopg.connect(admin_dsn, autocommit=True, sslmode="disable") as c:
         c.execute(f"CREATE DATABASE {name}")
-    with psycopg.connect(admin_dsn.rsplit("/", 1)[0] + "/" + name, autocommit=True,
-                         sslmode="disable") as c:
+    with psycopg.connect(
+        admin_dsn.rsplit("/", 1)[0] + "/" + name, autocommit=True, sslmode="disable"
+    ) as c:
         c.execute(SCHEMA.format(hot=hot))
     return name
 
 
 def audit(server, proxy, database: str, hot: int, logs: list[ClientLog], report: Report) -> Report:
     import psycopg
+
     acked: dict[str, int] = {}
     abandoned: dict[str, int] = {}
     in_doubt: dict[str, int] = {}
@@ -303,10 +349,16 @@ def audit(server, proxy, database: str, hot: int, logs: list[ClientLog], report:
     deadline = time.monotonic() + 30
     while True:
         try:
-            with psycopg.connect(direct, autocommit=True, sslmode="disable", connect_timeout=5) as c:
+            with psycopg.connect(
+                direct, autocommit=True, sslmode="disable", connect_timeout=5
+            ) as c:
                 ledger = dict(c.execute("SELECT write_id, counter_id FROM ledger").fetchall())
-                counters = {k: (n, v) for k, n, v in c.execute(
-                    "SELECT id, n, version FROM counters ORDER BY id").fetchall()}
+                counters = {
+                    k: (n, v)
+                    for k, n, v in c.execute(
+                        "SELECT id, n, version FROM counters ORDER BY id"
+                    ).fetchall()
+                }
             break
         except psycopg.OperationalError:
             if time.monotonic() > deadline:
@@ -326,34 +378,44 @@ def audit(server, proxy, database: str, hot: int, logs: list[ClientLog], report:
     if unknown:
         report.problems.append(f"{len(unknown)} ledger row(s) no client wrote: {unknown[:5]}")
     per_counter = {k: 0 for k in range(1, hot + 1)}
-    for w, k in ledger.items():
+    for _w, k in ledger.items():
         per_counter[k] += 1
     for k, (n, version) in counters.items():
         report.updates_lost += max(0, per_counter.get(k, 0) - n)
         if n != per_counter.get(k, 0) or version != n + 1:
             report.counter_mismatches.append((k, n, version, per_counter.get(k, 0)))
     if report.counter_mismatches:
-        report.problems.append("counters do not add up (id, n, version, committed increments): "
-                               f"{report.counter_mismatches}")
+        report.problems.append(
+            "counters do not add up (id, n, version, committed increments): "
+            f"{report.counter_mismatches}"
+        )
     if proxy.metrics_url:
         text = scrape(proxy.metrics_url)
-        report.conflicts_counted = sample_sum(text, "optimist_conflicts_total",
-                                              table="public.counters")
-        report.unverified_writes = sample_sum(text, "optimist_unverified_writes_total",
-                                              table="public.counters")
+        report.conflicts_counted = sample_sum(
+            text, "optimist_conflicts_total", table="public.counters"
+        )
+        report.unverified_writes = sample_sum(
+            text, "optimist_unverified_writes_total", table="public.counters"
+        )
         if report.conflicts_counted != report.conflicts_seen:
-            report.problems.append(f"the proxy counted {report.conflicts_counted:.0f} conflicts, "
-                                   f"clients saw {report.conflicts_seen}")
+            report.problems.append(
+                f"the proxy counted {report.conflicts_counted:.0f} conflicts, "
+                f"clients saw {report.conflicts_seen}"
+            )
         if report.unverified_writes:
             reasons = {}
             for line in text.splitlines():
-                if line.startswith("optimist_unverified_writes_total{") and "public.counters" in line:
+                if (
+                    line.startswith("optimist_unverified_writes_total{")
+                    and "public.counters" in line
+                ):
                     reason = re.search(r'reason="([^"]*)"', line)
                     value = float(line.rsplit(" ", 1)[1])
                     if reason and value:
                         reasons[reason.group(1)] = value
-            report.problems.append(f"{report.unverified_writes:.0f} write(s) went unchecked: "
-                                   f"{reasons}")
+            report.problems.append(
+                f"{report.unverified_writes:.0f} write(s) went unchecked: {reasons}"
+            )
     if report.hangs:
         report.problems.append(f"{report.hangs} call(s) hung for {CALL_TIMEOUT:.0f}s")
     if report.unexpected:
@@ -373,13 +435,22 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--clients", type=int, default=16)
     ap.add_argument("--duration", type=float, default=60.0, help="seconds (default 60)")
     ap.add_argument("--hot", type=int, default=4, help="rows the clients fight over (default 4)")
-    ap.add_argument("--disconnect-rate", type=float, default=0.02,
-                    help="share of transactions abandoned by dropping the connection")
+    ap.add_argument(
+        "--disconnect-rate",
+        type=float,
+        default=0.02,
+        help="share of transactions abandoned by dropping the connection",
+    )
     ap.add_argument("--no-restart", action="store_true", help="no upstream restart")
     ap.add_argument("--seed", type=int, default=1)
-    ap.add_argument("--statement-cache", type=int, default=None, metavar="N",
-                    help="asyncpg statement_cache_size for every client (default: 0 or 100 "
-                         "at random per connection)")
+    ap.add_argument(
+        "--statement-cache",
+        type=int,
+        default=None,
+        metavar="N",
+        help="asyncpg statement_cache_size for every client (default: 0 or 100 "
+        "at random per connection)",
+    )
     args = ap.parse_args(argv)
 
     from proxy.embedded import EmbeddedPostgres
@@ -394,10 +465,20 @@ def main(argv: list[str] | None = None) -> int:
         rules = root / "rules.yaml"
         rules.write_text(RULES)
         proxy = ProxyProcess(server.host, server.port, rules=rules, metrics=True).start()
-        report = asyncio.run(run(server, proxy, clients=args.clients, duration=args.duration,
-                                 hot=args.hot, disconnect_rate=args.disconnect_rate,
-                                 restart=not args.no_restart, seed=args.seed, database=database,
-                                 statement_cache=args.statement_cache))
+        report = asyncio.run(
+            run(
+                server,
+                proxy,
+                clients=args.clients,
+                duration=args.duration,
+                hot=args.hot,
+                disconnect_rate=args.disconnect_rate,
+                restart=not args.no_restart,
+                seed=args.seed,
+                database=database,
+                statement_cache=args.statement_cache,
+            )
+        )
         print("\n".join(report.lines()))
         if not proxy.alive:
             print("the proxy died:\n" + proxy.describe(), file=sys.stderr)

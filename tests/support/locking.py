@@ -1,4 +1,5 @@
 """A fresh database with a schema for optimistic-locking tests, and a proxy with given rules."""
+
 from __future__ import annotations
 
 import textwrap

@@ -20,8 +20,10 @@ class PsqlResult:
     stdout: str
     stderr: str
 
-    def check(self) -> "PsqlResult":
-        assert self.returncode == 0, f"{self.args} failed ({self.returncode}):\n{self.stderr}\n{self.stdout}"
+    def check(self) -> PsqlResult:
+        assert self.returncode == 0, (
+            f"{self.args} failed ({self.returncode}):\n{self.stderr}\n{self.stdout}"
+        )
         return self
 
     @property
@@ -38,24 +40,53 @@ def client_env(**extra: str) -> dict[str, str]:
     return env
 
 
-def run_psql(dsn: str, *args: str, input: str | None = None, on_error_stop: bool = True,
-             timeout: float = 60, psql: str | None = None, env: dict[str, str] | None = None,
-             binary: bool = False) -> PsqlResult:
+def run_psql(
+    dsn: str,
+    *args: str,
+    input: str | None = None,
+    on_error_stop: bool = True,
+    timeout: float = 60,
+    psql: str | None = None,
+    env: dict[str, str] | None = None,
+    binary: bool = False,
+) -> PsqlResult:
     """``psql "dsn" -X -v ON_ERROR_STOP=1 ARGS`` with stdout/stderr/exit code captured.
 
     ``input`` is fed on stdin (use ``-f -`` or no ``-c`` to run it as a script);
     ``binary=True``: stdout/stderr (and input) are bytes."""
-    cmd = [psql or pg_tool("psql"), dsn, "-X", "-v", f"ON_ERROR_STOP={1 if on_error_stop else 0}", *args]
-    res = subprocess.run(cmd, input=input, capture_output=True, text=not binary, timeout=timeout,
-                         env=env or client_env(), stdin=None if input is not None else subprocess.DEVNULL)
+    cmd = [
+        psql or pg_tool("psql"),
+        dsn,
+        "-X",
+        "-v",
+        f"ON_ERROR_STOP={1 if on_error_stop else 0}",
+        *args,
+    ]
+    res = subprocess.run(
+        cmd,
+        input=input,
+        capture_output=True,
+        text=not binary,
+        timeout=timeout,
+        env=env or client_env(),
+        stdin=None if input is not None else subprocess.DEVNULL,
+    )
     return PsqlResult(cmd, res.returncode, res.stdout, res.stderr)
 
 
-def run_pgbench(dsn: str, *args: str, timeout: float = 120, env: dict[str, str] | None = None) -> PsqlResult:
+def run_pgbench(
+    dsn: str, *args: str, timeout: float = 120, env: dict[str, str] | None = None
+) -> PsqlResult:
     """``pgbench ARGS "dsn"`` (the DSN is pgbench's dbname argument)."""
     cmd = [pg_tool("pgbench"), *args, dsn]
-    res = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env or client_env(),
-                         stdin=subprocess.DEVNULL)
+    res = subprocess.run(
+        cmd,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env or client_env(),
+        stdin=subprocess.DEVNULL,
+    )
     return PsqlResult(cmd, res.returncode, res.stdout, res.stderr)
 
 
@@ -73,9 +104,20 @@ def psql_with_ssl() -> str | None:
         if not Path(p).exists():
             continue
         try:
-            res = subprocess.run([p, "host=127.0.0.1 port=1 sslmode=require connect_timeout=2", "-X", "-c", "select"],
-                                 capture_output=True, text=True, timeout=10, env=client_env(),
-                                 stdin=subprocess.DEVNULL)
+            res = subprocess.run(
+                [
+                    p,
+                    "host=127.0.0.1 port=1 sslmode=require connect_timeout=2",
+                    "-X",
+                    "-c",
+                    "select",
+                ],
+                capture_output=True,
+                text=True,
+                timeout=10,
+                env=client_env(),
+                stdin=subprocess.DEVNULL,
+            )
         except (OSError, subprocess.TimeoutExpired):
             continue
         if "not compiled in" not in res.stderr and "invalid" not in res.stderr:

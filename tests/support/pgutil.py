@@ -28,7 +28,9 @@ def query_direct(dsn: str, sql: str, params: Any = None) -> list[tuple]:
         return cur.fetchall() if cur.description else []
 
 
-def wait_until(pred: Callable[[], T], timeout: float = 5.0, interval: float = 0.05, what: str = "condition") -> T:
+def wait_until(
+    pred: Callable[[], T], timeout: float = 5.0, interval: float = 0.05, what: str = "condition"
+) -> T:
     """Poll ``pred`` until truthy; return its value or raise AssertionError after ``timeout``."""
     deadline = time.monotonic() + timeout
     while True:
@@ -45,7 +47,9 @@ def run_async(coro: Coroutine[Any, Any, T], timeout: float = 60.0) -> T:
     return asyncio.run(asyncio.wait_for(coro, timeout))
 
 
-def backend_pids(direct_dsn: str, *, application_name: str | None = None, query_like: str | None = None) -> list[int]:
+def backend_pids(
+    direct_dsn: str, *, application_name: str | None = None, query_like: str | None = None
+) -> list[int]:
     """Server backends (seen through a direct connection) matching the filters."""
     sql = "select pid from pg_stat_activity where pid <> pg_backend_pid() and backend_type = 'client backend'"
     params: list[Any] = []

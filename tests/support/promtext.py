@@ -1,4 +1,5 @@
 """Reading the proxy's /metrics in tests, with prometheus-client's own text parser."""
+
 from __future__ import annotations
 
 import urllib.request

@@ -27,7 +27,9 @@ def port_accepts(host: str, port: int, timeout: float = 0.5) -> bool:
         return False
 
 
-def wait_for_port(host: str, port: int, timeout: float, proc: subprocess.Popen | None = None) -> bool:
+def wait_for_port(
+    host: str, port: int, timeout: float, proc: subprocess.Popen | None = None
+) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc is not None and proc.poll() is not None:
@@ -44,16 +46,34 @@ class ProxyProcess:
     ``module`` is ``proxy`` (the real one) or ``tests.support.relay`` (a dumb byte relay used
     to develop the harness; select it with ``OPTIMIST_TEST_PROXY=relay``)."""
 
-    def __init__(self, upstream_host: str, upstream_port: int, *, rules: str | os.PathLike[str] | None = None,
-                 metrics: bool = False, drain_timeout: float | None = None, extra_args: tuple[str, ...] | list[str] = (),
-                 module: str | None = None, env: dict[str, str] | None = None, start_timeout: float = 15.0,
-                 host: str = "127.0.0.1", port: int | None = None):
+    def __init__(
+        self,
+        upstream_host: str,
+        upstream_port: int,
+        *,
+        rules: str | os.PathLike[str] | None = None,
+        metrics: bool = False,
+        drain_timeout: float | None = None,
+        extra_args: tuple[str, ...] | list[str] = (),
+        module: str | None = None,
+        env: dict[str, str] | None = None,
+        start_timeout: float = 15.0,
+        host: str = "127.0.0.1",
+        port: int | None = None,
+    ):
         self.host = host
         self.port = port or free_port(host)
         self.upstream_host, self.upstream_port = upstream_host, upstream_port
-        self.module = module or ("tests.support.relay" if os.environ.get("OPTIMIST_TEST_PROXY") == "relay" else "proxy")
+        self.module = module or (
+            "tests.support.relay" if os.environ.get("OPTIMIST_TEST_PROXY") == "relay" else "proxy"
+        )
         self.metrics_port = free_port(host) if metrics else None
-        args = ["--listen", f"{self.host}:{self.port}", "--upstream", f"{upstream_host}:{upstream_port}"]
+        args = [
+            "--listen",
+            f"{self.host}:{self.port}",
+            "--upstream",
+            f"{upstream_host}:{upstream_port}",
+        ]
         if rules is not None:
             args += ["--rules", str(rules)]
         if self.metrics_port is not None:
@@ -80,7 +100,9 @@ class ProxyProcess:
 
     @property
     def metrics_url(self) -> str | None:
-        return None if self.metrics_port is None else f"http://{self.host}:{self.metrics_port}/metrics"
+        return (
+            None if self.metrics_port is None else f"http://{self.host}:{self.metrics_port}/metrics"
+        )
 
     # -- output
     def stderr_text(self) -> str:
@@ -106,12 +128,22 @@ class ProxyProcess:
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
 
-    def start(self) -> "ProxyProcess":
+    def start(self) -> ProxyProcess:
         with open(self._stdout_path, "ab") as out, open(self._stderr_path, "ab") as err:
-            self.proc = subprocess.Popen(self.cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=err,
-                                         env=self.env, cwd=str(REPO))
+            self.proc = subprocess.Popen(
+                self.cmd,
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=err,
+                env=self.env,
+                cwd=str(REPO),
+            )
         if not wait_for_port(self.host, self.port, self.start_timeout, self.proc):
-            why = "exited" if self.proc.poll() is not None else f"did not listen within {self.start_timeout}s"
+            why = (
+                "exited"
+                if self.proc.poll() is not None
+                else f"did not listen within {self.start_timeout}s"
+            )
             self.kill()
             raise RuntimeError(f"proxy {why}\n{self.describe()}")
         return self

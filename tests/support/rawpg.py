@@ -20,8 +20,9 @@ CANCEL_REQUEST_CODE = 80877102
 # --------------------------------------------------------------------------- frontend packets
 
 
-def startup_packet(user: str = "postgres", database: str = "postgres", protocol: int = PROTOCOL_3_0,
-                   **params: str) -> bytes:
+def startup_packet(
+    user: str = "postgres", database: str = "postgres", protocol: int = PROTOCOL_3_0, **params: str
+) -> bytes:
     body = struct.pack("!I", protocol)
     for k, v in {"user": user, "database": database, **params}.items():
         body += k.encode() + b"\0" + str(v).encode() + b"\0"
@@ -98,7 +99,7 @@ class RawClient:
         self._buf = b""
 
     # -- context manager
-    def __enter__(self) -> "RawClient":
+    def __enter__(self) -> RawClient:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -162,7 +163,7 @@ class RawClient:
             self.sock.settimeout(left)
             try:
                 chunk = self.sock.recv(65536)
-            except socket.timeout:
+            except TimeoutError:
                 return data, "timeout"
             except (ConnectionResetError, BrokenPipeError):
                 return data, "reset"
@@ -187,7 +188,9 @@ class RawClient:
             elif m.kind == b"R":
                 (code,) = struct.unpack("!I", m.payload[:4])
                 if code != 0:
-                    raise RuntimeError(f"authentication method {code} requested; tests expect trust")
+                    raise RuntimeError(
+                        f"authentication method {code} requested; tests expect trust"
+                    )
         return s
 
     def simple_query(self, sql: str) -> list[Msg]:
@@ -204,12 +207,12 @@ def rows(msgs: list[Msg]) -> list[list[str | None]]:
         (n,) = struct.unpack("!H", m.payload[:2])
         pos, row = 2, []
         for _ in range(n):
-            (ln,) = struct.unpack("!i", m.payload[pos:pos + 4])
+            (ln,) = struct.unpack("!i", m.payload[pos : pos + 4])
             pos += 4
             if ln < 0:
                 row.append(None)
             else:
-                row.append(m.payload[pos:pos + ln].decode())
+                row.append(m.payload[pos : pos + ln].decode())
                 pos += ln
         out.append(row)
     return out

@@ -1,4 +1,5 @@
 """Soft assertions for scenario outputs of external driver programs (JDBC, node-postgres)."""
+
 from __future__ import annotations
 
 import pytest
@@ -17,8 +18,9 @@ class SoftChecks:
 
     def __exit__(self, exc_type, exc, tb):
         if exc_type is None and self.failed:
-            pytest.fail(f"{len(self.failed)} check(s) failed:\n- " + "\n- ".join(self.failed),
-                        pytrace=False)
+            pytest.fail(
+                f"{len(self.failed)} check(s) failed:\n- " + "\n- ".join(self.failed), pytrace=False
+            )
 
     def true(self, cond, what: str) -> bool:
         if not cond:

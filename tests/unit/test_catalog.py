@@ -1,4 +1,5 @@
 """The catalog query's text and reading its rows (no database: see tests/integration)."""
+
 from __future__ import annotations
 
 import pytest
@@ -36,7 +37,19 @@ def row(schema, table, oid, attnum, name, type_oid, type_name, pk, comparable, n
 
 def test_from_rows_reads_text_values():
     rows = [
-        row("public", "accounts", "16400", "3", "balance", "1700", "numeric(14,2)", "f", "t", "t", "1700"),
+        row(
+            "public",
+            "accounts",
+            "16400",
+            "3",
+            "balance",
+            "1700",
+            "numeric(14,2)",
+            "f",
+            "t",
+            "t",
+            "1700",
+        ),
         row("public", "accounts", "16400", "1", "id", "23", "integer", "t", "t", "t", "23"),
         row("public", "accounts", "16400", "4", "doc", "114", "json", "f", "f", "f", None),
         row("app", "lines", "16500", "1", "order_id", "16390", "app.posint", "t", "t", "t", "23"),
@@ -46,20 +59,35 @@ def test_from_rows_reads_text_values():
     catalog = Catalog.from_rows(rows)
     accounts = catalog.table("public", "accounts")
     assert accounts is catalog.tables_by_oid[16400]
-    assert (accounts.oid, accounts.qualified_name, accounts.primary_key) == (16400, "public.accounts", ("id",))
+    assert (accounts.oid, accounts.qualified_name, accounts.primary_key) == (
+        16400,
+        "public.accounts",
+        ("id",),
+    )
     assert list(accounts.columns) == ["id", "balance", "doc"]  # attnum order whatever the row order
     doc = accounts.columns["doc"]
-    assert (doc.attnum, doc.type_oid, doc.type_name, doc.comparable, doc.not_null, doc.base_type_oid) == (
-        4, 114, "json", False, False, 114)  # no base type: the type itself
+    assert (
+        doc.attnum,
+        doc.type_oid,
+        doc.type_name,
+        doc.comparable,
+        doc.not_null,
+        doc.base_type_oid,
+    ) == (4, 114, "json", False, False, 114)  # no base type: the type itself
     lines = catalog.table("app", "lines")
     assert lines.primary_key == ("order_id", "line")
-    assert lines.columns["order_id"].base_type_oid == 23 and lines.columns["order_id"].type_oid == 16390
+    assert (
+        lines.columns["order_id"].base_type_oid == 23
+        and lines.columns["order_id"].type_oid == 16390
+    )
     assert catalog.table("public", "lines") is None
 
 
 def test_find_walks_search_path():
-    rows = [row("app", "t", "2", "1", "id", "23", "integer", "t", "t", "t", "23"),
-            row("public", "t", "1", "1", "id", "23", "integer", "t", "t", "t", "23")]
+    rows = [
+        row("app", "t", "2", "1", "id", "23", "integer", "t", "t", "t", "23"),
+        row("public", "t", "1", "1", "id", "23", "integer", "t", "t", "t", "23"),
+    ]
     catalog = Catalog.from_rows(rows)
     assert catalog.find("t", ["app", "public"]).oid == 2
     assert catalog.find("t", ["public", "app"]).oid == 1

@@ -1,4 +1,5 @@
 """Every sub-command and option of `optimist` explains itself in --help."""
+
 from __future__ import annotations
 
 import argparse

@@ -4,6 +4,7 @@ alerts and Grafana dashboard agree with each other and with the proxy they deplo
 Checks that need a tool (promtool, kubectl, systemd-analyze) skip, saying so, when it is not on
 PATH. CI gets promtool from Debian's `prometheus` package (see docs/operations.md).
 """
+
 from __future__ import annotations
 
 import json
@@ -56,10 +57,16 @@ def _run(*argv: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
 def registry_sample_names() -> set[str]:
     """Every sample name the proxy's registry can expose, including those of labelled metrics
     that have no child yet (collect() gives those without samples)."""
-    suffixes = {"counter": ("_total", "_created"), "gauge": ("",), "info": ("_info",),
-                "histogram": ("_bucket", "_count", "_sum", "_created"),
-                "summary": ("", "_count", "_sum", "_created"), "stateset": ("",), "enum": ("",),
-                "unknown": ("",)}
+    suffixes = {
+        "counter": ("_total", "_created"),
+        "gauge": ("",),
+        "info": ("_info",),
+        "histogram": ("_bucket", "_count", "_sum", "_created"),
+        "summary": ("", "_count", "_sum", "_created"),
+        "stateset": ("",),
+        "enum": ("",),
+        "unknown": ("",),
+    }
     names: set[str] = set()
     for family in Metrics().registry.collect():
         names.update(s.name for s in family.samples)
@@ -67,36 +74,56 @@ def registry_sample_names() -> set[str]:
     return names
 
 
-PROMQL_WORDS = {"and", "or", "unless", "by", "without", "on", "ignoring", "group_left",
-                "group_right", "bool", "offset", "inf", "nan", "atan2"}
+PROMQL_WORDS = {
+    "and",
+    "or",
+    "unless",
+    "by",
+    "without",
+    "on",
+    "ignoring",
+    "group_left",
+    "group_right",
+    "bool",
+    "offset",
+    "inf",
+    "nan",
+    "atan2",
+}
 
 
 def promql_metric_names(expr: str) -> set[str]:
     """The series names an expression selects (a lexer good enough for our own expressions)."""
-    text = re.sub(r'"(?:[^"\\]|\\.)*"|\'(?:[^\'\\]|\\.)*\'', '""', expr)   # strings
-    text = re.sub(r"\{[^}]*\}", "", text)                                  # label matchers
-    text = re.sub(r"\[[^\]]*\]", "", text)                                 # ranges
+    text = re.sub(r'"(?:[^"\\]|\\.)*"|\'(?:[^\'\\]|\\.)*\'', '""', expr)  # strings
+    text = re.sub(r"\{[^}]*\}", "", text)  # label matchers
+    text = re.sub(r"\[[^\]]*\]", "", text)  # ranges
     text = re.sub(r"\b(?:by|without|on|ignoring|group_left|group_right)\s*\([^)]*\)", "", text)
     names = set()
     for match in re.finditer(r"(?<![\w$.:])[A-Za-z_:][\w:]*", text):
-        rest = text[match.end():].lstrip()
+        rest = text[match.end() :].lstrip()
         if rest.startswith("(") or match.group().lower() in PROMQL_WORDS:
-            continue   # a function or aggregation, or a keyword
+            continue  # a function or aggregation, or a keyword
         names.add(match.group())
     return names
 
 
 def test_promql_metric_names_finds_series_not_functions_or_labels():
-    expr = ('histogram_quantile(0.99, sum by (instance, le) (rate(foo_bucket{job="x", '
-            'le!="a b"}[5m] offset 1h))) > 0.5 and on (instance) bar_total or vector(0)')
+    expr = (
+        'histogram_quantile(0.99, sum by (instance, le) (rate(foo_bucket{job="x", '
+        'le!="a b"}[5m] offset 1h))) > 0.5 and on (instance) bar_total or vector(0)'
+    )
     assert promql_metric_names(expr) == {"foo_bucket", "bar_total"}
 
 
 def test_registry_sample_names_include_labelled_counters_and_histograms():
     names = registry_sample_names()
-    assert {"optimist_conflicts_total", "optimist_query_duration_seconds_bucket",
-            "optimist_rules_version_info", "optimist_client_connections"} <= names
-    assert "optimist_conflicts" not in names   # a counter's samples carry _total
+    assert {
+        "optimist_conflicts_total",
+        "optimist_query_duration_seconds_bucket",
+        "optimist_rules_version_info",
+        "optimist_client_connections",
+    } <= names
+    assert "optimist_conflicts" not in names  # a counter's samples carry _total
 
 
 # --------------------------------------------------------------------------- every YAML file
@@ -107,14 +134,22 @@ def all_yaml_files() -> list[Path]:
 
 
 def test_deploy_has_the_expected_files():
-    for rel in ("Dockerfile", "compose.yaml", "prometheus/alerts.yaml",
-                "prometheus/prometheus.yml", "grafana/dashboard.json",
-                "grafana/provisioning/datasources/prometheus.yaml",
-                "grafana/provisioning/dashboards/optimist.yaml",
-                "kubernetes/kustomization.yaml", "kubernetes/deployment.yaml",
-                "kubernetes/service.yaml", "kubernetes/configmap-rules.yaml",
-                "kubernetes/servicemonitor.yaml", "systemd/optimist.service",
-                "systemd/optimist.env"):
+    for rel in (
+        "Dockerfile",
+        "compose.yaml",
+        "prometheus/alerts.yaml",
+        "prometheus/prometheus.yml",
+        "grafana/dashboard.json",
+        "grafana/provisioning/datasources/prometheus.yaml",
+        "grafana/provisioning/dashboards/optimist.yaml",
+        "kubernetes/kustomization.yaml",
+        "kubernetes/deployment.yaml",
+        "kubernetes/service.yaml",
+        "kubernetes/configmap-rules.yaml",
+        "kubernetes/servicemonitor.yaml",
+        "systemd/optimist.service",
+        "systemd/optimist.env",
+    ):
         assert (DEPLOY / rel).is_file(), f"deploy/{rel} is missing"
     assert OPERATIONS.is_file()
 
@@ -195,16 +230,24 @@ def test_alerts_cover_the_required_situations():
     def some(pred, what):
         assert any(pred(e) for e in exprs), f"no alert on {what}"
 
-    some(lambda e: "optimist_conflicts_total" in e and "[5m]" in e and "[1h]" in e,
-         "a conflict spike (5m rate against the 1h baseline)")
-    some(lambda e: re.sub(r"\s+", "", e) ==
-         'increase(optimist_rule_reloads_total{job="optimist",result="failure"}[10m])>0',
-         "failed rule reloads")
+    some(
+        lambda e: "optimist_conflicts_total" in e and "[5m]" in e and "[1h]" in e,
+        "a conflict spike (5m rate against the 1h baseline)",
+    )
+    some(
+        lambda e: (
+            re.sub(r"\s+", "", e)
+            == 'increase(optimist_rule_reloads_total{job="optimist",result="failure"}[10m])>0'
+        ),
+        "failed rule reloads",
+    )
     some(lambda e: re.fullmatch(r'\s*up\{job="optimist"\}\s*==\s*0\s*', e), "an unscrapeable proxy")
     some(lambda e: re.fullmatch(r"\s*optimist_upstream_up\s*==\s*0\s*", e), "the upstream gauge")
     some(lambda e: "optimist_unverified_writes_total" in e, "unverified writes")
-    some(lambda e: "histogram_quantile(0.99" in e and "optimist_query_duration_seconds_bucket" in e,
-         "p99 latency")
+    some(
+        lambda e: "histogram_quantile(0.99" in e and "optimist_query_duration_seconds_bucket" in e,
+        "p99 latency",
+    )
 
 
 def test_alerts_use_only_metrics_the_proxy_exports():
@@ -216,7 +259,7 @@ def test_alerts_use_only_metrics_the_proxy_exports():
         assert not unknown, f"{rule['alert']}: {sorted(unknown)} not exported by proxy/metrics.py"
 
 
-INSTANCE = {"job": "optimist", "instance": "optimist-0:9187"}   # the default labels of _series
+INSTANCE = {"job": "optimist", "instance": "optimist-0:9187"}  # the default labels of _series
 
 
 def _series(name: str, values: str, **labels: str) -> dict:
@@ -229,78 +272,162 @@ def _series(name: str, values: str, **labels: str) -> dict:
 ALERT_CASES = {
     "conflict spike fires on a spike and on a table's first conflicts, not on a steady rate "
     "or below the floor": (
-        [_series("optimist_conflicts_total", "0+1x60 60+60x20", table="public.accounts",
-                 kind="modified"),
-         _series("optimist_conflicts_total", "0+60x80", table="public.customers",
-                 kind="modified"),
-         _series("optimist_conflicts_total", "0x60 0+2x20", table="public.reports",
-                 kind="deleted"),
-         _series("optimist_conflicts_total", "_x60 0+60x20", table="public.products",
-                 kind="modified")],
-        [("50m", "OptimistConflictRateSpike", []),
-         ("72m", "OptimistConflictRateSpike", [{"table": "public.accounts"},
-                                               {"table": "public.products"}])]),
+        [
+            _series(
+                "optimist_conflicts_total",
+                "0+1x60 60+60x20",
+                table="public.accounts",
+                kind="modified",
+            ),
+            _series(
+                "optimist_conflicts_total", "0+60x80", table="public.customers", kind="modified"
+            ),
+            _series(
+                "optimist_conflicts_total", "0x60 0+2x20", table="public.reports", kind="deleted"
+            ),
+            _series(
+                "optimist_conflicts_total", "_x60 0+60x20", table="public.products", kind="modified"
+            ),
+        ],
+        [
+            ("50m", "OptimistConflictRateSpike", []),
+            (
+                "72m",
+                "OptimistConflictRateSpike",
+                [{"table": "public.accounts"}, {"table": "public.products"}],
+            ),
+        ],
+    ),
     "rule reload failure fires, then clears; successes never": (
-        [_series("optimist_rule_reloads_total", "0x10 1x40", result="failure"),
-         _series("optimist_rule_reloads_total", "0+1x50", result="success")],
-        [("8m", "OptimistRuleReloadFailed", []),
-         ("15m", "OptimistRuleReloadFailed", [{**INSTANCE, "result": "failure"}]),
-         ("45m", "OptimistRuleReloadFailed", [])]),
+        [
+            _series("optimist_rule_reloads_total", "0x10 1x40", result="failure"),
+            _series("optimist_rule_reloads_total", "0+1x50", result="success"),
+        ],
+        [
+            ("8m", "OptimistRuleReloadFailed", []),
+            ("15m", "OptimistRuleReloadFailed", [{**INSTANCE, "result": "failure"}]),
+            ("45m", "OptimistRuleReloadFailed", []),
+        ],
+    ),
     "upstream down and proxy down": (
-        [_series("optimist_upstream_up", "1x5 0x10"),
-         _series("up", "1x5 0x10")],
-        [("4m", "OptimistUpstreamDown", []),
-         ("10m", "OptimistUpstreamDown", [INSTANCE]),
-         ("4m", "OptimistDown", []),
-         ("10m", "OptimistDown", [INSTANCE])]),
+        [_series("optimist_upstream_up", "1x5 0x10"), _series("up", "1x5 0x10")],
+        [
+            ("4m", "OptimistUpstreamDown", []),
+            ("10m", "OptimistUpstreamDown", [INSTANCE]),
+            ("4m", "OptimistDown", []),
+            ("10m", "OptimistDown", [INSTANCE]),
+        ],
+    ),
     "no target at all": (
         [_series("optimist_upstream_up", "1x20")],
-        [("15m", "OptimistTargetMissing", [{"job": "optimist"}])]),
+        [("15m", "OptimistTargetMissing", [{"job": "optimist"}])],
+    ),
     "unverified writes: structural reasons alert, not-read writes do not": (
-        [_series("optimist_unverified_writes_total", "0x10 1x20", table="public.accounts",
-                 reason="no_key_pin"),
-         _series("optimist_unverified_writes_total", "0+5x30", table="public.customers",
-                 reason="not_read")],
-        [("8m", "OptimistUnverifiedWrites", []),
-         ("20m", "OptimistUnverifiedWrites", [{"table": "public.accounts",
-                                               "reason": "no_key_pin"}])]),
+        [
+            _series(
+                "optimist_unverified_writes_total",
+                "0x10 1x20",
+                table="public.accounts",
+                reason="no_key_pin",
+            ),
+            _series(
+                "optimist_unverified_writes_total",
+                "0+5x30",
+                table="public.customers",
+                reason="not_read",
+            ),
+        ],
+        [
+            ("8m", "OptimistUnverifiedWrites", []),
+            (
+                "20m",
+                "OptimistUnverifiedWrites",
+                [{"table": "public.accounts", "reason": "no_key_pin"}],
+            ),
+        ],
+    ),
     "writes without read: a large share alerts, with or without checked writes": (
-        [_series("optimist_unverified_writes_total", "0+60x40", table="public.accounts",
-                 reason="not_read"),
-         _series("optimist_checked_writes_total", "0+6x40", table="public.accounts"),
-         _series("optimist_unverified_writes_total", "0+60x40", table="public.reports",
-                 reason="column_not_read"),
-         _series("optimist_unverified_writes_total", "0+3x40", table="public.customers",
-                 reason="not_read"),
-         _series("optimist_checked_writes_total", "0+60x40", table="public.customers")],
-        [("35m", "OptimistWritesWithoutRead", [{"table": "public.accounts"},
-                                               {"table": "public.reports"}])]),
+        [
+            _series(
+                "optimist_unverified_writes_total",
+                "0+60x40",
+                table="public.accounts",
+                reason="not_read",
+            ),
+            _series("optimist_checked_writes_total", "0+6x40", table="public.accounts"),
+            _series(
+                "optimist_unverified_writes_total",
+                "0+60x40",
+                table="public.reports",
+                reason="column_not_read",
+            ),
+            _series(
+                "optimist_unverified_writes_total",
+                "0+3x40",
+                table="public.customers",
+                reason="not_read",
+            ),
+            _series("optimist_checked_writes_total", "0+60x40", table="public.customers"),
+        ],
+        [
+            (
+                "35m",
+                "OptimistWritesWithoutRead",
+                [{"table": "public.accounts"}, {"table": "public.reports"}],
+            )
+        ],
+    ),
     "high p99 latency on a busy instance only": (
-        [_series("optimist_query_duration_seconds_bucket", "0+100x20", le="0.5"),
-         _series("optimist_query_duration_seconds_bucket", "0+200x20", le="1.0"),
-         _series("optimist_query_duration_seconds_bucket", "0+200x20", le="+Inf"),
-         _series("optimist_query_duration_seconds_count", "0+200x20"),
-         _series("optimist_query_duration_seconds_bucket", "0+200x20", le="0.01",
-                 instance="optimist-1:9187"),
-         _series("optimist_query_duration_seconds_bucket", "0+200x20", le="+Inf",
-                 instance="optimist-1:9187"),
-         _series("optimist_query_duration_seconds_count", "0+200x20",
-                 instance="optimist-1:9187")],
-        [("18m", "OptimistHighQueryLatency", [{"instance": "optimist-0:9187"}])]),
+        [
+            _series("optimist_query_duration_seconds_bucket", "0+100x20", le="0.5"),
+            _series("optimist_query_duration_seconds_bucket", "0+200x20", le="1.0"),
+            _series("optimist_query_duration_seconds_bucket", "0+200x20", le="+Inf"),
+            _series("optimist_query_duration_seconds_count", "0+200x20"),
+            _series(
+                "optimist_query_duration_seconds_bucket",
+                "0+200x20",
+                le="0.01",
+                instance="optimist-1:9187",
+            ),
+            _series(
+                "optimist_query_duration_seconds_bucket",
+                "0+200x20",
+                le="+Inf",
+                instance="optimist-1:9187",
+            ),
+            _series(
+                "optimist_query_duration_seconds_count", "0+200x20", instance="optimist-1:9187"
+            ),
+        ],
+        [("18m", "OptimistHighQueryLatency", [{"instance": "optimist-0:9187"}])],
+    ),
     "instances on different rule versions; a replaced version (0) does not count": (
-        [_series("optimist_rules_version_info", "1x10 0x60", version="aaaa"),
-         _series("optimist_rules_version_info", "_x10 1x60", version="bbbb"),
-         _series("optimist_rules_version_info", "1x40 0x30", version="aaaa",
-                 instance="optimist-1:9187"),
-         _series("optimist_rules_version_info", "_x40 1x30", version="bbbb",
-                 instance="optimist-1:9187")],
-        [("5m", "OptimistRulesDiverged", []),
-         ("35m", "OptimistRulesDiverged", [{}]),
-         ("60m", "OptimistRulesDiverged", [])]),
+        [
+            _series("optimist_rules_version_info", "1x10 0x60", version="aaaa"),
+            _series("optimist_rules_version_info", "_x10 1x60", version="bbbb"),
+            _series(
+                "optimist_rules_version_info",
+                "1x40 0x30",
+                version="aaaa",
+                instance="optimist-1:9187",
+            ),
+            _series(
+                "optimist_rules_version_info",
+                "_x40 1x30",
+                version="bbbb",
+                instance="optimist-1:9187",
+            ),
+        ],
+        [
+            ("5m", "OptimistRulesDiverged", []),
+            ("35m", "OptimistRulesDiverged", [{}]),
+            ("60m", "OptimistRulesDiverged", []),
+        ],
+    ),
     "snapshot evictions": (
         [_series("optimist_snapshot_evictions_total", "0x10 0+50x30")],
-        [("8m", "OptimistSnapshotEvictions", []),
-         ("35m", "OptimistSnapshotEvictions", [INSTANCE])]),
+        [("8m", "OptimistSnapshotEvictions", []), ("35m", "OptimistSnapshotEvictions", [INSTANCE])],
+    ),
 }
 
 
@@ -317,17 +444,29 @@ def test_alert_rules_behave(tmp_path: Path):
     (tmp_path / "alerts.yaml").write_text(yaml.safe_dump(rules))
     tests = []
     for name, (series, expectations) in ALERT_CASES.items():
-        tests.append({
-            "name": name, "interval": "1m", "input_series": series,
-            "alert_rule_test": [
-                {"eval_time": at, "alertname": alert,
-                 "exp_alerts": [{"exp_labels": {"severity": severity[alert], **labels}}
-                                for labels in expected]}
-                for at, alert, expected in expectations]})
+        tests.append(
+            {
+                "name": name,
+                "interval": "1m",
+                "input_series": series,
+                "alert_rule_test": [
+                    {
+                        "eval_time": at,
+                        "alertname": alert,
+                        "exp_alerts": [
+                            {"exp_labels": {"severity": severity[alert], **labels}}
+                            for labels in expected
+                        ],
+                    }
+                    for at, alert, expected in expectations
+                ],
+            }
+        )
     tested = {alert for _, expectations in ALERT_CASES.values() for _, alert, _ in expectations}
     assert tested == set(severity), f"alerts without a behaviour test: {set(severity) - tested}"
-    (tmp_path / "test.yaml").write_text(yaml.safe_dump(
-        {"rule_files": ["alerts.yaml"], "evaluation_interval": "1m", "tests": tests}))
+    (tmp_path / "test.yaml").write_text(
+        yaml.safe_dump({"rule_files": ["alerts.yaml"], "evaluation_interval": "1m", "tests": tests})
+    )
     result = _run(promtool, "test", "rules", "test.yaml", cwd=tmp_path)
     assert result.returncode == 0, result.stdout + result.stderr
 
@@ -343,14 +482,17 @@ def dashboard_panels(board: dict) -> list[dict]:
     found = []
     for panel in board.get("panels", []):
         found.append(panel)
-        found.extend(panel.get("panels", []))   # collapsed rows hold their panels
+        found.extend(panel.get("panels", []))  # collapsed rows hold their panels
     return found
 
 
 def dashboard_exprs(board: dict) -> list[tuple[str, str]]:
-    return [(f"{p.get('title')!r}/{t.get('refId')}", t["expr"])
-            for p in dashboard_panels(board) if p.get("type") != "row"
-            for t in p.get("targets", [])]
+    return [
+        (f"{p.get('title')!r}/{t.get('refId')}", t["expr"])
+        for p in dashboard_panels(board)
+        if p.get("type") != "row"
+        for t in p.get("targets", [])
+    ]
 
 
 def test_dashboard_model():
@@ -406,15 +548,25 @@ def test_dashboard_shows_what_operators_need():
     used = set()
     for _, expr in dashboard_exprs(dashboard()):
         used |= promql_metric_names(expr)
-    required = {"optimist_conflicts_total", "optimist_audit_conflicts_total",
-                "optimist_unverified_writes_total", "optimist_checked_writes_total",
-                "optimist_query_duration_seconds_bucket", "optimist_client_connections",
-                "optimist_bytes_total", "optimist_rule_reloads_total",
-                "optimist_rules_version_info", "optimist_snapshot_entries",
-                "optimist_snapshot_evictions_total"}
+    required = {
+        "optimist_conflicts_total",
+        "optimist_audit_conflicts_total",
+        "optimist_unverified_writes_total",
+        "optimist_checked_writes_total",
+        "optimist_query_duration_seconds_bucket",
+        "optimist_client_connections",
+        "optimist_bytes_total",
+        "optimist_rule_reloads_total",
+        "optimist_rules_version_info",
+        "optimist_snapshot_entries",
+        "optimist_snapshot_evictions_total",
+    }
     assert not required - used, f"no panel shows {sorted(required - used)}"
-    quantiles = {m.group(1) for _, e in dashboard_exprs(dashboard())
-                 for m in re.finditer(r"histogram_quantile\(\s*([\d.]+)", e)}
+    quantiles = {
+        m.group(1)
+        for _, e in dashboard_exprs(dashboard())
+        for m in re.finditer(r"histogram_quantile\(\s*([\d.]+)", e)
+    }
     assert {"0.5", "0.95", "0.99"} <= quantiles
 
 
@@ -423,8 +575,12 @@ def test_dashboard_queries_parse(tmp_path: Path):
     promtool = _tool("promtool")
     rules = []
     for i, (where, expr) in enumerate(dashboard_exprs(dashboard())):
-        expr = (expr.replace("$__rate_interval", "5m").replace("$__interval", "1m")
-                .replace("${instance}", ".*").replace("$instance", ".*"))
+        expr = (
+            expr.replace("$__rate_interval", "5m")
+            .replace("$__interval", "1m")
+            .replace("${instance}", ".*")
+            .replace("$instance", ".*")
+        )
         assert "$" not in expr, f"{where}: an unknown variable in {expr!r}"
         rules.append({"record": f"dashboard_query_{i}", "expr": expr})
     path = tmp_path / "dashboard-queries.yaml"
@@ -438,10 +594,12 @@ def test_grafana_provisioning_points_at_the_dashboard():
     mounts = dict(_bind(v) for v in compose["services"]["grafana"]["volumes"] if ":" in v)
     assert mounts.get("./grafana/dashboard.json", "").startswith("/var/lib/grafana/dashboards/")
     providers = yaml.safe_load(
-        (DEPLOY / "grafana/provisioning/dashboards/optimist.yaml").read_text())["providers"]
+        (DEPLOY / "grafana/provisioning/dashboards/optimist.yaml").read_text()
+    )["providers"]
     assert providers[0]["options"]["path"] == "/var/lib/grafana/dashboards"
     sources = yaml.safe_load(
-        (DEPLOY / "grafana/provisioning/datasources/prometheus.yaml").read_text())["datasources"]
+        (DEPLOY / "grafana/provisioning/datasources/prometheus.yaml").read_text()
+    )["datasources"]
     assert sources[0]["type"] == "prometheus"
     assert sources[0]["url"] == "http://prometheus:9090"
 
@@ -457,7 +615,7 @@ def _bind(volume: str) -> tuple[str, str]:
 def _seconds(value) -> float:
     m = re.fullmatch(r"(\d+(?:\.\d+)?)(ms|s|m|h)?", str(value).strip())
     assert m, f"not a duration: {value!r}"
-    return float(m.group(1)) * {"ms": .001, "s": 1, "m": 60, "h": 3600, None: 1}[m.group(2)]
+    return float(m.group(1)) * {"ms": 0.001, "s": 1, "m": 60, "h": 3600, None: 1}[m.group(2)]
 
 
 def container_metrics_port_compose(compose: dict) -> int:
@@ -481,16 +639,18 @@ def test_compose_stack():
     assert init.get("../rules/example-schema.sql", "").startswith("/docker-entrypoint-initdb.d/")
 
     optimist = services["optimist"]
-    assert (DEPLOY / optimist["build"]["context"] / optimist["build"]["dockerfile"]).resolve() \
-        == DOCKERFILE.resolve()
+    assert (
+        DEPLOY / optimist["build"]["context"] / optimist["build"]["dockerfile"]
+    ).resolve() == DOCKERFILE.resolve()
     env = optimist["environment"]
     assert parse_hostport(env["OPTIMIST_UPSTREAM"], 5432).host == "postgres"
     rules_dir = env["OPTIMIST_RULES"]
     mounts = {t: s for s, t in map(_bind, optimist["volumes"])}
     assert rules_dir in mounts, "the rules directory is not mounted"
     assert (DEPLOY / mounts[rules_dir] / "example.yaml").is_file()
-    assert _seconds(optimist["stop_grace_period"]) > float(env["OPTIMIST_DRAIN_TIMEOUT"]), \
+    assert _seconds(optimist["stop_grace_period"]) > float(env["OPTIMIST_DRAIN_TIMEOUT"]), (
         "docker stop would kill optimist before the drain ends"
+    )
     published = [str(p).rsplit(":", 1)[-1] for p in optimist["ports"]]
     assert {"6432", str(container_metrics_port_compose(compose))} <= set(published)
 
@@ -537,13 +697,15 @@ def test_dockerfile_entrypoint_ports_rules_and_healthcheck():
     health = final["HEALTHCHECK"][-1]
     assert "python" in health and HEALTH_PATH in health + env and "curl" not in health
     assert "9187" in health + env
-    assert re.search(r"FROM\s+\S*python:3\.11-slim", DOCKERFILE.read_text()) or \
-        re.search(r"ARG\s+PYTHON_IMAGE=python:3\.11-slim", DOCKERFILE.read_text())
+    assert re.search(r"FROM\s+\S*python:3\.11-slim", DOCKERFILE.read_text()) or re.search(
+        r"ARG\s+PYTHON_IMAGE=python:3\.11-slim", DOCKERFILE.read_text()
+    )
 
 
 def _dockerignored(rel: str, patterns: list[str]) -> bool:
     """Docker's rule: the last matching pattern wins; a pattern matching a parent counts."""
     import fnmatch
+
     parts = rel.split("/")
     candidates = ["/".join(parts[:i]) for i in range(1, len(parts) + 1)]
     ignored = False
@@ -554,8 +716,9 @@ def _dockerignored(rel: str, patterns: list[str]) -> bool:
         if pat.startswith("**/"):
             hit = any(fnmatch.fnmatch(c.rsplit("/", 1)[-1], pat[3:]) for c in candidates)
         else:
-            hit = any(fnmatch.fnmatch(c, pat) and c.count("/") == pat.count("/")
-                      for c in candidates)
+            hit = any(
+                fnmatch.fnmatch(c, pat) and c.count("/") == pat.count("/") for c in candidates
+            )
         if hit:
             ignored = not negate
     return ignored
@@ -563,8 +726,15 @@ def _dockerignored(rel: str, patterns: list[str]) -> bool:
 
 def test_dockerfile_copies_exist_in_the_build_context():
     ignore = REPO / ".dockerignore"
-    patterns = [line.strip() for line in ignore.read_text().splitlines()
-                if line.strip() and not line.startswith("#")] if ignore.exists() else []
+    patterns = (
+        [
+            line.strip()
+            for line in ignore.read_text().splitlines()
+            if line.strip() and not line.startswith("#")
+        ]
+        if ignore.exists()
+        else []
+    )
     sources = []
     for line in re.sub(r"\\\n", " ", DOCKERFILE.read_text()).splitlines():
         words = line.split()
@@ -584,22 +754,42 @@ def test_installed_package_loads_rules(tmp_path: Path):
     """The image runs `pip install .` (not an editable install): the installed package alone
     must be able to load and validate a rule file."""
     target = tmp_path / "site"
-    build = _run(sys.executable, "-m", "pip", "install", "--quiet", "--no-deps",
-                 "--no-compile", "--target", str(target), str(REPO))
+    build = _run(
+        sys.executable,
+        "-m",
+        "pip",
+        "install",
+        "--quiet",
+        "--no-deps",
+        "--no-compile",
+        "--target",
+        str(target),
+        str(REPO),
+    )
     assert build.returncode == 0, build.stdout + build.stderr
-    probe = ("import proxy, sys\n"
-             f"assert proxy.__file__.startswith({str(target)!r}), proxy.__file__\n"
-             "from proxy.check import check\n"
-             f"code, lines = check([{str(REPO / 'rules' / 'example.yaml')!r}], None)\n"
-             "print(*lines, sep='\\n'); sys.exit(code)\n")
+    probe = (
+        "import proxy, sys\n"
+        f"assert proxy.__file__.startswith({str(target)!r}), proxy.__file__\n"
+        "from proxy.check import check\n"
+        f"code, lines = check([{str(REPO / 'rules' / 'example.yaml')!r}], None)\n"
+        "print(*lines, sep='\\n'); sys.exit(code)\n"
+    )
     env = {**os.environ, "PYTHONPATH": str(target)}
-    result = subprocess.run([sys.executable, "-c", probe], cwd=tmp_path, env=env,
-                            capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        [sys.executable, "-c", probe],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     if result.returncode and "site/rules/optimist-rules.schema.json" in result.stderr:
-        pytest.xfail("known bug: proxy/rules/loader.py reads the JSON schema from "
-                     "<package>/../rules/, which exists only in a source checkout, so a "
-                     "`pip install .` (the image, a systemd venv) cannot load any rule file; "
-                     "ship the schema as package data")
+        pytest.xfail(
+            "known bug: proxy/rules/loader.py reads the JSON schema from "
+            "<package>/../rules/, which exists only in a source checkout, so a "
+            "`pip install .` (the image, a systemd venv) cannot load any rule file; "
+            "ship the schema as package data"
+        )
     assert result.returncode == 0, result.stdout + result.stderr
 
 
@@ -646,8 +836,11 @@ def test_kustomization_ties_the_manifests_together():
     kinds = {kind for kind, _ in k8s_objects()}
     assert {"Deployment", "Service", "ConfigMap"} <= kinds
     services = [o for (k, _), o in k8s_objects().items() if k == "Service"]
-    assert any(p["port"] == 6432 and p.get("protocol", "TCP") == "TCP"
-               for s in services for p in s["spec"]["ports"])
+    assert any(
+        p["port"] == 6432 and p.get("protocol", "TCP") == "TCP"
+        for s in services
+        for p in s["spec"]["ports"]
+    )
     assert any(p["name"] == "metrics" for s in services for p in s["spec"]["ports"])
 
 
@@ -701,12 +894,14 @@ def test_deployment_gives_the_drain_its_time():
     if sleep:
         pre_stop = float(sleep["seconds"])
     assert pre_stop > 0, "no preStop delay: new connections may arrive after SIGTERM"
-    assert pod["terminationGracePeriodSeconds"] > pre_stop + drain, \
+    assert pod["terminationGracePeriodSeconds"] > pre_stop + drain, (
         "the kubelet would SIGKILL optimist before its drain ends"
+    )
 
 
 def test_deployment_mounts_the_rules_configmap_where_optimist_reads_rules(tmp_path: Path):
     from proxy.rules import load_rules
+
     pod, container = optimist_container()
     rules_path = _env(container).get("OPTIMIST_RULES") or "/etc/optimist/rules"
     (mount,) = [m for m in container["volumeMounts"] if m["mountPath"] == rules_path]
@@ -717,7 +912,7 @@ def test_deployment_mounts_the_rules_configmap_where_optimist_reads_rules(tmp_pa
     for name, text in configmap["data"].items():
         assert name.endswith((".yaml", ".yml")), f"{name}: optimist reads only *.yaml / *.yml"
         (tmp_path / name).write_text(text)
-    load_rules([str(tmp_path)])   # raises RuleError with the problems
+    load_rules([str(tmp_path)])  # raises RuleError with the problems
 
 
 def test_pod_scrape_annotations_and_servicemonitor_match_the_metrics_port():
@@ -734,8 +929,9 @@ def test_pod_scrape_annotations_and_servicemonitor_match_the_metrics_port():
     assert monitor["kind"] == "ServiceMonitor"
     services = [o for (k, _), o in k8s_objects().items() if k == "Service"]
     selector = monitor["spec"]["selector"]["matchLabels"]
-    (service,) = [s for s in services
-                  if selector.items() <= s["metadata"].get("labels", {}).items()]
+    (service,) = [
+        s for s in services if selector.items() <= s["metadata"].get("labels", {}).items()
+    ]
     port_names = {p["name"]: p for p in service["spec"]["ports"]}
     for endpoint in monitor["spec"]["endpoints"]:
         port = port_names[endpoint["port"]]
@@ -786,6 +982,7 @@ def test_systemd_env_file_sets_the_essentials():
     for key in env:
         assert key.startswith("OPTIMIST_"), key
     from proxy.config import load_settings
+
     settings = load_settings({}, environ=env)
     assert settings.upstream, "without an upstream optimist starts an embedded PostgreSQL"
     assert settings.rules and settings.metrics
@@ -797,8 +994,11 @@ def test_systemd_analyze_verify(tmp_path: Path):
     unit = tmp_path / "optimist.service"
     unit.write_text(text)
     result = _run(analyze, "verify", str(unit))
-    output = "\n".join(line for line in (result.stdout + result.stderr).splitlines()
-                       if "EnvironmentFile" not in line)
+    output = "\n".join(
+        line
+        for line in (result.stdout + result.stderr).splitlines()
+        if "EnvironmentFile" not in line
+    )
     assert result.returncode == 0 and not output.strip(), output
 
 
@@ -823,7 +1023,9 @@ def test_checks_can_fail(tmp_path: Path):
 
 def settings_variables() -> set[str]:
     from dataclasses import fields
+
     from proxy.config import Settings
+
     return {f"OPTIMIST_{f.name.upper()}" for f in fields(Settings)} | {"OPTIMIST_CONFIG"}
 
 
@@ -834,8 +1036,13 @@ DEPLOY_VARIABLES = {"OPTIMIST_HEALTHCHECK_URL"}
 def test_every_optimist_variable_is_a_setting():
     """A misspelt OPTIMIST_* variable is silently ignored by optimist: catch it here."""
     known = settings_variables() | DEPLOY_VARIABLES
-    sources = [DOCKERFILE, DEPLOY / "compose.yaml", UNIT_ENV, OPERATIONS,
-               *sorted(K8S.glob("*.yaml"))]
+    sources = [
+        DOCKERFILE,
+        DEPLOY / "compose.yaml",
+        UNIT_ENV,
+        OPERATIONS,
+        *sorted(K8S.glob("*.yaml")),
+    ]
     for path in sources:
         for name in re.findall(r"\bOPTIMIST_[A-Z_]+\b", path.read_text()):
             assert name in known, f"{path.relative_to(REPO)}: {name} is not an optimist setting"
@@ -843,13 +1050,15 @@ def test_every_optimist_variable_is_a_setting():
 
 def test_serve_options_in_the_docs_exist():
     from proxy.cli import build_parser
+
     parser = build_parser()
     options = set()
-    for action in parser._subparsers._group_actions:   # the sub-commands
+    for action in parser._subparsers._group_actions:  # the sub-commands
         for sub in action.choices.values():
             for a in sub._actions:
                 options.update(a.option_strings)
     for path in (OPERATIONS, DOCKERFILE, UNIT, K8S / "deployment.yaml"):
-        for flag in re.findall(r"`(--[a-z][a-z-]*)", path.read_text()) + \
-                re.findall(r'"(--[a-z][a-z-]*)"', path.read_text()):
+        for flag in re.findall(r"`(--[a-z][a-z-]*)", path.read_text()) + re.findall(
+            r'"(--[a-z][a-z-]*)"', path.read_text()
+        ):
             assert flag in options, f"{path.relative_to(REPO)}: optimist has no option {flag}"

@@ -22,6 +22,7 @@ state machine whose interesting states are reached by message *sequences*, which
 structured strategies generate directly and shrink to a readable counterexample, inside the
 normal pytest run with a bounded budget.
 """
+
 from __future__ import annotations
 
 import os
@@ -42,8 +43,12 @@ from proxy.wire import messages as m
 from proxy.wire.framing import ProtocolViolation, frame
 from proxy.wire.startup import parse_startup
 
-FUZZ = settings(max_examples=int(os.environ.get("OPTIMIST_FUZZ_EXAMPLES", "300")), deadline=None, derandomize=True,
-                suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+FUZZ = settings(
+    max_examples=int(os.environ.get("OPTIMIST_FUZZ_EXAMPLES", "300")),
+    deadline=None,
+    derandomize=True,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
 
 FRONTEND_TYPES = b"QPBDECSHFdcfXp"
 BACKEND_TYPES = b"RSKZTDCEINs123ntAGHWdcVvF"
@@ -53,7 +58,19 @@ ACCOUNTS_OID = 16400
 CATALOG_ROWS = [
     ["public", "accounts", str(ACCOUNTS_OID), "1", "id", "23", "integer", "t", "t", "t", "23"],
     ["public", "accounts", str(ACCOUNTS_OID), "2", "owner", "25", "text", "f", "t", "t", "25"],
-    ["public", "accounts", str(ACCOUNTS_OID), "3", "balance", "1700", "numeric(14,2)", "f", "t", "t", "1700"],
+    [
+        "public",
+        "accounts",
+        str(ACCOUNTS_OID),
+        "3",
+        "balance",
+        "1700",
+        "numeric(14,2)",
+        "f",
+        "t",
+        "t",
+        "1700",
+    ],
     ["public", "accounts", str(ACCOUNTS_OID), "4", "version", "23", "integer", "f", "t", "t", "23"],
 ]
 RULES = """\
@@ -74,23 +91,46 @@ SQL_POOL = [
     "DELETE FROM accounts WHERE id = 2 RETURNING *",
     "UPDATE accounts SET owner = 'x' WHERE id = 1 RETURNING id, owner",
     "INSERT INTO accounts VALUES (9, 'n', 1, 1) RETURNING *",
-    "BEGIN", "COMMIT", "ROLLBACK", "SAVEPOINT s1", "ROLLBACK TO SAVEPOINT s1", "RELEASE s1",
-    "DISCARD ALL", "DEALLOCATE ALL",
+    "BEGIN",
+    "COMMIT",
+    "ROLLBACK",
+    "SAVEPOINT s1",
+    "ROLLBACK TO SAVEPOINT s1",
+    "RELEASE s1",
+    "DISCARD ALL",
+    "DEALLOCATE ALL",
     "UPDATE accounts SET balance = 1 WHERE id = 1; SELECT 1; DELETE FROM accounts WHERE id = 3",
     "WITH x AS (UPDATE accounts SET balance = 0 WHERE id = 1 RETURNING *) SELECT * FROM x",
     "UPDATE accounts SET balance = 1 WHERE CURRENT OF c",
-    "select 1", "", ";", "UPDATE", "UPDATE accounts", "DELETE FROM", "UPDATE accounts SET",
+    "select 1",
+    "",
+    ";",
+    "UPDATE",
+    "UPDATE accounts",
+    "DELETE FROM",
+    "UPDATE accounts SET",
 ]
 
 
 def startup_packet(user: bytes = b"alice", database: bytes = b"shop") -> bytes:
-    body = struct.pack("!I", 196608) + b"user\x00" + user + b"\x00database\x00" + database + b"\x00\x00"
+    body = (
+        struct.pack("!I", 196608)
+        + b"user\x00"
+        + user
+        + b"\x00database\x00"
+        + database
+        + b"\x00\x00"
+    )
     return struct.pack("!I", len(body) + 4) + body
 
 
-AUTH_OK = (frame(b"R", struct.pack("!i", 0)) + frame(b"S", b"client_encoding\x00UTF8\x00")
-           + frame(b"S", b"standard_conforming_strings\x00on\x00")
-           + frame(b"K", struct.pack("!i", 77) + b"secr") + frame(b"Z", b"I"))
+AUTH_OK = (
+    frame(b"R", struct.pack("!i", 0))
+    + frame(b"S", b"client_encoding\x00UTF8\x00")
+    + frame(b"S", b"standard_conforming_strings\x00on\x00")
+    + frame(b"K", struct.pack("!i", 77) + b"secr")
+    + frame(b"Z", b"I")
+)
 
 
 def make_enforcement(tmp_path_factory) -> LockingService:
@@ -106,9 +146,22 @@ def enforcement(tmp_path_factory):
 
 def catalog_response() -> bytes:
     """The server's answer to the enforcer's injected setup query (catalog + guard functions)."""
-    fields = [m.Field(name.encode(), 0, 0, 25, -1, -1, 0) for name in (
-        "schema_name", "table_name", "table_oid", "attnum", "column_name", "type_oid",
-        "type_name", "in_primary_key", "comparable", "not_null", "base_type_oid")]
+    fields = [
+        m.Field(name.encode(), 0, 0, 25, -1, -1, 0)
+        for name in (
+            "schema_name",
+            "table_name",
+            "table_oid",
+            "attnum",
+            "column_name",
+            "type_oid",
+            "type_name",
+            "in_primary_key",
+            "comparable",
+            "not_null",
+            "base_type_oid",
+        )
+    ]
     out = m.encode_row_description(fields)
     for row in CATALOG_ROWS:
         out += m.encode_data_row([v.encode() for v in row])
@@ -179,8 +232,9 @@ def sql_text(draw) -> bytes:
 
 @st.composite
 def frontend_message(draw) -> bytes:
-    kind = draw(st.sampled_from(["Q", "P", "B", "E", "D", "C", "S", "H", "d", "c", "f", "F",
-                                 "X", "raw"]))
+    kind = draw(
+        st.sampled_from(["Q", "P", "B", "E", "D", "C", "S", "H", "d", "c", "f", "F", "X", "raw"])
+    )
     if kind == "Q":
         return m.encode_query(draw(sql_text()))
     if kind == "P":
@@ -189,19 +243,33 @@ def frontend_message(draw) -> bytes:
         return m.Parse(name, draw(sql_text()), tuple(types)).encode()
     if kind == "B":
         n = draw(st.integers(0, 3))
-        params = [draw(st.one_of(st.none(), st.sampled_from([b"1", b"2", b"abc", b""]),
-                                 st.binary(max_size=8)))
-                  for _ in range(n)]
+        params = [
+            draw(
+                st.one_of(
+                    st.none(), st.sampled_from([b"1", b"2", b"abc", b""]), st.binary(max_size=8)
+                )
+            )
+            for _ in range(n)
+        ]
         formats = draw(st.sampled_from([[], [0], [1], [0] * n, [1] * n]))
         results = draw(st.lists(st.sampled_from([0, 1]), max_size=5))
-        return m.Bind(draw(st.sampled_from([b"", b"p1"])), draw(st.sampled_from([b"", b"s1", b"s2", b"nope"])),
-                      formats, params, results).encode()
+        return m.Bind(
+            draw(st.sampled_from([b"", b"p1"])),
+            draw(st.sampled_from([b"", b"s1", b"s2", b"nope"])),
+            formats,
+            params,
+            results,
+        ).encode()
     if kind == "E":
         return m.encode_execute(draw(st.sampled_from([b"", b"p1"])), draw(st.integers(0, 3)))
     if kind == "D":
-        return m.encode_describe(draw(st.sampled_from([b"S", b"P"])), draw(st.sampled_from([b"", b"s1", b"p1"])))
+        return m.encode_describe(
+            draw(st.sampled_from([b"S", b"P"])), draw(st.sampled_from([b"", b"s1", b"p1"]))
+        )
     if kind == "C":
-        return m.encode_close(draw(st.sampled_from([b"S", b"P"])), draw(st.sampled_from([b"", b"s1", b"p1"])))
+        return m.encode_close(
+            draw(st.sampled_from([b"S", b"P"])), draw(st.sampled_from([b"", b"s1", b"p1"]))
+        )
     if kind == "S":
         return m.SYNC
     if kind == "H":
@@ -234,34 +302,97 @@ DECODED_BY_RELAY = b"SK"
 
 @st.composite
 def backend_message(draw, wellformed: bool = False) -> bytes:
-    kind = draw(st.sampled_from(["T", "D", "C", "Z", "E", "N", "1", "2", "3", "n", "s", "I",
-                                 "S", "K", "A", "t", "G", "raw"]))
+    kind = draw(
+        st.sampled_from(
+            [
+                "T",
+                "D",
+                "C",
+                "Z",
+                "E",
+                "N",
+                "1",
+                "2",
+                "3",
+                "n",
+                "s",
+                "I",
+                "S",
+                "K",
+                "A",
+                "t",
+                "G",
+                "raw",
+            ]
+        )
+    )
     if kind == "T":
         return m.encode_row_description([_field(draw) for _ in range(draw(st.integers(0, 5)))])
     if kind == "D":
-        values = [draw(st.one_of(st.none(), st.sampled_from([b"1", b"2", b"42", b"abc", b"1.50",
-                                                            b"\x00\x00\x00\x01", b""]),
-                                 st.binary(max_size=8)))
-                  for _ in range(draw(st.integers(0, 6)))]
+        values = [
+            draw(
+                st.one_of(
+                    st.none(),
+                    st.sampled_from([b"1", b"2", b"42", b"abc", b"1.50", b"\x00\x00\x00\x01", b""]),
+                    st.binary(max_size=8),
+                )
+            )
+            for _ in range(draw(st.integers(0, 6)))
+        ]
         return m.encode_data_row(values)
     if kind == "C":
-        tag = draw(st.sampled_from([b"SELECT 1", b"UPDATE 1", b"UPDATE 0", b"DELETE 1", b"INSERT 0 1",
-                                    b"BEGIN", b"COMMIT", b"ROLLBACK", b"SAVEPOINT", b"RELEASE",
-                                    b"DISCARD ALL", b"DEALLOCATE ALL", b"PREPARE TRANSACTION",
-                                    b"UPDATE", b"", b"UPDATE x"]))
+        tag = draw(
+            st.sampled_from(
+                [
+                    b"SELECT 1",
+                    b"UPDATE 1",
+                    b"UPDATE 0",
+                    b"DELETE 1",
+                    b"INSERT 0 1",
+                    b"BEGIN",
+                    b"COMMIT",
+                    b"ROLLBACK",
+                    b"SAVEPOINT",
+                    b"RELEASE",
+                    b"DISCARD ALL",
+                    b"DEALLOCATE ALL",
+                    b"PREPARE TRANSACTION",
+                    b"UPDATE",
+                    b"",
+                    b"UPDATE x",
+                ]
+            )
+        )
         return frame(b"C", tag + b"\x00")
     if kind == "Z":
         return frame(b"Z", draw(st.sampled_from([b"I", b"T", b"E", b"?", b"", b"II"])))
     if kind in ("E", "N"):
-        fields = {"S": draw(st.sampled_from(["ERROR", "FATAL", "WARNING", "PANIC"])),
-                  "C": draw(st.sampled_from(["40001", "P0001", "42601", "23505", "XX000"])),
-                  "M": draw(st.sampled_from(["boom", "optimistic lock conflict: row (id)=(1) of "
-                                             "public.accounts was modified by another session",
-                                             "optimist: write to public.accounts refused"]))}
+        fields = {
+            "S": draw(st.sampled_from(["ERROR", "FATAL", "WARNING", "PANIC"])),
+            "C": draw(st.sampled_from(["40001", "P0001", "42601", "23505", "XX000"])),
+            "M": draw(
+                st.sampled_from(
+                    [
+                        "boom",
+                        "optimistic lock conflict: row (id)=(1) of "
+                        "public.accounts was modified by another session",
+                        "optimist: write to public.accounts refused",
+                    ]
+                )
+            ),
+        }
         if draw(st.booleans()):
-            fields["D"] = draw(st.sampled_from(['{"table": "public.accounts", "key": {"id": 1}, '
-                                                '"kind": "modified", "columns": {}}', "{", "[]",
-                                                '{"table": 1}']))
+            fields["D"] = draw(
+                st.sampled_from(
+                    [
+                        '{"table": "public.accounts", "key": {"id": 1}, '
+                        '"kind": "modified", "columns": {}}',
+                        "{",
+                        "[]",
+                        '{"table": 1}',
+                    ]
+                )
+            )
         if draw(st.booleans()):
             fields["W"] = "PL/pgSQL function pg_temp.optimist_modified(text) line 3 at RAISE"
         body = m.encode_fields(kind.encode(), fields)
@@ -269,15 +400,27 @@ def backend_message(draw, wellformed: bool = False) -> bytes:
     if kind in ("1", "2", "3", "n", "s", "I"):
         return frame(kind.encode(), b"")
     if kind == "S":
-        return frame(b"S", draw(st.sampled_from([b"client_encoding\x00UTF8\x00",
-                                                b"client_encoding\x00LATIN1\x00",
-                                                b"standard_conforming_strings\x00off\x00",
-                                                b"TimeZone\x00UTC\x00"]
-                                               + ([] if wellformed else [b"x", b""]))))
+        return frame(
+            b"S",
+            draw(
+                st.sampled_from(
+                    [
+                        b"client_encoding\x00UTF8\x00",
+                        b"client_encoding\x00LATIN1\x00",
+                        b"standard_conforming_strings\x00off\x00",
+                        b"TimeZone\x00UTC\x00",
+                    ]
+                    + ([] if wellformed else [b"x", b""])
+                )
+            ),
+        )
     if kind == "K":
         if wellformed:
-            return frame(b"K", struct.pack("!i", draw(st.integers(0, 1 << 30)))
-                         + draw(st.binary(min_size=4, max_size=8)))
+            return frame(
+                b"K",
+                struct.pack("!i", draw(st.integers(0, 1 << 30)))
+                + draw(st.binary(min_size=4, max_size=8)),
+            )
         return frame(b"K", draw(st.binary(max_size=12)))
     if kind == "A":
         return frame(b"A", struct.pack("!i", 1) + _cstr(draw) + _cstr(draw))
@@ -301,12 +444,18 @@ def mutated(draw, stream: bytes) -> bytes:
         if op == "flip":
             data[i] ^= 1 << draw(st.integers(0, 7))
         elif op == "drop":
-            del data[i:i + draw(st.integers(1, 4))]
+            del data[i : i + draw(st.integers(1, 4))]
         elif op == "insert":
             data[i:i] = draw(st.binary(min_size=1, max_size=6))
         elif op == "length" and len(data) >= i + 4:
-            data[i:i + 4] = struct.pack("!I", draw(st.sampled_from(
-                [0, 3, 4, 5, 0x7FFFFFFF, 0xFFFFFFFF, 1 << 30, (1 << 30) + 1, 64])))
+            data[i : i + 4] = struct.pack(
+                "!I",
+                draw(
+                    st.sampled_from(
+                        [0, 3, 4, 5, 0x7FFFFFFF, 0xFFFFFFFF, 1 << 30, (1 << 30) + 1, 64]
+                    )
+                ),
+            )
         elif op == "truncate":
             del data[i:]
     return bytes(data)
@@ -374,10 +523,30 @@ def test_relay_session_only_protocol_violations_escape(conv):
 # found by this test: a write the lexer cannot read is parsed by sqlglot, whose tree has a
 # Parameter where the planner expects an Identifier (AttributeError out of written_tables)
 @example(conv=(b"", b"", [("client", m.encode_query(b"DELETE FROM \x01 $1"))]))
-@example(conv=(b"", b"", [("client", m.encode_query(
-    b"WITH d AS (DELETE FROM accounts AS $1 WHERE id = 1) SELECT 1"))]))
-@example(conv=(b"", b"", [("client", m.Parse(b"", b"WITH d AS (UPDATE $1.accounts SET id = 1) "
-                                                  b"SELECT 1", ()).encode())]))
+@example(
+    conv=(
+        b"",
+        b"",
+        [
+            (
+                "client",
+                m.encode_query(b"WITH d AS (DELETE FROM accounts AS $1 WHERE id = 1) SELECT 1"),
+            )
+        ],
+    )
+)
+@example(
+    conv=(
+        b"",
+        b"",
+        [
+            (
+                "client",
+                m.Parse(b"", b"WITH d AS (UPDATE $1.accounts SET id = 1) SELECT 1", ()).encode(),
+            )
+        ],
+    )
+)
 def test_enforcer_session_well_framed_streams(enforcement, conv):
     _, _, ops = conv
     s = new_session(enforcement)
@@ -385,8 +554,12 @@ def test_enforcer_session_well_framed_streams(enforcement, conv):
 
 
 _SELECT = m.encode_query(b"SELECT * FROM accounts WHERE id = 1")
-_T2 = m.encode_row_description([m.Field(b"id", ACCOUNTS_OID, 1, 23, -1, -1, 0),
-                                m.Field(b"version", ACCOUNTS_OID, 4, 23, -1, -1, 0)])
+_T2 = m.encode_row_description(
+    [
+        m.Field(b"id", ACCOUNTS_OID, 1, 23, -1, -1, 0),
+        m.Field(b"version", ACCOUNTS_OID, 4, 23, -1, -1, 0),
+    ]
+)
 
 
 @FUZZ
@@ -416,7 +589,7 @@ def test_enforcer_request_response_cycles(enforcement, data):
         response = b""
         for item in s.in_flight:
             kind = item.kind
-            if kind in (0, 7):      # QUERY, CALL
+            if kind in (0, 7):  # QUERY, CALL
                 body = b"".join(data.draw(st.lists(backend_message(), max_size=4)))
                 response += body + frame(b"Z", data.draw(st.sampled_from([b"I", b"T", b"E"])))
             elif kind == 1:
@@ -424,14 +597,31 @@ def test_enforcer_request_response_cycles(enforcement, data):
             elif kind == 2:
                 response += frame(b"2", b"")
             elif kind == 3:
-                response += data.draw(st.sampled_from([
-                    frame(b"n", b""),
-                    m.encode_row_description([_field(data.draw) for _ in range(data.draw(st.integers(0, 4)))])]))
+                response += data.draw(
+                    st.sampled_from(
+                        [
+                            frame(b"n", b""),
+                            m.encode_row_description(
+                                [_field(data.draw) for _ in range(data.draw(st.integers(0, 4)))]
+                            ),
+                        ]
+                    )
+                )
             elif kind == 4:
-                rows = data.draw(st.lists(backend_message().filter(lambda b: b[:1] == b"D"), max_size=3))
-                response += b"".join(rows) + data.draw(st.sampled_from([
-                    frame(b"C", b"UPDATE 1\x00"), frame(b"C", b"SELECT 2\x00"), frame(b"s", b""),
-                    frame(b"I", b""), m.error_response("40001", "conflict")]))
+                rows = data.draw(
+                    st.lists(backend_message().filter(lambda b: b[:1] == b"D"), max_size=3)
+                )
+                response += b"".join(rows) + data.draw(
+                    st.sampled_from(
+                        [
+                            frame(b"C", b"UPDATE 1\x00"),
+                            frame(b"C", b"SELECT 2\x00"),
+                            frame(b"s", b""),
+                            frame(b"I", b""),
+                            m.error_response("40001", "conflict"),
+                        ]
+                    )
+                )
             elif kind == 5:
                 response += frame(b"3", b"")
             elif kind == 6:
@@ -449,8 +639,12 @@ def test_enforcer_captures_and_rewrites_in_the_fuzz_setup(enforcement):
     s.client_data(m.encode_query(b"SELECT * FROM accounts WHERE id = 1"))
     check_outputs(s)
     fields = [m.Field(n, ACCOUNTS_OID, a, t, -1, -1, 0) for n, a, t in COLUMNS]
-    s.server_data(m.encode_row_description(fields) + m.encode_data_row([b"1", b"sue", b"1.00", b"7"])
-                  + frame(b"C", b"SELECT 1\x00") + frame(b"Z", b"I"))
+    s.server_data(
+        m.encode_row_description(fields)
+        + m.encode_data_row([b"1", b"sue", b"1.00", b"7"])
+        + frame(b"C", b"SELECT 1\x00")
+        + frame(b"Z", b"I")
+    )
     check_outputs(s)
     s.client_data(m.encode_query(b"UPDATE accounts SET balance = 5 WHERE id = 1"))
     to_server, _ = check_outputs(s)
@@ -463,10 +657,19 @@ def test_enforcer_captures_and_rewrites_in_the_fuzz_setup(enforcement):
 @FUZZ
 @given(st.binary(max_size=64))
 def test_decoders_raise_only_protocol_violations(body):
-    for decode in (m.decode_query, m.decode_parse, m.decode_bind, m.decode_describe_or_close,
-                   m.decode_execute, m.decode_row_description, m.decode_data_row,
-                   m.decode_command_complete, m.decode_fields, m.decode_parameter_status,
-                   m.decode_backend_key):
+    for decode in (
+        m.decode_query,
+        m.decode_parse,
+        m.decode_bind,
+        m.decode_describe_or_close,
+        m.decode_execute,
+        m.decode_row_description,
+        m.decode_data_row,
+        m.decode_command_complete,
+        m.decode_fields,
+        m.decode_parameter_status,
+        m.decode_backend_key,
+    ):
         try:
             decode(body)
         except ProtocolViolation:
@@ -477,6 +680,7 @@ def test_decoders_raise_only_protocol_violations(body):
 @given(st.binary(max_size=64))
 def test_startup_parsing_raises_only_protocol_violations(data):
     from proxy.wire.startup import packet_length
+
     try:
         n = packet_length(data)
         if n is not None and len(data) >= n:
@@ -508,17 +712,24 @@ def test_enforcer_survives_sql_the_planner_cannot_read(enforcement):
     ]
     failures = []
     for sql in statements:
-        for msg in (m.encode_query(sql), m.Parse(b"", sql, ()).encode()
-                    + m.Bind(b"", b"", [], [b"1"], []).encode() + m.encode_execute(b"") + m.SYNC):
+        for msg in (
+            m.encode_query(sql),
+            m.Parse(b"", sql, ()).encode()
+            + m.Bind(b"", b"", [], [b"1"], []).encode()
+            + m.encode_execute(b"")
+            + m.SYNC,
+        ):
             s = new_session(enforcement)
             try:
                 s.client_data(msg)
                 check_outputs(s)
             except ProtocolViolation:
                 pass
-            except Exception as exc:  # noqa: BLE001 - the point of the test
-                failures.append(f"{sql!r} ({'Query' if msg[:1] == b'Q' else 'Parse'}): "
-                                f"{type(exc).__name__}: {exc}")
+            except Exception as exc:
+                failures.append(
+                    f"{sql!r} ({'Query' if msg[:1] == b'Q' else 'Parse'}): "
+                    f"{type(exc).__name__}: {exc}"
+                )
     assert not failures, "\n".join(failures)
 
 
@@ -531,6 +742,7 @@ class Live:
     def __init__(self, pg, tmp_path_factory):
         from tests.support import ProxyProcess
         from tests.support.locking import VERSION_RULES, make_database, write_rules
+
         self.pg = pg
         self.db_direct = make_database(pg.dsn)
         self.db_proxy = make_database(pg.dsn)
@@ -554,6 +766,7 @@ class Live:
 
     def assert_healthy(self) -> None:
         from tests.support import connect
+
         for p in self.proxies:
             assert p.alive, p.describe()
             with connect(p.dsn_for(self.db_proxy)) as c:
@@ -574,11 +787,11 @@ def parse_backend_stream(data: bytes) -> list[tuple[bytes, bytes]]:
     """Backend messages of a byte stream; raises AssertionError if it is not one."""
     out, pos = [], 0
     while pos < len(data):
-        assert len(data) - pos >= 5, f"truncated backend message at {pos}: {data[pos:pos + 20]!r}"
-        kind = data[pos:pos + 1]
-        (length,) = struct.unpack("!I", data[pos + 1:pos + 5])
+        assert len(data) - pos >= 5, f"truncated backend message at {pos}: {data[pos : pos + 20]!r}"
+        kind = data[pos : pos + 1]
+        (length,) = struct.unpack("!I", data[pos + 1 : pos + 5])
         assert 4 <= length <= len(data) - pos - 1, f"bad backend length {length} for {kind!r}"
-        out.append((kind, data[pos + 5:pos + 1 + length]))
+        out.append((kind, data[pos + 5 : pos + 1 + length]))
         pos += 1 + length
     return out
 
@@ -599,8 +812,9 @@ def check_errors(stream: list[tuple[bytes, bytes]], case) -> None:
             assert f.get("C") in ("08P01", "0A000", "28000"), (case, f)
 
 
-def send_and_collect(host: str, port: int, data: bytes, *, startup: bytes | None = None,
-                     timeout: float = 10.0) -> tuple[bytes, str]:
+def send_and_collect(
+    host: str, port: int, data: bytes, *, startup: bytes | None = None, timeout: float = 10.0
+) -> tuple[bytes, str]:
     with socket.create_connection((host, port), timeout=timeout) as sock:
         prefix = b""
         if startup is not None:
@@ -628,7 +842,7 @@ def send_and_collect(host: str, port: int, data: bytes, *, startup: bytes | None
             sock.settimeout(left)
             try:
                 chunk = sock.recv(65536)
-            except socket.timeout:
+            except TimeoutError:
                 return prefix + out, "timeout"
             except (ConnectionResetError, BrokenPipeError):
                 return prefix + out, "reset"
@@ -648,16 +862,18 @@ def _mutate(rnd: random.Random, data: bytes) -> bytes:
         if op == "flip":
             data[i] ^= 1 << rnd.randrange(8)
         elif op == "drop":
-            del data[i:i + rnd.randint(1, 4)]
+            del data[i : i + rnd.randint(1, 4)]
         elif op == "insert":
             data[i:i] = rnd.randbytes(rnd.randint(1, 6))
         elif op == "length" and len(data) >= i + 4:
-            data[i:i + 4] = struct.pack("!I", rnd.choice([0, 3, 4, 5, 8, 9, 64, 10000, 10001,
-                                                          0x7FFFFFFF, 0xFFFFFFFF, 1 << 30]))
+            data[i : i + 4] = struct.pack(
+                "!I",
+                rnd.choice([0, 3, 4, 5, 8, 9, 64, 10000, 10001, 0x7FFFFFFF, 0xFFFFFFFF, 1 << 30]),
+            )
         elif op == "truncate":
             del data[i:]
         elif op == "dup":
-            data[i:i] = data[i:i + rnd.randint(1, 16)]
+            data[i:i] = data[i : i + rnd.randint(1, 16)]
     return bytes(data)
 
 
@@ -667,8 +883,11 @@ def _valid_startup(rnd: random.Random, db: str) -> bytes:
         params["application_name"] = "fuzz"
     if rnd.random() < 0.3:
         params["options"] = "-c statement_timeout=5000"
-    body = struct.pack("!I", 196608) + b"".join(k.encode() + b"\0" + v.encode() + b"\0"
-                                                for k, v in params.items()) + b"\0"
+    body = (
+        struct.pack("!I", 196608)
+        + b"".join(k.encode() + b"\0" + v.encode() + b"\0" for k, v in params.items())
+        + b"\0"
+    )
     return struct.pack("!I", len(body) + 4) + body
 
 
@@ -676,12 +895,18 @@ def _frontend_stream(rnd: random.Random) -> bytes:
     sql = rnd.choice(SQL_POOL).encode()
     parts = [
         m.encode_query(sql),
-        m.Parse(b"", sql, ()).encode() + m.Bind(b"", b"", [], [], []).encode()
-        + m.encode_describe(b"P", b"") + m.encode_execute(b"") + m.SYNC,
+        m.Parse(b"", sql, ()).encode()
+        + m.Bind(b"", b"", [], [], []).encode()
+        + m.encode_describe(b"P", b"")
+        + m.encode_execute(b"")
+        + m.SYNC,
         m.Parse(b"s1", b"select $1::int", (23,)).encode()
         + m.Bind(b"p1", b"s1", [1], [struct.pack("!i", 5)], [1]).encode()
-        + m.encode_execute(b"p1", 1) + m.SYNC,
-        frame(b"d", b"data") + frame(b"c", b""), m.FLUSH, m.SYNC,
+        + m.encode_execute(b"p1", 1)
+        + m.SYNC,
+        frame(b"d", b"data") + frame(b"c", b""),
+        m.FLUSH,
+        m.SYNC,
     ]
     return b"".join(rnd.choice(parts) for _ in range(rnd.randint(1, 4)))
 
@@ -695,8 +920,9 @@ def test_live_garbage_and_mutated_startup(live):
     gss_req = struct.pack("!II", 8, 80877104)
     for i in range(LIVE_CASES):
         p = live.proxies[i % 2]
-        shape = rnd.choice(["garbage", "startup", "startup", "ssl+startup", "gss+startup",
-                            "cancel"])
+        shape = rnd.choice(
+            ["garbage", "startup", "startup", "ssl+startup", "gss+startup", "cancel"]
+        )
         if shape == "garbage":
             data = rnd.randbytes(rnd.randint(1, 300))
         elif shape == "startup":
@@ -706,11 +932,16 @@ def test_live_garbage_and_mutated_startup(live):
         elif shape == "gss+startup":
             data = gss_req + _mutate(rnd, _valid_startup(rnd, live.db_proxy))
         else:
-            data = _mutate(rnd, struct.pack("!III", 16, 80877102, rnd.getrandbits(31))
-                           + rnd.randbytes(4))
+            data = _mutate(
+                rnd, struct.pack("!III", 16, 80877102, rnd.getrandbits(31)) + rnd.randbytes(4)
+            )
         case = (i, shape, data[:80])
         out, how = send_and_collect(p.host, p.port, data)
-        assert how in ("eof", "reset"), (case, "connection left open after the client's EOF", out[:200])
+        assert how in ("eof", "reset"), (
+            case,
+            "connection left open after the client's EOF",
+            out[:200],
+        )
         # one-byte answers to SSL/GSS requests come first (no TLS configured: 'N')
         while out[:1] == b"N" and shape in ("ssl+startup", "gss+startup"):
             out = out[1:]
@@ -728,9 +959,14 @@ def test_live_mutated_messages_after_startup(live):
         p = live.proxies[i % 2]
         data = _mutate(rnd, _frontend_stream(rnd))
         case = (i, data[:120])
-        out, how = send_and_collect(p.host, p.port, data,
-                                    startup=_valid_startup(random.Random(i), live.db_proxy))
-        assert how in ("eof", "reset"), (case, "connection left open after the client's EOF", out[-200:])
+        out, how = send_and_collect(
+            p.host, p.port, data, startup=_valid_startup(random.Random(i), live.db_proxy)
+        )
+        assert how in ("eof", "reset"), (
+            case,
+            "connection left open after the client's EOF",
+            out[-200:],
+        )
         stream = parse_backend_stream(out)
         check_errors(stream, case)
         if i % 20 == 19:
@@ -744,6 +980,7 @@ END_MARKER = "fuzz-end"
 def _differential_outcome(host: str, port: int, database: str, payload: bytes) -> dict:
     """Send `payload` then a Sync and a marker query; read to the marker (or close/timeout)."""
     from tests.support import RawClient
+
     with RawClient(host, port, timeout=10) as raw:
         raw.startup(database=database, application_name="fuzz-diff")
         raw.send(payload + m.SYNC + m.encode_query(f"select '{END_MARKER}'".encode()))
@@ -760,20 +997,28 @@ def _differential_outcome(host: str, port: int, database: str, payload: bytes) -
             except (EOFError, ConnectionResetError):
                 how = "closed"
                 break
-            except (socket.timeout, TimeoutError):
+            except TimeoutError:
                 how = "timeout"
                 break
             got.append(msg)
-            if msg.kind == b"Z" and any(g.kind == b"D" and END_MARKER.encode() in g.payload
-                                        for g in got[-3:]):
+            if msg.kind == b"Z" and any(
+                g.kind == b"D" and END_MARKER.encode() in g.payload for g in got[-3:]
+            ):
                 break
-    return {"kinds": [g.kind for g in got if g.kind not in (b"N", b"S", b"A")],
-            "errors": [(g.fields.get("S"), g.fields.get("C")) for g in got if g.kind == b"E"],
-            "end": how, "messages": got}
+    return {
+        "kinds": [g.kind for g in got if g.kind not in (b"N", b"S", b"A")],
+        "errors": [(g.fields.get("S"), g.fields.get("C")) for g in got if g.kind == b"E"],
+        "end": how,
+        "messages": got,
+    }
 
 
-@settings(max_examples=int(os.environ.get("OPTIMIST_LIVE_FUZZ_CASES", "60")), deadline=None,
-          derandomize=True, suppress_health_check=list(HealthCheck))
+@settings(
+    max_examples=int(os.environ.get("OPTIMIST_LIVE_FUZZ_CASES", "60")),
+    deadline=None,
+    derandomize=True,
+    suppress_health_check=list(HealthCheck),
+)
 @given(msgs=st.lists(frontend_message().filter(lambda b: b[:1] != b"X"), min_size=1, max_size=6))
 # an AttributeError in the planner (see test_enforcer_survives_sql_the_planner_cannot_read):
 # PostgreSQL answers 42601, the proxy with rules XX000 and drops the session
@@ -783,12 +1028,26 @@ def _differential_outcome(host: str, port: int, database: str, payload: bytes) -
 # message format"); the proxy with rules re-encodes the Query from its decoded text, so the
 # server runs "select 1" instead
 @example(msgs=[frame(b"Q", b"select 1\x00trailing\x00")])
-@example(msgs=[m.encode_query(b"SELECT * FROM accounts WHERE id = 1"),
-               m.encode_query(b"UPDATE accounts SET balance = 5 WHERE id = 1 RETURNING *")])
-@example(msgs=[m.Parse(b"", b"SELECT * FROM accounts", ()).encode(), m.Bind(b"", b"", [], [], [1]).encode(),
-               m.encode_describe(b"P", b""), m.encode_execute(b"", 2), m.encode_execute(b"", 0), m.SYNC,
-               m.Parse(b"u", b"UPDATE accounts SET balance = $1 WHERE id = $2", ()).encode(),
-               m.Bind(b"", b"u", [], [b"7", b"1"], []).encode(), m.encode_execute(b""), m.SYNC])
+@example(
+    msgs=[
+        m.encode_query(b"SELECT * FROM accounts WHERE id = 1"),
+        m.encode_query(b"UPDATE accounts SET balance = 5 WHERE id = 1 RETURNING *"),
+    ]
+)
+@example(
+    msgs=[
+        m.Parse(b"", b"SELECT * FROM accounts", ()).encode(),
+        m.Bind(b"", b"", [], [], [1]).encode(),
+        m.encode_describe(b"P", b""),
+        m.encode_execute(b"", 2),
+        m.encode_execute(b"", 0),
+        m.SYNC,
+        m.Parse(b"u", b"UPDATE accounts SET balance = $1 WHERE id = $2", ()).encode(),
+        m.Bind(b"", b"u", [], [b"7", b"1"], []).encode(),
+        m.encode_execute(b""),
+        m.SYNC,
+    ]
+)
 def test_live_valid_messages_answered_as_postgresql(live, msgs):
     """Structurally valid messages (right types and lengths, random content): through either
     proxy, the same message kinds and SQLSTATEs as PostgreSQL answers directly."""
@@ -796,7 +1055,11 @@ def test_live_valid_messages_answered_as_postgresql(live, msgs):
     direct = _differential_outcome(live.pg.host, live.pg.port, live.db_direct, payload)
     for p, db in ((live.plain, live.db_plain), (live.ruled, live.db_ruled)):
         got = _differential_outcome(p.host, p.port, db, payload)
-        if (got["errors"], got["kinds"], got["end"]) == (direct["errors"], direct["kinds"], direct["end"]):
+        if (got["errors"], got["kinds"], got["end"]) == (
+            direct["errors"],
+            direct["kinds"],
+            direct["end"],
+        ):
             continue
         # allowed: a message the proxy had to decode and could not (PostgreSQL answers ERROR
         # 08P01 and goes on, or skips it while discarding up to a Sync) is answered FATAL 08P01
@@ -804,10 +1067,13 @@ def test_live_valid_messages_answered_as_postgresql(live, msgs):
         # PostgreSQL's answers (requests that came in the same packet may go unanswered: they
         # were not sent to the server either)
         n = len(got["kinds"])
-        assert got["end"] == "closed" and got["errors"] and got["errors"][-1] == ("FATAL", "08P01") \
-            and got["kinds"][:-1] == direct["kinds"][:n - 1] \
-            and got["errors"][:-1] == direct["errors"][:len(got["errors"]) - 1], \
-            (p, payload[:300], got, direct)
+        assert (
+            got["end"] == "closed"
+            and got["errors"]
+            and got["errors"][-1] == ("FATAL", "08P01")
+            and got["kinds"][:-1] == direct["kinds"][: n - 1]
+            and got["errors"][:-1] == direct["errors"][: len(got["errors"]) - 1]
+        ), (p, payload[:300], got, direct)
 
 
 def test_live_pipelined_select_then_protected_write(live):
@@ -815,9 +1081,12 @@ def test_live_pipelined_select_then_protected_write(live):
     table both use the unnamed portal; the SELECT's Describe must still get its RowDescription
     (psycopg: "server sent data ("D" message) without prior row description")."""
     import psycopg
+
     results = {}
-    for name, dsn in (("direct", live.pg.dsn.rsplit("/", 1)[0] + "/" + live.db_direct),
-                      ("proxy+rules", live.ruled.dsn_for(live.db_ruled))):
+    for name, dsn in (
+        ("direct", live.pg.dsn.rsplit("/", 1)[0] + "/" + live.db_direct),
+        ("proxy+rules", live.ruled.dsn_for(live.db_ruled)),
+    ):
         with psycopg.connect(dsn, autocommit=True, connect_timeout=10) as c:
             with c.pipeline():
                 cur1 = c.execute("SELECT id, owner FROM accounts WHERE id = %s", [1])

@@ -1,4 +1,5 @@
 """The startup handshake state machine, fed bytes: no sockets."""
+
 import struct
 
 from proxy.wire.handshake import (
@@ -27,7 +28,7 @@ def test_startup_message_fed_byte_by_byte_is_forwarded_once_complete():
     packet = startup_packet(user="bob", database="db", application_name="x")
     hs = plaintext()
     for i in range(len(packet) - 1):
-        assert hs.feed(packet[i:i + 1]) == []
+        assert hs.feed(packet[i : i + 1]) == []
     [decision] = hs.feed(packet[-1:])
     assert isinstance(decision, Forward)
     assert decision.startup.raw == packet and decision.rest == b""
@@ -98,8 +99,11 @@ def test_length_word_is_judged_before_the_rest_arrives():
 
 
 def test_malformed_cancel_requests_are_closed_without_a_reply():
-    for packet in (struct.pack("!II", 8, 80877102), struct.pack("!III", 12, 80877102, 1),
-                   cancel_request(1, b"k" * 257)):
+    for packet in (
+        struct.pack("!II", 8, 80877102),
+        struct.pack("!III", 12, 80877102, 1),
+        cancel_request(1, b"k" * 257),
+    ):
         [decision] = plaintext().feed(packet)
         assert isinstance(decision, Close), packet
 
@@ -140,9 +144,13 @@ def test_parameter_layout_and_user_checked_as_postgresql_does():
         body = struct.pack("!I", 3 << 16) + body
         return struct.pack("!I", len(body) + 4) + body
 
-    for body, sqlstate in [(b"user\0bob\0", "08P01"), (b"user\0bob\0\0x", "08P01"),
-                           (b"user\0bob\0database\0", "08P01"), (b"database\0db\0\0", "28000"),
-                           (b"user\0\0\0", "28000")]:
+    for body, sqlstate in [
+        (b"user\0bob\0", "08P01"),
+        (b"user\0bob\0\0x", "08P01"),
+        (b"user\0bob\0database\0", "08P01"),
+        (b"database\0db\0\0", "28000"),
+        (b"user\0\0\0", "28000"),
+    ]:
         [decision] = plaintext().feed(packet(body))
         assert isinstance(decision, Refuse) and decision.sqlstate == sqlstate, body
     [decision] = plaintext().feed(packet(b"user\0bob\0user\0eve\0\0"))

@@ -1,6 +1,7 @@
 """proxy.rewrite.planner: key pinning, guard semantics per policy, and splicing into the client's
 own text. What the SQL *does* is proven against PostgreSQL in
 tests/integration/test_guards_sql.py; these tests pin down what is generated and refused."""
+
 from __future__ import annotations
 
 import re
@@ -20,15 +21,29 @@ from proxy.rewrite.planner import (
 )
 from proxy.rules.protected import ProtectedTable
 
-TYPES = {"id": "integer", "region": "text", "owner": "text", "balance": "numeric(10,2)",
-         "note": "text", "version": "integer", "updated": "timestamp with time zone"}
+TYPES = {
+    "id": "integer",
+    "region": "text",
+    "owner": "text",
+    "balance": "numeric(10,2)",
+    "note": "text",
+    "version": "integer",
+    "updated": "timestamp with time zone",
+}
 
 
 def table(**kw) -> ProtectedTable:
-    spec = dict(schema="public", name="accounts", oid=1,
-                columns=("id", "owner", "balance", "note", "version"),
-                column_types=TYPES, column_type_oids={}, key=("id",), strategy="version",
-                version_column="version")
+    spec = dict(
+        schema="public",
+        name="accounts",
+        oid=1,
+        columns=("id", "owner", "balance", "note", "version"),
+        column_types=TYPES,
+        column_type_oids={},
+        key=("id",),
+        strategy="version",
+        version_column="version",
+    )
     spec.update(kw)
     return ProtectedTable(**spec)
 
@@ -37,9 +52,11 @@ VERSIONED = table()
 
 
 def columns_table(**kw) -> ProtectedTable:
-    spec = dict(strategy="columns", version_column=None,
-                policies={"owner": "changed", "balance": "changed", "note": "never",
-                          "version": "never"})
+    spec = dict(
+        strategy="columns",
+        version_column=None,
+        policies={"owner": "changed", "balance": "changed", "note": "never", "version": "never"},
+    )
     spec.update(kw)
     return table(**spec)
 
@@ -57,8 +74,10 @@ def simple(sql: str, t: ProtectedTable = VERSIONED, reads=None) -> str:
     return p.render_simple(literals, reads, True)
 
 
-INFO = ("'{\"table\":\"public.accounts\",\"schema\":\"public\",\"name\":\"accounts\","
-        "\"key\":[\"id\"],\"op\":\"update\"}'")
+INFO = (
+    "'{\"table\":\"public.accounts\",\"schema\":\"public\",\"name\":\"accounts\","
+    "\"key\":[\"id\"],\"op\":\"update\"}'"
+)
 
 # ---------------------------------------------------------------------------- shape
 
@@ -80,15 +99,20 @@ def test_version_guard_has_the_documented_shape():
 
 
 def test_client_text_runs_byte_for_byte():
-    client = ("update  ONLY accounts a  set balance=a.balance+1 /* why */, owner = 'x' "
-              "where a.id=$1 and note is null -- trailing\n returning a.owner  ; -- end")
+    client = (
+        "update  ONLY accounts a  set balance=a.balance+1 /* why */, owner = 'x' "
+        "where a.id=$1 and note is null -- trailing\n returning a.owner  ; -- end"
+    )
     p, literals = plan(client, n_params=1)
     sql = p.render_extended(literals, 1).sql
     # everything the client wrote is there, in order, with our additions between
     pos = 0
-    for piece in ("update  ONLY accounts a  set balance=a.balance+1 /* why */, owner = 'x'",
-                  " where a.id=$1 and note is null", " -- trailing\n returning a.owner",
-                  "  ; -- end"):
+    for piece in (
+        "update  ONLY accounts a  set balance=a.balance+1 /* why */, owner = 'x'",
+        " where a.id=$1 and note is null",
+        " -- trailing\n returning a.owner",
+        "  ; -- end",
+    ):
         found = sql.find(piece, pos)
         assert found >= 0, piece
         pos = found + len(piece)
@@ -118,8 +142,7 @@ def test_same_sql_for_every_execution_in_extended_mode():
 
 
 def test_literals_are_put_back_and_reads_quoted():
-    sql = simple("UPDATE accounts SET owner = 'it''s' WHERE id = -5",
-                 reads=[{"version": "a'b\\c"}])
+    sql = simple("UPDATE accounts SET owner = 'it''s' WHERE id = -5", reads=[{"version": "a'b\\c"}])
     assert "SET owner = 'it''s'" in sql
     assert "WHERE id = -5 AND" in sql
     assert "CAST('a''b\\c' AS integer)" in sql
@@ -137,8 +160,10 @@ def test_unread_row_is_left_unchecked_but_still_bumped_and_returned():
     p, literals = plan("UPDATE accounts SET owner = 'x' WHERE id = 1")
     for reads in ([], [None], [{}], [{"owner": "y"}]):
         sql = p.render_simple(literals, reads, True)
-        assert sql == ("UPDATE accounts SET owner = 'x', version = accounts.version + 1"
-                       " WHERE id = 1 RETURNING accounts.id, accounts.version")
+        assert sql == (
+            "UPDATE accounts SET owner = 'x', version = accounts.version + 1"
+            " WHERE id = 1 RETURNING accounts.id, accounts.version"
+        )
 
 
 # ---------------------------------------------------------------------------- key pinning
@@ -204,12 +229,19 @@ def test_key_texts_from_literals_and_params():
         ("UPDATE private.accounts SET note = 'x' WHERE id = 1", "not_target_table"),
         ("SELECT * FROM accounts WHERE id = 1", "not_target_table"),
         ("INSERT INTO accounts VALUES (1)", "not_target_table"),
-        ("WITH d AS (DELETE FROM accounts WHERE id = 2 RETURNING *) "
-         "UPDATE accounts SET note = 'x' WHERE id = 1", "unsupported"),
-        ("WITH u AS (UPDATE accounts SET note = 'x' WHERE id = 1 RETURNING *) SELECT * FROM u",
-         "unsupported"),
-        ("MERGE INTO accounts a USING other o ON a.id = o.id WHEN MATCHED THEN DELETE",
-         "unsupported"),
+        (
+            "WITH d AS (DELETE FROM accounts WHERE id = 2 RETURNING *) "
+            "UPDATE accounts SET note = 'x' WHERE id = 1",
+            "unsupported",
+        ),
+        (
+            "WITH u AS (UPDATE accounts SET note = 'x' WHERE id = 1 RETURNING *) SELECT * FROM u",
+            "unsupported",
+        ),
+        (
+            "MERGE INTO accounts a USING other o ON a.id = o.id WHEN MATCHED THEN DELETE",
+            "unsupported",
+        ),
     ],
 )
 def test_unverified_reasons(sql, reason):
@@ -236,9 +268,12 @@ def test_alias_qualifies_our_additions():
 
 
 def test_quoted_names_are_quoted_in_additions():
-    t = table(name="Acc Ount", columns=("id", "user", "version"),
-              column_types={"id": "integer", "user": "text", "version": "integer"},
-              version_column="version")
+    t = table(
+        name="Acc Ount",
+        columns=("id", "user", "version"),
+        column_types={"id": "integer", "user": "text", "version": "integer"},
+        version_column="version",
+    )
     p, literals = plan('UPDATE "Acc Ount" SET "user" = \'x\' WHERE id = 1', t)
     sql = p.render_simple(literals, [{"version": "1"}], True)
     assert '"Acc Ount".version IS NOT DISTINCT FROM' in sql
@@ -247,17 +282,23 @@ def test_quoted_names_are_quoted_in_additions():
 
 def test_in_list_checks_each_row_against_its_own_reads():
     p, literals = plan("UPDATE accounts SET note = 'x' WHERE id IN (1, $1,3)")
-    assert p.pinned_rows == ((KeyRef("id", literal_slot=1),), (KeyRef("id", param=1),),
-                             (KeyRef("id", literal_slot=2),))
-    sql = p.render_simple(literals, [{"version": "10"}, {"version": "20"}, {"version": "30"}],
-                          True)
+    assert p.pinned_rows == (
+        (KeyRef("id", literal_slot=1),),
+        (KeyRef("id", param=1),),
+        (KeyRef("id", literal_slot=2),),
+    )
+    sql = p.render_simple(literals, [{"version": "10"}, {"version": "20"}, {"version": "30"}], True)
     assert re.search(
         r"AND CASE WHEN accounts\.id = 1 THEN \(\(accounts\.version IS NOT DISTINCT FROM "
         r"CAST\('10' AS integer\)\) OR .*'10'.* WHEN accounts\.id = \$1 THEN .*'20'.*"
-        r" WHEN accounts\.id = 3 THEN .*'30'.* ELSE true END AND pg_temp\.optimist_present\(", sql)
+        r" WHEN accounts\.id = 3 THEN .*'30'.* ELSE true END AND pg_temp\.optimist_present\(",
+        sql,
+    )
     assert "WHERE id IN (1, $1, 3) FOR NO KEY UPDATE" in sql
-    assert ("ARRAY[jsonb_build_object('id', CAST((1) AS integer)), jsonb_build_object('id', "
-            "CAST(($1) AS integer)), jsonb_build_object('id', CAST((3) AS integer))]") in sql
+    assert (
+        "ARRAY[jsonb_build_object('id', CAST((1) AS integer)), jsonb_build_object('id', "
+        "CAST(($1) AS integer)), jsonb_build_object('id', CAST((3) AS integer))]"
+    ) in sql
     # a row the session did not read is neither checked nor required to exist
     partial = p.render_simple(literals, [{"version": "10"}, None, {"version": "30"}], True)
     assert "WHEN accounts.id = $1" not in partial
@@ -282,18 +323,17 @@ COMPOSITE = table(columns=("region", "id", "owner", "version"), key=("region", "
 
 
 def test_composite_key_pinned_by_equality():
-    p, literals = plan("UPDATE accounts SET owner = 'x' WHERE id = 1 AND region = 'eu'",
-                       COMPOSITE)
+    p, literals = plan("UPDATE accounts SET owner = 'x' WHERE id = 1 AND region = 'eu'", COMPOSITE)
     assert p.pinned_rows == ((KeyRef("region", literal_slot=2), KeyRef("id", literal_slot=1)),)
     sql = p.render_simple(literals, [{"version": "1"}], True)
     assert "WHERE region = 'eu' AND id = 1 FOR NO KEY UPDATE" in sql
-    assert ("jsonb_build_object('region', CAST(('eu') AS text), 'id', CAST((1) AS integer))"
-            in sql)
+    assert "jsonb_build_object('region', CAST(('eu') AS text), 'id', CAST((1) AS integer))" in sql
     assert "RETURNING accounts.region, accounts.id, accounts.version" in sql
 
 
-@pytest.mark.parametrize("where", ["id = 1", "region = 'eu' AND id IN (1, 2)",
-                                   "region IN ('eu') AND id = 1"])
+@pytest.mark.parametrize(
+    "where", ["id = 1", "region = 'eu' AND id IN (1, 2)", "region IN ('eu') AND id = 1"]
+)
 def test_composite_key_refused_unless_every_column_is_equal(where):
     p, _ = plan("UPDATE accounts SET owner = 'x' WHERE " + where, COMPOSITE)
     assert p == Unverified(p.reason, p.detail) and p.reason == "no_key_pin"
@@ -304,10 +344,12 @@ def test_composite_key_refused_unless_every_column_is_equal(where):
 
 def test_bump_variants():
     assert ", version = accounts.version + 1 WHERE" in simple(
-        "UPDATE accounts SET owner = 'x' WHERE id = 1")
+        "UPDATE accounts SET owner = 'x' WHERE id = 1"
+    )
     ts = table(columns=("id", "owner", "updated"), version_column="updated", bump="timestamp")
     assert ", updated = clock_timestamp() WHERE" in simple(
-        "UPDATE accounts SET owner = 'x' WHERE id = 1", ts)
+        "UPDATE accounts SET owner = 'x' WHERE id = 1", ts
+    )
     none = table(bump="none")
     sql = simple("UPDATE accounts SET owner = 'x' WHERE id = 1", none)
     assert "SET owner = 'x' WHERE" in sql and "version IS NOT DISTINCT FROM" in sql
@@ -360,8 +402,10 @@ def test_differing_policy_accepts_the_same_new_value():
     p, literals = plan("UPDATE accounts SET owner = 'x' WHERE id = 1", t)
     assert p.checked_columns == ("owner",)
     sql = p.render_simple(literals, [{"owner": "old"}], True)
-    assert ("(accounts.owner IS NOT DISTINCT FROM CAST('old' AS text) OR accounts.owner "
-            "IS NOT DISTINCT FROM CAST(('x') AS text))") in sql
+    assert (
+        "(accounts.owner IS NOT DISTINCT FROM CAST('old' AS text) OR accounts.owner "
+        "IS NOT DISTINCT FROM CAST(('x') AS text))"
+    ) in sql
 
 
 def test_differing_with_an_unnameable_new_value_is_a_plain_check():
@@ -380,8 +424,10 @@ def test_never_policy_is_not_checked():
 
 
 def test_groups_are_checked_together():
-    t = columns_table(policies={"owner": "changed", "balance": "changed", "note": "never"},
-                      groups=(frozenset({"balance", "note"}),))
+    t = columns_table(
+        policies={"owner": "changed", "balance": "changed", "note": "never"},
+        groups=(frozenset({"balance", "note"}),),
+    )
     p, _ = plan("UPDATE accounts SET balance = 1 WHERE id = 1", t)
     assert p.checked_columns == ("balance", "note")
     p, _ = plan("UPDATE accounts SET note = 'n' WHERE id = 1", t)  # a written 'never' member
@@ -391,8 +437,10 @@ def test_groups_are_checked_together():
 
 
 def test_groups_chain_through_shared_members():
-    t = columns_table(policies={"owner": "changed", "balance": "never", "note": "never"},
-                      groups=(frozenset({"owner", "balance"}), frozenset({"balance", "note"})))
+    t = columns_table(
+        policies={"owner": "changed", "balance": "never", "note": "never"},
+        groups=(frozenset({"owner", "balance"}), frozenset({"balance", "note"})),
+    )
     p, _ = plan("UPDATE accounts SET owner = 'x' WHERE id = 1", t)
     assert p.checked_columns == ("owner", "balance", "note")
 
@@ -405,21 +453,37 @@ def test_delete_checks_every_tracked_column_but_never():
 
 def test_sparse_update_wraps_literal_param_and_null_values():
     t = columns_table(sparse_update=True)
-    p, literals = plan("UPDATE accounts SET owner = $1, balance = 5, note = NULL, "
-                       "version = version + 1 WHERE id = 1", t, n_params=1)
+    p, literals = plan(
+        "UPDATE accounts SET owner = $1, balance = 5, note = NULL, "
+        "version = version + 1 WHERE id = 1",
+        t,
+        n_params=1,
+    )
     assert p.checked_columns == ("owner", "balance", "note")  # note: read back for sparse only
-    assert p.set_items == {"owner": ("param", 1), "balance": ("literal", 0),
-                           "note": ("null", None), "version": ("expr", None)}
+    assert p.set_items == {
+        "owner": ("param", 1),
+        "balance": ("literal", 0),
+        "note": ("null", None),
+        "version": ("expr", None),
+    }
     sql = p.render_simple(literals, [{"owner": "o", "balance": "5.00", "note": None}], True)
-    assert ("SET owner = CASE WHEN CAST(($1) AS text) IS NOT DISTINCT FROM CAST('o' AS text) "
-            "THEN accounts.owner ELSE $1 END, ") in sql
-    assert ("balance = CASE WHEN CAST((5) AS numeric(10,2)) IS NOT DISTINCT FROM "
-            "CAST('5.00' AS numeric(10,2)) THEN accounts.balance ELSE 5 END") in sql
-    assert ("note = CASE WHEN CAST((NULL) AS text) IS NOT DISTINCT FROM CAST(NULL AS text) "
-            "THEN accounts.note ELSE NULL END, version = version + 1 WHERE") in sql
+    assert (
+        "SET owner = CASE WHEN CAST(($1) AS text) IS NOT DISTINCT FROM CAST('o' AS text) "
+        "THEN accounts.owner ELSE $1 END, "
+    ) in sql
+    assert (
+        "balance = CASE WHEN CAST((5) AS numeric(10,2)) IS NOT DISTINCT FROM "
+        "CAST('5.00' AS numeric(10,2)) THEN accounts.balance ELSE 5 END"
+    ) in sql
+    assert (
+        "note = CASE WHEN CAST((NULL) AS text) IS NOT DISTINCT FROM CAST(NULL AS text) "
+        "THEN accounts.note ELSE NULL END, version = version + 1 WHERE"
+    ) in sql
     # the check is relaxed: writing back what was read is not a write
-    assert ("(CAST(($1) AS text) IS NOT DISTINCT FROM CAST('o' AS text) OR "
-            "accounts.owner IS NOT DISTINCT FROM CAST('o' AS text))") in sql
+    assert (
+        "(CAST(($1) AS text) IS NOT DISTINCT FROM CAST('o' AS text) OR "
+        "accounts.owner IS NOT DISTINCT FROM CAST('o' AS text))"
+    ) in sql
     # 'never' columns are not checked even when sparse
     assert "accounts.note IS NOT DISTINCT FROM" not in sql
 
@@ -428,9 +492,11 @@ def test_sparse_update_with_several_rows_dispatches_on_the_key():
     t = columns_table(sparse_update=True)
     p, literals = plan("UPDATE accounts SET owner = 'x' WHERE id IN (1, 2)", t)
     sql = p.render_simple(literals, [{"owner": "a"}, {"owner": "b"}], True)
-    assert ("owner = CASE WHEN accounts.id = 1 AND CAST(('x') AS text) IS NOT DISTINCT FROM "
-            "CAST('a' AS text) THEN accounts.owner WHEN accounts.id = 2 AND CAST(('x') AS text) "
-            "IS NOT DISTINCT FROM CAST('b' AS text) THEN accounts.owner ELSE 'x' END") in sql
+    assert (
+        "owner = CASE WHEN accounts.id = 1 AND CAST(('x') AS text) IS NOT DISTINCT FROM "
+        "CAST('a' AS text) THEN accounts.owner WHEN accounts.id = 2 AND CAST(('x') AS text) "
+        "IS NOT DISTINCT FROM CAST('b' AS text) THEN accounts.owner ELSE 'x' END"
+    ) in sql
 
 
 def test_sparse_update_does_not_touch_expressions_or_unread_rows():
@@ -439,7 +505,8 @@ def test_sparse_update_does_not_touch_expressions_or_unread_rows():
     assert "balance = balance + 1 WHERE" in p.render_simple(literals, [{"balance": "1"}], True)
     p, literals = plan("UPDATE accounts SET owner = 'x' WHERE id = 1", t)
     assert p.render_simple(literals, [None], True).startswith(
-        "UPDATE accounts SET owner = 'x' WHERE id = 1 RETURNING")
+        "UPDATE accounts SET owner = 'x' WHERE id = 1 RETURNING"
+    )
 
 
 def test_tuple_assignment():
@@ -470,7 +537,10 @@ def test_audit_mode_calls_the_audit_functions():
 
 def test_mode_off_only_returns():
     sql = simple("UPDATE accounts SET owner = 'x' WHERE id = 1", table(mode="off"))
-    assert sql == "UPDATE accounts SET owner = 'x' WHERE id = 1 RETURNING accounts.id, accounts.version"
+    assert (
+        sql
+        == "UPDATE accounts SET owner = 'x' WHERE id = 1 RETURNING accounts.id, accounts.version"
+    )
 
 
 def test_client_returning_is_extended():
@@ -478,7 +548,8 @@ def test_client_returning_is_extended():
     assert p.client_returning
     assert p.extra_returning == ("id", "version")
     assert p.render_simple(literals, [{"version": "1"}], True).endswith(
-        "RETURNING owner, *, accounts.id, accounts.version")
+        "RETURNING owner, *, accounts.id, accounts.version"
+    )
     p, _ = plan("UPDATE accounts SET owner = 'x' WHERE id = 1")
     assert not p.client_returning
 
@@ -488,7 +559,8 @@ def test_notify_is_one_more_returning_item_after_the_captured_columns():
     assert sql.endswith(
         "RETURNING a.id, a.version, pg_notify('changes', json_build_object('table', "
         "'public.accounts', 'op', 'delete', 'key', json_build_object('id', a.id), "
-        "'version', a.version)::text)")
+        "'version', a.version)::text)"
+    )
     p = plan_insert("INSERT INTO accounts (owner) VALUES ('x')", table(notify="changes"))
     assert "'op', 'insert'" in p.render_simple(())
 
@@ -515,7 +587,8 @@ def test_insert_learns_the_new_row():
     assert isinstance(p, InsertPlan)
     assert not p.client_returning and p.on_conflict is None
     assert p.render_simple(literals, True) == (
-        "INSERT INTO accounts (owner) VALUES ('x') RETURNING accounts.id, accounts.version")
+        "INSERT INTO accounts (owner) VALUES ('x') RETURNING accounts.id, accounts.version"
+    )
     assert p.render_extended(literals, 0).sql == p.render_simple(literals)
     assert p.render_extended(literals, 0).extra_params == ()
 
@@ -523,7 +596,8 @@ def test_insert_learns_the_new_row():
 def test_insert_with_alias_returning_and_upsert():
     template, literals = normalize(
         "INSERT INTO public.accounts AS a VALUES ($1, 'x') ON CONFLICT (id) DO UPDATE "
-        "SET owner = excluded.owner RETURNING *")
+        "SET owner = excluded.owner RETURNING *"
+    )
     p = plan_insert(template, VERSIONED, 1)
     assert p.client_returning and p.on_conflict == "update"
     assert p.render_simple(literals).endswith("RETURNING *, a.id, a.version")
@@ -531,18 +605,22 @@ def test_insert_with_alias_returning_and_upsert():
     assert p.on_conflict == "nothing"
 
 
-@pytest.mark.parametrize("sql, reason", [
-    ("INSERT INTO other VALUES (1)", "not_target_table"),
-    ("UPDATE accounts SET a = 1 WHERE id = 1", "not_target_table"),
-    ("INSERT INTO accounts VALUES (", "parse_error"),
-])
+@pytest.mark.parametrize(
+    "sql, reason",
+    [
+        ("INSERT INTO other VALUES (1)", "not_target_table"),
+        ("UPDATE accounts SET a = 1 WHERE id = 1", "not_target_table"),
+        ("INSERT INTO accounts VALUES (", "parse_error"),
+    ],
+)
 def test_insert_unverified(sql, reason):
     p = plan_insert(sql, VERSIONED)
     assert isinstance(p, Unverified) and p.reason == reason
 
 
 def test_written_tables():
-    assert written_tables("WITH d AS (DELETE FROM s.t WHERE id = 2 RETURNING *) "
-                          "UPDATE u SET a = 1 WHERE id = 1") == [(None, "u"), ("s", "t")]
+    assert written_tables(
+        "WITH d AS (DELETE FROM s.t WHERE id = 2 RETURNING *) UPDATE u SET a = 1 WHERE id = 1"
+    ) == [(None, "u"), ("s", "t")]
     assert written_tables("WITH x AS (SELECT 1) SELECT * FROM x") == []
     assert written_tables("WITH (") is None

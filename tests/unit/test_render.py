@@ -1,4 +1,5 @@
 """proxy.rewrite.render (filling compiled pieces) and proxy.rewrite.cache (the plan LRU)."""
+
 from __future__ import annotations
 
 import time
@@ -24,25 +25,46 @@ from proxy.rules.protected import ProtectedTable
 
 def test_compile_merges_adjacent_strings():
     assert compile_pieces(["a", "b", Lit(0), "c", Read(0, "v", "int"), "d", "e"]) == (
-        "ab", Lit(0), "c", Read(0, "v", "int"), "de")
+        "ab",
+        Lit(0),
+        "c",
+        Read(0, "v", "int"),
+        "de",
+    )
     assert compile_pieces([]) == ()
 
 
 def test_fill_simple_inlines_literals_and_quoted_reads():
-    pieces = ("x = ", Lit(1), " AND v = ", Read(0, "v", "integer"), " AND w = ",
-              Read(1, "w", "text"))
+    pieces = (
+        "x = ",
+        Lit(1),
+        " AND v = ",
+        Read(0, "v", "integer"),
+        " AND w = ",
+        Read(1, "w", "text"),
+    )
     reads = [{"v": "3"}, {"w": None}]
     assert fill_simple(pieces, ["'a'", "42"], reads, True) == (
-        "x = 42 AND v = CAST('3' AS integer) AND w = CAST(NULL AS text)")
+        "x = 42 AND v = CAST('3' AS integer) AND w = CAST(NULL AS text)"
+    )
     assert fill_simple(("v = ", Read(0, "v", "text")), [], [{"v": "a\\'"}], False) == (
-        "v = CAST(E'a\\\\''' AS text)")
+        "v = CAST(E'a\\\\''' AS text)"
+    )
 
 
 def test_fill_extended_numbers_each_read_once():
-    pieces = (Read(0, "v", "integer"), " ", Read(1, "v", "integer"), " ", Read(0, "v", "integer"),
-              " ", Lit(0))
+    pieces = (
+        Read(0, "v", "integer"),
+        " ",
+        Read(1, "v", "integer"),
+        " ",
+        Read(0, "v", "integer"),
+        " ",
+        Lit(0),
+    )
     assert fill_extended(pieces, ["7"], 3) == RenderedSql(
-        "CAST($3 AS integer) CAST($4 AS integer) CAST($3 AS integer) 7", ((0, "v"), (1, "v")))
+        "CAST($3 AS integer) CAST($4 AS integer) CAST($3 AS integer) 7", ((0, "v"), (1, "v"))
+    )
 
 
 def test_fill_extended_needs_the_literals_of_a_normalized_template():
@@ -73,6 +95,7 @@ def test_cache_counts_and_evicts_least_recently_used():
         def make():
             made.append(value)
             return value
+
         return make
 
     assert cache.get("a", factory(1)) == 1
@@ -95,20 +118,34 @@ def test_cache_refuses_zero_size():
 
 
 ACCOUNTS = ProtectedTable(
-    schema="public", name="accounts", oid=1, columns=("id", "owner", "balance", "version"),
-    column_types={"id": "integer", "owner": "text", "balance": "numeric(10,2)",
-                  "version": "integer"},
+    schema="public",
+    name="accounts",
+    oid=1,
+    columns=("id", "owner", "balance", "version"),
+    column_types={
+        "id": "integer",
+        "owner": "text",
+        "balance": "numeric(10,2)",
+        "version": "integer",
+    },
     column_type_oids={"id": 23, "owner": 25, "balance": 1700, "version": 23},
-    key=("id",), strategy="version", version_column="version")
+    key=("id",),
+    strategy="version",
+    version_column="version",
+)
 
 
 def test_statements_differing_in_literals_share_a_plan():
     cache = RewriteCache(10)
     out = []
-    for sql, version in (("UPDATE accounts SET balance = 1 WHERE id = 5", "1"),
-                         ("UPDATE accounts SET balance = 2 WHERE id = 7", "2")):
+    for sql, version in (
+        ("UPDATE accounts SET balance = 1 WHERE id = 5", "1"),
+        ("UPDATE accounts SET balance = 2 WHERE id = 7", "2"),
+    ):
         template, literals = normalize(sql)
-        plan = cache.get(("v1", template, 0), lambda: plan_write(template, ACCOUNTS, 0))
+        plan = cache.get(
+            ("v1", template, 0), lambda template=template: plan_write(template, ACCOUNTS, 0)
+        )
         out.append(plan.render_simple(literals, [{"version": version}], True))
     assert (cache.hits, cache.misses) == (1, 1)
     assert "SET balance = 1" in out[0] and "id = 5" in out[0] and "'1' AS integer" in out[0]
@@ -133,7 +170,9 @@ def test_hot_path_costs_are_printed():
     reads = [{"version": "7"}]
 
     def cached_render():
-        plan = cache.get(("v1", template, 0), lambda: plan_write(template, ACCOUNTS, 0))
+        plan = cache.get(
+            ("v1", template, 0), lambda template=template: plan_write(template, ACCOUNTS, 0)
+        )
         return plan.render_simple(literals, reads, True)
 
     def full():
@@ -144,7 +183,11 @@ def test_hot_path_costs_are_printed():
     select = "SELECT id, owner, balance FROM accounts WHERE id = 42"
     print(f"\ncached lookup + render_simple: {_per_call_us(cached_render):.2f} us (target < 20)")
     print(f"normalize + lookup + render:   {_per_call_us(full):.2f} us")
-    print(f"write_target(non-write):       {_per_call_us(lambda: write_target(select)):.2f} us"
-          " (target < 2)")
-    print(f"plan_write (cold):             "
-          f"{_per_call_us(lambda: plan_write(template, ACCOUNTS, 0), 200):.0f} us")
+    print(
+        f"write_target(non-write):       {_per_call_us(lambda: write_target(select)):.2f} us"
+        " (target < 2)"
+    )
+    print(
+        f"plan_write (cold):             "
+        f"{_per_call_us(lambda: plan_write(template, ACCOUNTS, 0), 200):.0f} us"
+    )

@@ -1,4 +1,5 @@
 """proxy.rewrite.scan: one cached pass gives what write_target, normalize and classify gave."""
+
 from __future__ import annotations
 
 import pytest
@@ -18,12 +19,15 @@ def test_a_typical_update():
     assert s.target == (None, "Ärzte")  # folded as PostgreSQL does: the capital Ä stays
 
 
-@pytest.mark.parametrize("sql, target", [
-    ('UPDATE "Sales"."Q1 Orders" SET a = 1', ("Sales", "Q1 Orders")),
-    ("delete from ONLY Public.Accounts where id = 1", ("public", "accounts")),
-    ("WITH w AS (DELETE FROM t RETURNING *) SELECT 1", lexer.MUST_PARSE),
-    ("SELECT 1", None),
-])
+@pytest.mark.parametrize(
+    "sql, target",
+    [
+        ('UPDATE "Sales"."Q1 Orders" SET a = 1', ("Sales", "Q1 Orders")),
+        ("delete from ONLY Public.Accounts where id = 1", ("public", "accounts")),
+        ("WITH w AS (DELETE FROM t RETURNING *) SELECT 1", lexer.MUST_PARSE),
+        ("SELECT 1", None),
+    ],
+)
 def test_write_targets(sql, target):
     assert scan(sql).target == target
 
@@ -79,8 +83,23 @@ def test_old_functions_read_the_same_scan():
     assert lexer.write_target(sql) == scan(sql).target == (None, "accounts")
 
 
-_piece = st.sampled_from(["'a\\''", "'b'", "E'\\''", "1", " , ", " = ", "$$x'$$", "--c\n",
-                          "/* ' */", '"q\'"', " WHERE ", "\\", "x"])
+_piece = st.sampled_from(
+    [
+        "'a\\''",
+        "'b'",
+        "E'\\''",
+        "1",
+        " , ",
+        " = ",
+        "$$x'$$",
+        "--c\n",
+        "/* ' */",
+        '"q\'"',
+        " WHERE ",
+        "\\",
+        "x",
+    ]
+)
 
 
 @settings(max_examples=300, deadline=None)

@@ -1,4 +1,5 @@
 """The session state machine, fed bytes directly: no sockets, no server."""
+
 import struct
 
 from proxy.session import Session
@@ -20,8 +21,12 @@ def ready(status=b"I"):
 
 def authed_session():
     s = Session(startup())
-    s.server_data(frame(b"R", struct.pack("!i", 0)) + frame(b"S", b"client_encoding\x00UTF8\x00")
-                  + frame(b"K", struct.pack("!i", 77) + b"secr") + ready())
+    s.server_data(
+        frame(b"R", struct.pack("!i", 0))
+        + frame(b"S", b"client_encoding\x00UTF8\x00")
+        + frame(b"K", struct.pack("!i", 77) + b"secr")
+        + ready()
+    )
     s.take_output()
     return s
 
@@ -29,7 +34,9 @@ def authed_session():
 def test_authentication_phase_is_relayed_and_tracked():
     s = Session(startup())
     assert not s.authenticated
-    auth = frame(b"R", struct.pack("!i", 0)) + frame(b"K", struct.pack("!i", 77) + b"secr") + ready()
+    auth = (
+        frame(b"R", struct.pack("!i", 0)) + frame(b"K", struct.pack("!i", 77) + b"secr") + ready()
+    )
     s.server_data(auth)
     to_server, to_client = s.take_output()
     assert b"".join(to_client) == auth
@@ -44,7 +51,9 @@ def test_simple_query_status_and_queue():
     to_server, _ = s.take_output()
     assert b"".join(to_server) == q
     assert [p.kind for p in s.in_flight] == [Kind.QUERY]
-    s.server_data(frame(b"C", b"BEGIN\x00") + frame(b"T", b"\x00\x00") + frame(b"C", b"SELECT 1\x00"))
+    s.server_data(
+        frame(b"C", b"BEGIN\x00") + frame(b"T", b"\x00\x00") + frame(b"C", b"SELECT 1\x00")
+    )
     assert [p.kind for p in s.in_flight] == [Kind.QUERY]  # until its ReadyForQuery
     s.server_data(ready(b"T"))
     assert not s.in_flight and s.transaction_status == b"T"
@@ -52,13 +61,26 @@ def test_simple_query_status_and_queue():
 
 def test_error_in_pipeline_skips_to_sync():
     s = authed_session()
-    msgs = (m.Parse(b"", b"select 1/0", ()).encode() + m.Bind(b"", b"", [], [], []).encode()
-            + m.encode_execute(b"") + m.SYNC
-            + m.Parse(b"", b"select 1", ()).encode() + m.SYNC)
+    msgs = (
+        m.Parse(b"", b"select 1/0", ()).encode()
+        + m.Bind(b"", b"", [], [], []).encode()
+        + m.encode_execute(b"")
+        + m.SYNC
+        + m.Parse(b"", b"select 1", ()).encode()
+        + m.SYNC
+    )
     s.client_data(msgs)
-    assert [p.kind for p in s.in_flight] == [Kind.PARSE, Kind.BIND, Kind.EXECUTE,
-                                           Kind.SYNC, Kind.PARSE, Kind.SYNC]
-    s.server_data(frame(b"1", b"") + frame(b"2", b"") + m.error_response("22012", "division by zero"))
+    assert [p.kind for p in s.in_flight] == [
+        Kind.PARSE,
+        Kind.BIND,
+        Kind.EXECUTE,
+        Kind.SYNC,
+        Kind.PARSE,
+        Kind.SYNC,
+    ]
+    s.server_data(
+        frame(b"1", b"") + frame(b"2", b"") + m.error_response("22012", "division by zero")
+    )
     assert [p.kind for p in s.in_flight] == [Kind.SYNC, Kind.PARSE, Kind.SYNC]
     s.server_data(ready() + frame(b"1", b"") + ready())
     assert not s.in_flight
@@ -142,8 +164,12 @@ def test_hidden_query_responses_are_consumed():
     assert b"".join(to_server) == m.encode_query(b"select 1")
     s.client_data(m.encode_query(b"select 2"))  # held until the proxy's query has answered
     assert s.take_output() == ([], [])
-    s.server_data(frame(b"T", b"\x00\x00") + m.encode_data_row([b"1"]) + frame(b"C", b"SELECT 1\x00")
-                  + ready())
+    s.server_data(
+        frame(b"T", b"\x00\x00")
+        + m.encode_data_row([b"1"])
+        + frame(b"C", b"SELECT 1\x00")
+        + ready()
+    )
     to_server, to_client = s.take_output()
     assert to_client == [] and b"".join(to_server) == m.encode_query(b"select 2")
     assert seen and seen[0].rows == [[b"1"]] and not seen[0].failed
@@ -163,24 +189,35 @@ def test_statement_types_for_both_protocols():
     seen = []
     s = Session(startup(), count_statement=seen.append)
     s.server_data(ready())
-    s.client_data(m.encode_query(b"  select 1") + m.encode_query(b"(SELECT 1)")
-                  + m.encode_query(b"update t set a = 1") + m.encode_query(b"vacuum"))
-    s.client_data(m.Parse(b"s1", b"DELETE FROM t WHERE id = $1", ()).encode()
-                  + m.Bind(b"p", b"s1", [], [b"1"], []).encode() + m.encode_execute(b"p")
-                  + m.encode_execute(b"p") + m.SYNC)
+    s.client_data(
+        m.encode_query(b"  select 1")
+        + m.encode_query(b"(SELECT 1)")
+        + m.encode_query(b"update t set a = 1")
+        + m.encode_query(b"vacuum")
+    )
+    s.client_data(
+        m.Parse(b"s1", b"DELETE FROM t WHERE id = $1", ()).encode()
+        + m.Bind(b"p", b"s1", [], [b"1"], []).encode()
+        + m.encode_execute(b"p")
+        + m.encode_execute(b"p")
+        + m.SYNC
+    )
     assert seen == ["select", "select", "update", "other", "delete", "delete"]
 
 
 def test_error_of_a_hidden_request_made_for_the_client_reaches_the_client():
     def checked_form(bind):
-        return Send((m.Parse(b"optimist_1", b"bad sql", ()).encode(),
-                     m.Bind(b"", b"optimist_1", [], [], []).encode()),
-                    (InternalEntry(Kind.PARSE, surface=True), RELAYED[Kind.BIND]))
+        return Send(
+            (
+                m.Parse(b"optimist_1", b"bad sql", ()).encode(),
+                m.Bind(b"", b"optimist_1", [], [], []).encode(),
+            ),
+            (InternalEntry(Kind.PARSE, surface=True), RELAYED[Kind.BIND]),
+        )
 
     s = Session(startup(), locking_for=lambda info: _Locking(on_bind=checked_form))
     s.server_data(ready())
-    s.client_data(m.Bind(b"", b"s", [], [], []).encode() + m.encode_execute(b"")
-                  + m.SYNC)
+    s.client_data(m.Bind(b"", b"s", [], [], []).encode() + m.encode_execute(b"") + m.SYNC)
     s.take_output()
     s.server_data(m.error_response("42601", "syntax error") + ready())
     _, to_client = s.take_output()

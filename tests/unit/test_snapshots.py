@@ -1,4 +1,5 @@
 """The snapshot store and its transaction log: bounded, and undone with rolled-back work."""
+
 from proxy.locking.snapshots import Budget, SnapshotStore, TransactionLog
 from proxy.values import ReadValue, normalize_key
 
@@ -59,6 +60,7 @@ def test_bounds_per_store_and_in_total():
 def test_keys_match_across_formats():
     assert normalize_key(23, 0, b"42") == normalize_key(23, 1, b"\x00\x00\x00\x2a")
     assert normalize_key(20, 1, b"\x00" * 7 + b"\x2a") == 42
-    assert normalize_key(2950, 0, b"A0EEBC99-9C0B-4EF8-BB6D-6BB9BD380A11") == \
-        normalize_key(2950, 1, bytes.fromhex("a0eebc999c0b4ef8bb6d6bb9bd380a11"))
+    assert normalize_key(2950, 0, b"A0EEBC99-9C0B-4EF8-BB6D-6BB9BD380A11") == normalize_key(
+        2950, 1, bytes.fromhex("a0eebc999c0b4ef8bb6d6bb9bd380a11")
+    )
     assert normalize_key(1700, 0, b"10.50") == normalize_key(1700, 0, b"10.5")

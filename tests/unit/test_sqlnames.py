@@ -1,5 +1,6 @@
 """proxy.sqlnames: folding, splitting and quoting as PostgreSQL does (the real server's view is
 checked in tests/integration/test_sqlnames_server.py)."""
+
 from __future__ import annotations
 
 import pytest
@@ -21,8 +22,11 @@ from proxy.sqlnames import (
 )
 
 # names PostgreSQL can hold (no NUL), mixing what needs quoting with what does not
-NAMES = st.text(alphabet=st.characters(blacklist_characters="\x00", blacklist_categories=("Cs",)),
-                min_size=1, max_size=12)
+NAMES = st.text(
+    alphabet=st.characters(blacklist_characters="\x00", blacklist_categories=("Cs",)),
+    min_size=1,
+    max_size=12,
+)
 PLAIN_ISH = st.text(alphabet='abcXYZ_09$ ."éÄß', min_size=1, max_size=8)
 
 
@@ -51,22 +55,25 @@ def test_split_and_parse():
         parse_identifier("a.b")
 
 
-@pytest.mark.parametrize("name, quoted", [
-    ("accounts", "accounts"),
-    ("_x1", "_x1"),
-    ("Accounts", '"Accounts"'),
-    ("Ärzte", '"Ärzte"'),
-    ("é", '"é"'),
-    ("a$b", '"a$b"'),  # quote_identifier() only trusts a-z, 0-9 and _
-    ("1x", '"1x"'),
-    ("a b", '"a b"'),
-    ('a"b', '"a""b"'),
-    ("user", '"user"'),
-    ("select", '"select"'),
-    ("json_table", '"json_table"'),
-    ("action", "action"),  # unreserved keywords stay bare
-    ("", '""'),
-])
+@pytest.mark.parametrize(
+    "name, quoted",
+    [
+        ("accounts", "accounts"),
+        ("_x1", "_x1"),
+        ("Accounts", '"Accounts"'),
+        ("Ärzte", '"Ärzte"'),
+        ("é", '"é"'),
+        ("a$b", '"a$b"'),  # quote_identifier() only trusts a-z, 0-9 and _
+        ("1x", '"1x"'),
+        ("a b", '"a b"'),
+        ('a"b', '"a""b"'),
+        ("user", '"user"'),
+        ("select", '"select"'),
+        ("json_table", '"json_table"'),
+        ("action", "action"),  # unreserved keywords stay bare
+        ("", '""'),
+    ],
+)
 def test_quote_ident(name, quoted):
     assert quote_ident(name) == quoted
 

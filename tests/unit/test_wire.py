@@ -1,12 +1,14 @@
 """The wire codec: framing by headers only, the decoders, and hostile bytes."""
+
 import struct
 
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from proxy.wire import messages as m
 from proxy.wire.framing import MessageReader, ProtocolViolation, frame
-from proxy.wire.startup import CancelRequest, parse_startup, packet_length
+from proxy.wire.startup import CancelRequest, packet_length, parse_startup
 
 
 def test_reader_splits_messages_fed_byte_by_byte():
@@ -14,7 +16,7 @@ def test_reader_splits_messages_fed_byte_by_byte():
     reader = MessageReader()
     seen = []
     for i in range(len(stream)):
-        reader.feed(stream[i:i + 1])
+        reader.feed(stream[i : i + 1])
         msgs = reader.messages()
         for t, s, e in msgs:
             seen.append((t, bytes(reader.buffer[s:e])))
@@ -56,8 +58,14 @@ def test_row_description_and_data_row_round_trip():
 
 def test_error_fields_round_trip():
     data = m.error_response("40001", "conflict", detail="{}", hint="retry")
-    assert m.decode_fields(data[5:]) == {"S": "ERROR", "V": "ERROR", "C": "40001",
-                                          "M": "conflict", "D": "{}", "H": "retry"}
+    assert m.decode_fields(data[5:]) == {
+        "S": "ERROR",
+        "V": "ERROR",
+        "C": "40001",
+        "M": "conflict",
+        "D": "{}",
+        "H": "retry",
+    }
 
 
 def test_command_rows():
@@ -85,9 +93,18 @@ def test_startup_packets():
 @settings(max_examples=300, deadline=None)
 @given(st.binary(max_size=200))
 def test_decoders_never_raise_anything_but_protocol_violation(data):
-    for decode in (m.decode_bind, m.decode_parse, m.decode_describe_or_close, m.decode_execute,
-                   m.decode_row_description, m.decode_data_row, m.decode_fields,
-                   m.decode_parameter_status, m.decode_backend_key, m.decode_query):
+    for decode in (
+        m.decode_bind,
+        m.decode_parse,
+        m.decode_describe_or_close,
+        m.decode_execute,
+        m.decode_row_description,
+        m.decode_data_row,
+        m.decode_fields,
+        m.decode_parameter_status,
+        m.decode_backend_key,
+        m.decode_query,
+    ):
         try:
             decode(data)
         except ProtocolViolation:
