@@ -1,5 +1,15 @@
-"""What a session knows of protected rows: captured from the rows it reads, refreshed by the
-results of its own checked writes, undone with the transaction that learned it."""
+"""What a session knows of protected rows.
+
+| event | effect on the session's snapshot of a row |
+|---|---|
+| a read returns the row | created or refreshed with the values read |
+| its own INSERT returns the row | created (the session wrote every value) |
+| its own checked UPDATE of a row it had read | refreshed for the columns it wrote or verified, and the version bumped after its check passed; other columns stay as last read |
+| its own UPDATE of a row it never read | nothing: a write is not a read |
+| its own DELETE | forgotten |
+| ROLLBACK (or ROLLBACK TO SAVEPOINT) | what its own writes taught is undone (back to what it knew before); what it read stays seen, unless read after its own writes in that transaction (it may have seen its own uncommitted changes) |
+| PREPARE TRANSACTION | kept pending until COMMIT PREPARED (kept) or ROLLBACK PREPARED (undone), from any session |
+"""
 
 from __future__ import annotations
 
@@ -18,17 +28,16 @@ RowKey = tuple[Any, ...]
 class Knowledge:
     def __init__(self, store: SnapshotStore, role_store: Any) -> None:
         self.store = store
-        # (table) -> the store shared by every session of this role (scope: user)
+        # () -> the store shared by every session of this role (scope: user)
         self._role_store = role_store
         self.txlog = TransactionLog()
-        # (table, key) of rows a conflict proved stale, forgotten when the transaction ends
-        self._stale: list[tuple[ProtectedTable, RowKey]] = []
-        # (table oid, key) of rows known only from the session's own unchecked writes
-        self._blind: set[tuple[int, RowKey]] = set()
+        # the open transaction has written: what it reads now may be its own uncommitted
+        # changes, so those reads are undone with it
+        self.wrote = False
 
     def store_for(self, table: ProtectedTable) -> SnapshotStore:
         if table.scope == "user":
-            return self._role_store()
+            return self._role_store()  # type: ignore[no-any-return]
         return self.store
 
     def close(self) -> None:
@@ -37,12 +46,9 @@ class Knowledge:
     # ---------------------------------------------------------------- reads
 
     def capture(self, plan: CapturePlan, values: Sequence[bytes | None], encoding: str) -> None:
-        blind = self._blind
-        txlog = self.txlog
+        txlog = self.txlog if self.wrote else None
         for table, key, row in capture_row(plan, values, encoding):
             self.store_for(table).put((table.oid, key), row, txlog)
-            if blind:
-                blind.discard((table.oid, key))
 
     def read_rows(
         self,
@@ -71,7 +77,7 @@ class Knowledge:
     # ---------------------------------------------------------------- own writes
 
     def learn(self, work: Any, extras: Sequence[bytes | None], encoding: str) -> None:
-        """The row a checked write left, from the RETURNING columns the proxy added."""
+        """A row the session's own write returned (the RETURNING columns the proxy added)."""
         table = work.table
         types = table.column_type_oids
         formats = work.formats or (0,) * len(extras)
@@ -84,38 +90,14 @@ class Knowledge:
         if work.kind == "delete":
             store.forget((table.oid, key), self.txlog)
             return
+        learned = work.learned
+        if learned is not None and key not in work.keys:
+            return  # not a row whose check ran: the session knows nothing new of it
         row = {
             c: ReadValue(formats[nkey + i], types[c], extras[nkey + i])
             for i, c in enumerate(work.extras[nkey:])
+            if learned is None or c in learned
         }
-        known = store.get((table.oid, key)) is not None
+        if learned is not None and store.get((table.oid, key)) is None:
+            return  # evicted since it was read: a write does not bring it back
         store.put((table.oid, key), row, self.txlog)
-        if not known and key not in work.keys:
-            # known only from this session's own write, never from a read
-            blind = self._blind
-            blind.add((table.oid, key))
-            if len(blind) > 2 * store.limit:  # drop what the store has evicted since
-                rows = store.rows
-                self._blind = {k for k in blind if k in rows}
-
-    # ---------------------------------------------------------------- conflicts
-
-    def mark_stale(self, table: ProtectedTable, key: RowKey) -> None:
-        self._stale.append((table, key))
-
-    @property
-    def has_stale(self) -> bool:
-        return bool(self._stale)
-
-    def forget_stale(self) -> None:
-        """A row the session knew only from its own blind writes (never read), and that a
-        conflict proved stale, is forgotten once the failed transaction is over (its rollback
-        would otherwise restore it): retrying the blind write then runs as the first one did
-        (unknown_original decides) instead of failing against the same values forever.
-        A row the session did read stays as read: writing it again without a re-read is
-        exactly the lost update the check exists to stop."""
-        for table, key in self._stale:
-            if (table.oid, key) in self._blind:
-                self.store_for(table).forget((table.oid, key))
-                self._blind.discard((table.oid, key))
-        self._stale.clear()

@@ -10,7 +10,6 @@ from typing import Any
 from proxy import conflicts
 from proxy.locking.knowledge import Knowledge
 from proxy.session.info import SessionInfo
-from proxy.values import normalize_text_key
 from proxy.wire import messages as m
 
 conflict_log = logging.getLogger("optimist.conflicts")
@@ -41,8 +40,6 @@ class ConflictReporter:
         return b""  # an audit finding is for the operators, not the application
 
     def _report(self, conflict: conflicts.Conflict, tables: Any) -> None:
-        if not conflict.audit:
-            self._mark_stale(conflict, tables)
         if self.metrics is not None:
             self.metrics.conflict(conflict.table, conflict.kind, audit=conflict.audit)
         info = self.info
@@ -64,22 +61,6 @@ class ConflictReporter:
                 }
             },
         )
-
-    def _mark_stale(self, conflict: conflicts.Conflict, tables: Any) -> None:
-        if tables is None:
-            return
-        schema, _, name = conflict.table.partition(".")
-        table = tables.by_name.get((schema, name))
-        if table is None or not isinstance(conflict.key, dict):
-            return
-        try:
-            key = tuple(
-                normalize_text_key(table.column_type_oids[c], _json_text(conflict.key[c]))
-                for c in table.key
-            )
-        except KeyError:
-            return
-        self.knowledge.mark_stale(table, key)
 
 
 def _json_text(value: object) -> str:

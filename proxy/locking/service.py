@@ -14,6 +14,7 @@ from proxy.catalog import Catalog, catalog_query
 from proxy.config import ConfigError, Settings
 from proxy.locking.session_locking import SessionLocking
 from proxy.locking.snapshots import Budget, SnapshotStore
+from proxy.locking.transactions import PreparedTransactions
 from proxy.rewrite.cache import RewriteCache
 from proxy.rules.loader import load_rules
 from proxy.rules.model import RuleError, RuleSet
@@ -86,6 +87,7 @@ class LockingService:
         self.metrics = metrics
         self.cache = RewriteCache(settings.rewrite_cache_size)
         self.budget = Budget(settings.snapshot_rows_total)
+        self.prepared_transactions = PreparedTransactions()
         self.role_stores: dict[tuple[str, str], SnapshotStore] = {}
         self._mtimes = self._source_mtimes()
         if metrics is not None:

@@ -49,7 +49,7 @@ class SessionLocking:
         self.knowledge = Knowledge(store, lambda: service.role_store(info.database, info.user))
         self.registry = PreparedRegistry()
         self.bootstrap = Bootstrap(service, info.database, info.user, self.knowledge.txlog)
-        self.transactions = Transactions(self.knowledge)
+        self.transactions = Transactions(self.knowledge, service.prepared_transactions)
         self.writes = WriteChecker(service, info, self.knowledge, self.registry, self.counts)
         self.reporter = ConflictReporter(info, self.knowledge, service.metrics)
         # inside an extended-protocol batch (up to Sync): the catalog is not refreshed there
@@ -278,7 +278,9 @@ class SessionLocking:
                 self.bootstrap.temporary_objects_dropped()
             if reset & SessionReset.PREPARED_STATEMENTS:
                 self.registry.forget_statements()
-        elif work is not None:
+            return
+        self.transactions.statement_done(word)
+        if work is not None:
             rows = m.command_rows(tag)
             if work.expected and rows is not None and rows < work.expected:
                 # nothing was raised, so every pinned row existed and matched: a trigger or a

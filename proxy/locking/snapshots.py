@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
+from typing import Any
 
 from proxy.values import ReadValue
 
@@ -174,6 +175,15 @@ class TransactionLog:
             _undo(undo)
         self.layers.clear()
 
+    def detach(self) -> list[Any]:
+        """PREPARE TRANSACTION: the open transaction's undo entries, handed over to be
+        applied by ROLLBACK PREPARED (or dropped by COMMIT PREPARED), perhaps elsewhere."""
+        merged: list[Any] = []
+        for _, undo in self.layers:
+            merged.extend(undo)
+        self.layers.clear()
+        return merged
+
     def _find(self, name: str) -> int | None:
         for i in range(len(self.layers) - 1, 0, -1):
             if self.layers[i][0] == name:
@@ -187,3 +197,7 @@ def _undo(entries: list) -> None:
             key()  # an on_rollback action
         else:
             store.restore(key, old)
+
+
+def undo_detached(entries: list[Any]) -> None:
+    _undo(entries)

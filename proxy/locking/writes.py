@@ -34,7 +34,18 @@ class Unchecked(Exception):
 class StatementWork:
     """What the proxy does around one client statement it rewrote."""
 
-    __slots__ = ("table", "kind", "sql", "strip", "keys", "expected", "extras", "formats", "added")
+    __slots__ = (
+        "table",
+        "kind",
+        "sql",
+        "strip",
+        "keys",
+        "expected",
+        "extras",
+        "formats",
+        "added",
+        "learned",
+    )
 
     def __init__(
         self,
@@ -45,6 +56,7 @@ class StatementWork:
         client_returning: bool,
         keys: Sequence[RowKey] = (),
         formats: tuple[int, ...] | None = None,
+        learned: frozenset[str] | None = None,
     ) -> None:
         self.table = table
         self.kind = kind
@@ -57,6 +69,9 @@ class StatementWork:
         self.keys = keys
         self.expected = len(set(keys))
         self.formats = formats  # result formats of the extra columns (None: text)
+        # the columns a checked row's RETURNING refreshes (None: all, for the session's own
+        # INSERT); `keys`: the rows whose check ran, the only ones it may refresh
+        self.learned = learned
 
 
 @dataclass(frozen=True, slots=True)
@@ -151,7 +166,7 @@ class WriteChecker:
         scs = self.info.standard_conforming_strings
         if isinstance(plan, InsertPlan):
             sql = plan.render_simple(literals, scs)
-            return StatementWork(table, "insert", sql, plan.extra_returning, plan.client_returning)
+            return insert_work(table, sql, plan)
         try:
             keys = [
                 tuple(self._literal_key(table, ref, literals) for ref in row)
@@ -175,11 +190,17 @@ class WriteChecker:
             return refusal_work(table, plan.kind, "not_read")
         if any(t is not None for t in texts):
             self.counts.checked(table)
-        # rows not read pass unchecked, but what the write leaves counts as read from now on
+        # rows not read pass unchecked (counted), and stay unknown: a write is not a read
         sql = plan.render_simple(literals, texts, scs)
         checked_keys = [k for k, t in zip(keys, texts) if t is not None]
         return StatementWork(
-            table, plan.kind, sql, plan.extra_returning, plan.client_returning, checked_keys
+            table,
+            plan.kind,
+            sql,
+            plan.extra_returning,
+            plan.client_returning,
+            checked_keys,
+            learned=plan.learned_columns,
         )
 
     def _literal_key(self, table: ProtectedTable, ref: Any, literals: Sequence[str]) -> Any:
@@ -260,6 +281,11 @@ class WriteChecker:
             plan.client_returning,
             checked_keys,
             extra_formats,
+            learned=(
+                plan.learned_columns
+                if isinstance(plan, WritePlan)
+                else (frozenset() if plan.on_conflict == "update" else None)
+            ),
         )
         out = m.Bind(bind.portal, name, param_formats, params, result_formats)
         return CheckedBind(parse, out.encode(), work)
@@ -294,3 +320,11 @@ class WriteChecker:
 def refusal_work(table: ProtectedTable, kind: str, reason: str) -> StatementWork:
     """The simple protocol's refusal: the statement is replaced by one that raises why."""
     return StatementWork(table, kind, conflicts.reject_sql(table, reason), (), True)
+
+
+def insert_work(table: ProtectedTable, sql: str, plan: InsertPlan) -> StatementWork:
+    # an upsert's DO UPDATE may return an existing row the session never read: learn nothing
+    learned = frozenset() if plan.on_conflict == "update" else None
+    return StatementWork(
+        table, "insert", sql, plan.extra_returning, plan.client_returning, learned=learned
+    )

@@ -58,15 +58,22 @@ def returning_edit(
     columns: Sequence[str],
     table: ProtectedTable | None = None,
     op: str = "update",
+    overrides: dict[str, list[object]] | None = None,
 ) -> Edit:
     """RETURNING grows by the captured columns, then (rules with `notify`) the notification;
-    the proxy strips all of them before the client sees its rows."""
-    refs = ", ".join(column_ref(qualifier, col) for col in columns)
+    the proxy strips all of them before the client sees its rows. `overrides`: the expression
+    to return instead of a column (what the session now knows of it, not what the row holds)."""
+    pieces: list[object] = [", " if c.returning >= 0 else " RETURNING "]
+    for n, col in enumerate(columns):
+        if n:
+            pieces.append(", ")
+        if overrides and col in overrides:
+            pieces += overrides[col]
+        else:
+            pieces.append(column_ref(qualifier, col))
     if table is not None and table.notify:
-        refs += ", " + _notify_expr(table, qualifier, op)
-    if c.returning >= 0:
-        return Edit(text.end, text.end, (", " + refs,))
-    return Edit(text.end, text.end, (" RETURNING " + refs,))
+        pieces.append(", " + _notify_expr(table, qualifier, op))
+    return Edit(text.end, text.end, tuple(pieces))
 
 
 class GuardBuilder:
@@ -87,6 +94,7 @@ class GuardBuilder:
         sparse: list[str],
         bump: str | None,
         wrap_where: bool,
+        version_bump: str | None = None,
     ) -> None:
         self.text = text
         self.table = table
@@ -99,6 +107,9 @@ class GuardBuilder:
         self.checks = checks  # column -> 'plain' | 'differing', in checked order
         self.sparse = sparse
         self.bump = bump
+        # the bump of a version column the client writes itself (a form writing back the
+        # version it read): its value becomes GREATEST(client's, bump)
+        self.version_bump = version_bump
         self.wrap_where = wrap_where
         guarded = table.mode in ("enforce", "audit")
         self.guarded = guarded
@@ -232,6 +243,16 @@ class GuardBuilder:
                     text.span(c.set_lo, c.set_hi)[1], text.span(c.set_lo, c.set_hi)[1], (self.bump,)
                 )
             )
+        if self.version_bump is not None:
+            item = self.items[self.table.version_column]
+            assert item.value is not None
+            edits.append(
+                Edit(
+                    item.value.span[0],
+                    item.value.span[1],
+                    ("GREATEST((", *self.value(item.value), "), ", self.version_bump, ")"),
+                )
+            )
         if guarded:
             where_end = text.span(c.where + 1, c.where_hi)[1]
             if self.wrap_where:
@@ -239,8 +260,13 @@ class GuardBuilder:
                 edits.append(Edit(after_where, after_where, (" (",)))
                 edits.append(Edit(where_end, where_end, (")",)))
             edits.append(Edit(where_end, where_end, tuple(self.guard(rows))))
+        overrides = (
+            {column: self.sparse_known(column, rows) for column in self.sparse} if guarded else None
+        )
         edits.append(
-            returning_edit(text, c, self.q, self.table.captured_columns, self.table, self.kind)
+            returning_edit(
+                text, c, self.q, self.table.captured_columns, self.table, self.kind, overrides
+            )
         )
         return splice(text, edits)
 
@@ -282,6 +308,22 @@ class GuardBuilder:
                 out.append(", ")
             out += self.value(v)
         out.append(")")
+        return out
+
+    def sparse_known(self, column: str, rows: list[int]) -> list[object]:
+        """What the session knows of a sparse column after the write: the value it read when
+        the write left the column alone (the row may hold another session's value the session
+        never saw), else the value it wrote."""
+        new = self.new_value(column)
+        assert new is not None
+        out: list[object] = ["CASE"]
+        for i in rows:
+            out.append(" WHEN ")
+            if len(self.rows) > 1:
+                out += [*self.row_pin(i), " AND "]
+            out += [*new, " IS NOT DISTINCT FROM ", self.read(i, column), " THEN "]
+            out += [self.read(i, column)]
+        out += [" ELSE ", self.col(column), " END"]
         return out
 
     def sparse_edit(self, column: str, rows: list[int]) -> Edit:

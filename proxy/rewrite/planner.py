@@ -148,6 +148,10 @@ class WritePlan:
     checked_columns: tuple[str, ...]
     extra_returning: tuple[str, ...]
     client_returning: bool
+    # what a checked row's RETURNING may teach the session: the columns it wrote or verified
+    # (and the version, bumped after its check passed); any other column may hold a change
+    # the session never saw, so it stays as last read
+    learned_columns: frozenset[str]
     _builder: GuardBuilder = field(repr=False, compare=False)
     _compiled: dict = field(default_factory=dict, repr=False, compare=False)
 
@@ -315,24 +319,34 @@ def _plan_write(template_sql: str, table: ProtectedTable, n_params: int) -> Writ
     pinned = tuple(tuple(_key_ref(k, v) for k, v in zip(table.key, row)) for row in rows)
     checks, sparse = column_checks(table, kind, items)
     written = frozenset(it.column for it in items)
-    bump = None
+    bump = version_bump = None
     if (
         kind == "update"
         and table.mode in ("enforce", "audit")
         and table.strategy == "version"
         and table.version_column
-        and table.version_column not in written
         and table.bump != "none"
     ):
         v = table.version_column
         if table.bump == "increment":
-            bump = f", {quote_ident(v)} = {column_ref(target.qualifier, v)} + 1"
+            bumped = f"{column_ref(target.qualifier, v)} + 1"
         else:
             # clock_timestamp(), not statement_timestamp(): it is read when the row is written,
             # i.e. after the row lock was granted and the previous writer committed, so a new
             # version is always later than the one it replaces; statement_timestamp() is taken
             # before a lock wait and could equal/precede the version just committed.
-            bump = f", {quote_ident(v)} = clock_timestamp()"
+            bumped = "clock_timestamp()"
+        if v not in written:
+            bump = f", {quote_ident(v)} = {bumped}"
+        else:
+            # the client writes the version itself: a form writing back every field sends the
+            # version it read, which would leave it unchanged and let every stale write pass.
+            # The proxy owns the column: never less than the bump (an ORM that increments it
+            # itself gets the same value).
+            item = next(it for it in items if it.column == v)
+            if item.value is None or item.value.kind == "default":
+                return Unverified("unsupported", f"{v} written from an expression we cannot name")
+            version_bump = bumped
     checked_columns = tuple(c_ for c_ in table.columns if c_ in checks or c_ in sparse)
     wrap = any(t.token_type == TokenType.OR for _, t in text.top(c.where + 1, c.where_hi))
     builder = GuardBuilder(
@@ -348,6 +362,7 @@ def _plan_write(template_sql: str, table: ProtectedTable, n_params: int) -> Writ
         sparse=[col for col in table.columns if col in sparse],
         bump=bump,
         wrap_where=wrap,
+        version_bump=version_bump,
     )
     return WritePlan(
         kind=kind,
@@ -358,6 +373,15 @@ def _plan_write(template_sql: str, table: ProtectedTable, n_params: int) -> Writ
         checked_columns=checked_columns,
         extra_returning=table.captured_columns,
         client_returning=c.returning >= 0,
+        learned_columns=frozenset(
+            written
+            | set(checked_columns)
+            | (
+                {table.version_column}
+                if table.strategy == "version" and table.version_column
+                else set()
+            )
+        ),
         _builder=builder,
     )
 

@@ -601,15 +601,20 @@ def test_sparse_update_keeps_another_sessions_change(upstream_dsn):
         ext = await env.extended(
             "UPDATE {t} SET owner = $1, balance = $2 WHERE id = $3", ("a2", Decimal("20"), 2), reads
         )
+        after2 = await env.row(2)
         stale = [{**(await env.read(1)), "balance": "10.00"}]  # a real change from 10
         with pytest.raises(asyncpg.SerializationError) as excinfo:
             await env.simple("UPDATE {t} SET balance = 15 WHERE id = 1", stale)
-        return ok, after, [tuple(r)[:3] for r in ext], excinfo
+        return ok, after, after2, [tuple(r)[:3] for r in ext], excinfo
 
-    ok, after, ext, excinfo = scenario(upstream_dsn, body, sparse_update=True, **columns())
+    ok, after, after2, ext, excinfo = scenario(
+        upstream_dsn, body, sparse_update=True, **columns()
+    )
     assert ok == "UPDATE 1"
     assert after["owner"] == "a" and after["balance"] == Decimal("20.00")
-    assert ext == [(2, "a2", Decimal("21.00"))]  # row 2: B's 21 kept, A's owner written
+    # row 2: B's 21 kept, A's owner written; what A knows is the balance it read, not B's 21
+    assert (after2["owner"], after2["balance"]) == ("a2", Decimal("21.00"))
+    assert ext == [(2, "a2", Decimal("20.00"))]
     assert conflict_of(excinfo).columns == {
         "balance": {"read": 10.0, "current": 20.0, "attempted": 15.0}
     }
@@ -685,17 +690,20 @@ def test_extended_protocol_with_text_parameters(upstream_dsn):
             conn.execute(f"UPDATE {name} SET balance = 30 WHERE id = 1")
             cur = conn.execute(rendered.sql, ["a", "10.00", "1", *extra], prepare=True)
             first = cur.fetchall()
+            row = conn.execute(f"SELECT id, owner, balance FROM {name} WHERE id = 1").fetchone()
             conn.execute(f"UPDATE {name} SET owner = 'z' WHERE id = 1")
             with pytest.raises(psycopg.errors.SerializationFailure) as excinfo:
                 conn.execute(rendered.sql, ["b", "10.00", "1", *extra], prepare=True)
-        return first, excinfo.value.diag
+        return first, row, excinfo.value.diag
 
     async def body(env: Env):
         name, reads = await setup(env)
         return await asyncio.get_running_loop().run_in_executor(None, check, name, reads)
 
-    first, diag = scenario(upstream_dsn, body)
-    assert first[0][:3] == (1, "a", Decimal("30.00"))  # balance written back: B's 30 kept
+    first, row, diag = scenario(upstream_dsn, body)
+    assert row == (1, "a", Decimal("30.00"))  # balance written back: B's 30 kept
+    # what the session knows now: the balance it read (and wrote back), not B's 30 it never saw
+    assert first[0][:3] == (1, "a", Decimal("10.00"))
     assert json.loads(diag.message_detail)["columns"] == {
         "owner": {"read": "o1", "current": "z", "attempted": "b"}
     }

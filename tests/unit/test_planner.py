@@ -355,10 +355,13 @@ def test_bump_variants():
     assert "SET owner = 'x' WHERE" in sql and "version IS NOT DISTINCT FROM" in sql
 
 
-def test_client_writing_the_version_gets_no_bump():
+def test_client_writing_the_version_still_gets_the_bump():
+    # a form writing back every field sends the version it read: the proxy owns the column,
+    # so the version always moves on (an ORM that increments it itself gets the same value)
     p, literals = plan("UPDATE accounts SET owner = 'x', version = 9 WHERE id = 1")
     sql = p.render_simple(literals, [{"version": "8"}], True)
-    assert "SET owner = 'x', version = 9 WHERE" in sql
+    assert "SET owner = 'x', version = GREATEST((9), accounts.version + 1) WHERE" in sql
+    assert "version IS NOT DISTINCT FROM CAST('8' AS integer)" in sql
     # the attempted version is reported
     assert "to_jsonb(CAST((9) AS integer))" in sql
 
