@@ -607,9 +607,7 @@ def test_sparse_update_keeps_another_sessions_change(upstream_dsn):
             await env.simple("UPDATE {t} SET balance = 15 WHERE id = 1", stale)
         return ok, after, after2, [tuple(r)[:3] for r in ext], excinfo
 
-    ok, after, after2, ext, excinfo = scenario(
-        upstream_dsn, body, sparse_update=True, **columns()
-    )
+    ok, after, after2, ext, excinfo = scenario(upstream_dsn, body, sparse_update=True, **columns())
     assert ok == "UPDATE 1"
     assert after["owner"] == "a" and after["balance"] == Decimal("20.00")
     # row 2: B's 21 kept, A's owner written; what A knows is the balance it read, not B's 21
