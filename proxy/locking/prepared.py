@@ -33,6 +33,8 @@ class PreparedStatement:
     rendered: dict[tuple, Any] = field(default_factory=dict)
     # a protected table the statement only adds rows to (INSERT-only MERGE): counted checked
     creates: ProtectedTable | None = None
+    # an SQL EXECUTE: the name of the SQL-level statement it runs, looked up at each Bind
+    executes: str | None = None
 
 
 @dataclass(slots=True)

@@ -112,7 +112,7 @@ class SessionLocking:
         self._in_batch = True
         registry = self.registry
         info = registry.statements.get(bind.statement)
-        if info is not None and (info.unverified or info.creates is not None):
+        if info is not None and (info.unverified or info.creates or info.executes):
             refused = self.writes.bind_unverified(self.tables, info, bind)
             if refused is not None:
                 return self._bound(bind, None, refused)

@@ -162,7 +162,8 @@ class WriteChecker:
             if table is not None:
                 inner.insert(0, (table, "sql_prepare"))
             if inner:
-                prepared[name] = tuple(dict.fromkeys(inner))
+                unique = {(t.oid if t is not None else None, r): (t, r) for t, r in inner}
+                prepared[name] = tuple(unique.values())
             else:
                 prepared.pop(name, None)
         return ()  # PREPARE itself writes nothing
@@ -320,9 +321,20 @@ class WriteChecker:
                     target = WriteTarget(table, plan, literals)
                 else:
                     unverified.append((table, plan.reason))
+        executes = None
+        head = _SQL_PREPARED.match(text)
+        if head is not None and head.group(1).upper() == "EXECUTE":
+            # what it runs is known at each Bind (a DEALLOCATE / PREPARE may come between)
+            executes = sql_prepared_name(text, self.info.standard_conforming_strings)
+            unverified = [hit for hit in unverified if hit[1] == "server_code"]
         # writes are counted at each execution: checked or unverified{reason}
         return PreparedStatement(
-            text, tuple(parse.param_types), target, tuple(unverified), creates=creates
+            text,
+            tuple(parse.param_types),
+            target,
+            tuple(unverified),
+            creates=creates,
+            executes=executes,
         )
 
     def bind_unverified(
@@ -332,9 +344,12 @@ class WriteChecker:
         MERGE as checked); the refusal in its place when the rules will not let it pass."""
         if info.creates is not None:
             self.counts.checked(info.creates)
-        for hit in info.unverified:
+        hits = info.unverified
+        if info.executes is not None:
+            hits += self.registry.sql_prepared.get(info.executes, ())
+        for hit in hits:
             self.counts.unverified_hit(hit)
-        refused = self.refusal(tables, info.unverified, info.text)
+        refused = self.refusal(tables, hits, info.text)
         if refused is None:
             return None
         return self.refused_bind(bind, refused[0], refused[1], "unverified")
