@@ -213,18 +213,35 @@ def strip_internal_context(fields: Mapping[str, str]) -> dict[str, str]:
 REJECT_SQLSTATE = "55000"
 
 
-def reject_message(table: Any, reason: str) -> tuple[str, str]:
-    """(message, hint) of the error refusing a write the rules will not let through unchecked
-    (the session did not read the row: `reason` is 'not_read' or 'column_not_read')."""
-    what = {
-        "not_read": "the session has not read the row it writes",
-        "column_not_read": "the session has not read every column the check needs",
-    }.get(reason, reason)
-    message = (
-        f"optimist: write to {table.qualified_name} refused: {what} (unknown_original: reject)"
-    )
-    hint = "SELECT the row (with the checked columns) in this session before changing it."
-    return message, hint
+_REFUSED_BECAUSE = {
+    "not_read": "the session has not read the row it writes",
+    "column_not_read": "the session has not read every column the check needs",
+    "binary_read": "the row was read in binary, of a type with no known text form",
+    "no_key_pin": "the statement does not pin the key by equality (a bulk write)",
+    "key_array": "the key is pinned by = ANY(array), which is not checked",
+    "upsert": "INSERT ... ON CONFLICT DO UPDATE is not checked",
+    "merge": "MERGE ... WHEN MATCHED is not checked",
+    "with_clause": "the write is inside a WITH clause, where no check can go",
+    "sql_prepare": "a write prepared with SQL PREPARE is not checked at EXECUTE",
+    "server_code": "DO, CALL and non-builtin functions run server-side code optimist cannot see into",
+    "where_current_of": "WHERE CURRENT OF is not checked",
+    "parse_error": "optimist cannot parse the statement",
+    "unsupported": "optimist cannot check this statement",
+    "guards_unavailable": "the check functions are unavailable on this connection",
+}
+_REFUSAL_HINTS = {
+    "unknown_original": "SELECT the row (with the checked columns) in this session before changing it.",
+    "unverified": "Write one row at a time, pinned by its key (UPDATE/DELETE ... WHERE key = ...), "
+    "after selecting it.",
+}
+
+
+def reject_message(table: Any, reason: str, setting: str = "unknown_original") -> tuple[str, str]:
+    """(message, hint) of the error refusing a write the rules will not let through unchecked:
+    `reason` is its unverified reason, `setting` the rule that refuses it."""
+    what = _REFUSED_BECAUSE.get(reason, reason)
+    message = f"optimist: write to {table.qualified_name} refused: {what} ({setting}: reject)"
+    return message, _REFUSAL_HINTS.get(setting, _REFUSAL_HINTS["unverified"])
 
 
 def is_refusal(fields: Mapping[str, str]) -> bool:
@@ -235,10 +252,10 @@ def is_refusal(fields: Mapping[str, str]) -> bool:
     )
 
 
-def reject_sql(table: Any, reason: str) -> str:
+def reject_sql(table: Any, reason: str, setting: str = "unknown_original") -> str:
     """A statement that fails with the reject error in place of the refused write, so it runs
     (and fails) in the client's transaction like the write would have."""
-    message, hint = reject_message(table, reason)
+    message, hint = reject_message(table, reason, setting)
     return (
         "DO $optimist$ BEGIN RAISE EXCEPTION USING ERRCODE = '" + REJECT_SQLSTATE + "', "
         "MESSAGE = "

@@ -13,6 +13,9 @@ log = logging.getLogger("optimist.locking")
 # parsed to know which tables it writes, and the reason, a metric label)
 Unverified = tuple[ProtectedTable | None, str]
 
+# the table label of writes that may hit any protected table (server-side code)
+ANY_TABLE = "*"
+
 
 class WriteCounts:
     def __init__(self, metrics: Any) -> None:
@@ -29,7 +32,12 @@ class WriteCounts:
 
     def unverified_hit(self, hit: Unverified) -> None:
         table, reason = hit
-        if table is None:
+        if table is None and reason == "server_code":
+            # code the proxy cannot see into may write any protected table: one series
+            if self.metrics is not None:
+                self.metrics.unverified(ANY_TABLE, reason)
+            log.debug("server-side code on a session with protected tables")
+        elif table is None:
             if self.metrics is not None:
                 self.metrics.unparsed()
         else:

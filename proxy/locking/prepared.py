@@ -31,6 +31,10 @@ class PreparedStatement:
     fields: tuple[Field, ...] | None = None
     # (n_params, mask) -> RenderedSql of the checked form
     rendered: dict[tuple, Any] = field(default_factory=dict)
+    # a protected table the statement only adds rows to (INSERT-only MERGE): counted checked
+    creates: ProtectedTable | None = None
+    # an SQL EXECUTE: the name of the SQL-level statement it runs, looked up at each Bind
+    executes: str | None = None
 
 
 @dataclass(slots=True)
@@ -50,6 +54,8 @@ class PreparedRegistry:
         # (sql, parameter types) -> name of the proxy's own prepared statement
         self._hidden: dict[tuple, bytes] = {}
         self._counter = 0
+        # SQL-level PREPARE name -> the unverified writes each EXECUTE name makes
+        self.sql_prepared: dict[str, tuple[tuple[ProtectedTable | None, str], ...]] = {}
 
     def parsed(self, name: bytes, statement: PreparedStatement) -> None:
         previous = self.statements.get(name)
@@ -83,6 +89,7 @@ class PreparedRegistry:
         """DISCARD ALL / DEALLOCATE ALL: every prepared statement is gone server-side."""
         self._hidden.clear()
         self.statements.clear()
+        self.sql_prepared.clear()
 
     def transaction_ended(self) -> None:
         if self.portals:

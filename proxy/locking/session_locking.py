@@ -112,24 +112,34 @@ class SessionLocking:
         self._in_batch = True
         registry = self.registry
         info = registry.statements.get(bind.statement)
-        if info is not None and info.unverified:
-            for hit in info.unverified:
-                self.counts.unverified_hit(hit)
+        if info is not None and (info.unverified or info.creates or info.executes):
+            refused = self.writes.bind_unverified(self.tables, info, bind)
+            if refused is not None:
+                return self._bound(bind, None, refused)
         target = info.target if info is not None else None
         if target is None:
             registry.portals[bind.portal] = self._plain_portal(info, bind)
             return None
         if not self.bootstrap.guards:
-            self.counts.unverified(target.table, "guards_unavailable")
+            refused = self.writes.unchecked_bind(target.table, "guards_unavailable", bind)
+            if refused is not None:
+                return self._bound(bind, None, refused)
             registry.portals[bind.portal] = Portal(info)
             return None
         try:
             checked = self.writes.checked_bind(info, target, bind)  # type: ignore[arg-type]
         except Unchecked as exc:
-            self.counts.unverified(target.table, exc.reason)
+            refused = self.writes.unchecked_bind(target.table, exc.reason, bind)
+            if refused is not None:
+                return self._bound(bind, None, refused)
             registry.portals[bind.portal] = self._plain_portal(info, bind)
             return None
-        registry.portals[bind.portal] = Portal(
+        return self._bound(bind, info, checked)
+
+    def _bound(self, bind: m.Bind, info: PreparedStatement | None, checked: Any) -> Send:
+        """Send the Bind (and Parse) that replace the client's, for a checked or refused
+        write (a refusal's work is None: its portal runs the proxy's own statement)."""
+        self.registry.portals[bind.portal] = Portal(
             info if checked.work is not None else None, work=checked.work
         )
         if checked.parse is None:

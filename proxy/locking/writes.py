@@ -5,6 +5,7 @@ literals in the text; extended protocol: as extra bound parameters of a hidden s
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -14,8 +15,18 @@ from proxy.locking.counting import Unverified, WriteCounts
 from proxy.locking.knowledge import Knowledge, RowKey
 from proxy.locking.prepared import PreparedRegistry, PreparedStatement, WriteTarget
 from proxy.rewrite import lexer
-from proxy.rewrite.planner import InsertPlan, WritePlan, plan_insert, plan_write, written_tables
+from proxy.rewrite.lexer import _skip_noise
+from proxy.rewrite.planner import (
+    InsertPlan,
+    WritePlan,
+    plan_insert,
+    plan_write,
+    written_tables,
+)
+from proxy.rewrite.planner import Unverified as Unplanned
 from proxy.rewrite.scan import scan
+from proxy.rewrite.server_code import may_run_server_code, runs_server_code
+from proxy.rewrite.sql_prepared import sql_prepare_body, sql_prepared_name
 from proxy.rules.protected import ProtectedTable
 from proxy.session.info import SessionInfo
 from proxy.values import ReadValue, normalize_key, normalize_text_key
@@ -100,23 +111,96 @@ class WriteChecker:
 
     # ---------------------------------------------------------------- which table, which plan
 
+    def examine(
+        self, generation: Any, tables: Any, text: str
+    ) -> tuple[ProtectedTable | None, tuple[Unverified, ...]]:
+        """The protected table a statement writes at its top level (to be checked), and the
+        writes it makes that can never be checked (counted at each execution)."""
+        target = lexer.write_target(text)  # a regex: most statements need no more
+        table = None
+        hits: tuple[Unverified, ...] = ()
+        if target == lexer.MUST_PARSE:
+            hits = self._hidden_writes(generation, tables, text)
+        elif target is not None:
+            table = generation.table_for(tables, target[0], target[1])
+        else:
+            named = _SQL_PREPARED.match(text) or _SQL_PREPARED.match(_skip_noise(text))
+            if named is not None:
+                return None, self._sql_prepared(generation, tables, text, named.group(1).upper())
+        if may_run_server_code(text) and self._server_code(text):
+            hits += ((None, "server_code"),)
+        return table, hits
+
     def target(
         self, generation: Any, tables: Any, text: str, unverified: list[Unverified] | None = None
     ) -> ProtectedTable | None:
         """The protected table a write targets, or None. Writes that can never be checked
         are counted now, or, given `unverified`, listed there to be counted per execution."""
-        target = lexer.write_target(text)  # a regex: most statements need no more
-        if target is None:
-            return None
-        if target == lexer.MUST_PARSE:
-            for hit in self._hidden_writes(generation, tables, text):
-                if unverified is None:
-                    self.counts.unverified_hit(hit)
-                else:
-                    unverified.append(hit)
-            return None
-        schema, name = target
-        return generation.table_for(tables, schema, name)
+        table, hits = self.examine(generation, tables, text)
+        for hit in hits:
+            if unverified is None:
+                self.counts.unverified_hit(hit)
+            else:
+                unverified.append(hit)
+        return table
+
+    def _server_code(self, text: str) -> bool:
+        scs = self.info.standard_conforming_strings
+        found = scan(text, scs)
+        return self.service.cache.get(
+            ("server_code", found.keyword, found.template),
+            lambda: runs_server_code(found.keyword, found.template, scs),
+        )
+
+    def _sql_prepared(
+        self, generation: Any, tables: Any, text: str, keyword: str
+    ) -> tuple[Unverified, ...]:
+        """SQL-level PREPARE / EXECUTE / DEALLOCATE: a prepared write runs at EXECUTE, where
+        its parameters are only expressions of the EXECUTE: counted there (`sql_prepare`)."""
+        scs = self.info.standard_conforming_strings
+        prepared = self.registry.sql_prepared
+        if keyword == "EXECUTE":
+            name = sql_prepared_name(text, scs)
+            return prepared.get(name, ()) if name is not None else ()
+        if keyword == "DEALLOCATE":
+            name = sql_prepared_name(text, scs)
+            if name is None or name == "all":
+                prepared.clear()
+            else:
+                prepared.pop(name, None)
+            return ()
+        found = sql_prepare_body(text, scs)
+        if found is not None:
+            name, body = found
+            table, hits = self.examine(generation, tables, body)
+            inner = [(t, "sql_prepare" if t is not None else reason) for t, reason in hits]
+            if table is not None:
+                inner.insert(0, (table, "sql_prepare"))
+            if inner:
+                unique = {(t.oid if t is not None else None, r): (t, r) for t, r in inner}
+                prepared[name] = tuple(unique.values())
+            else:
+                prepared.pop(name, None)
+        return ()  # PREPARE itself writes nothing
+
+    def refusal(
+        self, tables: Any, hits: Sequence[Unverified], text: str
+    ) -> tuple[ProtectedTable, str] | None:
+        """The table whose rules refuse one of these unverified writes (`unverified:
+        reject`), and why; None when they may pass."""
+        for table, reason in hits:
+            if table is not None:
+                if table.unverified == "reject":
+                    return table, reason
+                continue
+            for strict in tables.by_oid.values():
+                if strict.unverified != "reject":
+                    continue
+                # server code may write any table; a statement the parser cannot read is
+                # refused only when it names the strict table
+                if reason == "server_code" or strict.name.lower() in text.lower():
+                    return strict, reason
+        return None
 
     def _hidden_writes(self, generation: Any, tables: Any, text: str) -> tuple[Unverified, ...]:
         """A WITH statement (or one whose head the lexer cannot read) may write protected
@@ -142,29 +226,49 @@ class WriteChecker:
     def plan(self, generation: Any, text: str, table: ProtectedTable) -> tuple[Any, tuple]:
         found = scan(text, self.info.standard_conforming_strings)
         template = found.template
+        if found.keyword == "MERGE":
+            # MERGE has no place for a guard; one that only inserts overwrites nothing
+            overwrites = _MERGE_OVERWRITES.search(template) is not None
+            return (Unplanned("merge") if overwrites else NOTHING_TO_CHECK), found.literals
         planner = plan_insert if found.keyword == "INSERT" else plan_write
         # plans depend on the table as this database has it: key by database too
         plan = self.service.cache.get(
             (generation.version, self.info.database, template), lambda: planner(template, table, 0)
         )
+        if isinstance(plan, Unplanned) and plan.reason == "no_key_pin":
+            if _KEY_ARRAY.search(template):
+                return Unplanned("key_array"), found.literals
         return plan, found.literals
 
     # ---------------------------------------------------------------- simple protocol
 
     def simple(self, generation: Any, tables: Any, guards: bool, stmt: str) -> StatementWork | None:
-        """The checked form of one statement of a simple Query, or None to run it as written."""
-        table = self.target(generation, tables, stmt)
+        """The checked form of one statement of a simple Query, or None to run it as written.
+        Each write of a protected table is counted once: checked, or unverified{reason}."""
+        table, hits = self.examine(generation, tables, stmt)
+        for hit in hits:
+            self.counts.unverified_hit(hit)
+        refused = self.refusal(tables, hits, stmt)
+        if refused is not None:
+            return refusal_work(refused[0], "refused", refused[1], "unverified")
         if table is None:
             return None
         if not guards:
-            self.counts.unverified(table, "guards_unavailable")
-            return None
+            return self._unchecked(table, "guards_unavailable")
         plan, literals = self.plan(generation, stmt, table)
-        if not isinstance(plan, (WritePlan, InsertPlan)):
-            self.counts.unverified(table, plan.reason)
+        if plan is NOTHING_TO_CHECK:
+            self.counts.checked(table)
             return None
+        if not isinstance(plan, (WritePlan, InsertPlan)):
+            return self._unchecked(table, plan.reason)
         scs = self.info.standard_conforming_strings
         if isinstance(plan, InsertPlan):
+            if plan.on_conflict == "update":
+                refusal = self._unchecked(table, "upsert")
+                if refusal is not None:
+                    return refusal
+            else:
+                self.counts.checked(table)  # a new row overwrites nothing
             sql = plan.render_simple(literals, scs)
             return insert_work(table, sql, plan)
         try:
@@ -173,9 +277,9 @@ class WriteChecker:
                 for row in plan.pinned_rows
             ]
         except Unchecked as exc:
-            self.counts.unverified(table, exc.reason)
-            return None
-        reads = self.knowledge.read_rows(table, keys, plan.checked_columns, self.counts)
+            return self._unchecked(table, exc.reason)
+        missing = RowReasons()
+        reads = self.knowledge.read_rows(table, keys, plan.checked_columns, missing)
         encoding = self.info.encoding
         texts: list[dict[str, str | None] | None] = []
         for row in reads:
@@ -184,11 +288,13 @@ class WriteChecker:
                     None if row is None else {c: v.as_text(encoding) for c, v in row.items()}
                 )
             except ValueError:  # a binary value with no known text form: that row unchecked
-                self.counts.unverified(table, "binary_read")
+                missing.unverified(table, "binary_read")
                 texts.append(None)
-        if table.unknown_original == "reject" and any(t is None for t in texts):
-            return refusal_work(table, plan.kind, "not_read")
-        if any(t is not None for t in texts):
+        if missing.reasons:
+            refusal = self._unchecked(table, missing.reasons[0], plan.kind)
+            if refusal is not None:
+                return refusal
+        else:
             self.counts.checked(table)
         # rows not read pass unchecked (counted), and stay unknown: a write is not a read
         sql = plan.render_simple(literals, texts, scs)
@@ -203,6 +309,15 @@ class WriteChecker:
             learned=plan.learned_columns,
         )
 
+    def _unchecked(
+        self, table: ProtectedTable, reason: str, kind: str = "update"
+    ) -> StatementWork | None:
+        """Count a write that cannot be (wholly) checked; the refusal in its place when the
+        table's rules will not let it through."""
+        self.counts.unverified(table, reason)
+        setting = refusing_setting(table, reason)
+        return None if setting is None else refusal_work(table, kind, reason, setting)
+
     def _literal_key(self, table: ProtectedTable, ref: Any, literals: Sequence[str]) -> Any:
         if ref.param is not None:
             raise Unchecked("no_key_pin")  # a $n in a simple query: not ours to guess
@@ -215,18 +330,58 @@ class WriteChecker:
 
     def prepared(self, generation: Any, tables: Any, parse: m.Parse) -> PreparedStatement:
         text = parse.query.decode(self.info.encoding, "surrogateescape")
-        target = None
+        target = creates = None
         unverified: list[Unverified] = []
         if tables is not None and tables.by_oid:
             table = self.target(generation, tables, text, unverified)
             if table is not None:
                 plan, literals = self.plan(generation, text, table)
-                if isinstance(plan, (WritePlan, InsertPlan)):
+                if plan is NOTHING_TO_CHECK:
+                    creates = table
+                elif isinstance(plan, (WritePlan, InsertPlan)):
                     target = WriteTarget(table, plan, literals)
                 else:
                     unverified.append((table, plan.reason))
-        # unverified writes are counted at each execution, like checked writes
-        return PreparedStatement(text, tuple(parse.param_types), target, tuple(unverified))
+        executes = None
+        head = _SQL_PREPARED.match(text)
+        if head is not None and head.group(1).upper() == "EXECUTE":
+            # what it runs is known at each Bind (a DEALLOCATE / PREPARE may come between)
+            executes = sql_prepared_name(text, self.info.standard_conforming_strings)
+            unverified = [hit for hit in unverified if hit[1] == "server_code"]
+        # writes are counted at each execution: checked or unverified{reason}
+        return PreparedStatement(
+            text,
+            tuple(parse.param_types),
+            target,
+            tuple(unverified),
+            creates=creates,
+            executes=executes,
+        )
+
+    def bind_unverified(
+        self, tables: Any, info: PreparedStatement, bind: m.Bind
+    ) -> CheckedBind | None:
+        """Count what an execution of the statement writes unchecked (and an INSERT-only
+        MERGE as checked); the refusal in its place when the rules will not let it pass."""
+        if info.creates is not None:
+            self.counts.checked(info.creates)
+        hits = info.unverified
+        if info.executes is not None:
+            hits += self.registry.sql_prepared.get(info.executes, ())
+        for hit in hits:
+            self.counts.unverified_hit(hit)
+        refused = self.refusal(tables, hits, info.text)
+        if refused is None:
+            return None
+        return self.refused_bind(bind, refused[0], refused[1], "unverified")
+
+    def unchecked_bind(
+        self, table: ProtectedTable, reason: str, bind: m.Bind
+    ) -> CheckedBind | None:
+        """Count a write bound unchecked; the refusal when the table's rules want one."""
+        self.counts.unverified(table, reason)
+        setting = refusing_setting(table, reason)
+        return None if setting is None else self.refused_bind(bind, table, reason, setting)
 
     def checked_bind(
         self, info: PreparedStatement, target: WriteTarget, bind: m.Bind
@@ -241,16 +396,25 @@ class WriteChecker:
         if isinstance(plan, InsertPlan):
             keys: list[RowKey] = []
             reads, mask = [], ("insert",)
+            if plan.on_conflict == "update":
+                refusal = self.unchecked_bind(table, "upsert", bind)
+                if refusal is not None:
+                    return refusal
+            else:
+                self.counts.checked(table)  # a new row overwrites nothing
         else:
             keys = [
                 tuple(self._param_key(table, ref, literals, bind) for ref in row)
                 for row in plan.pinned_rows
             ]
-            reads = self.knowledge.read_rows(table, keys, plan.checked_columns, self.counts)
+            missing = RowReasons()
+            reads = self.knowledge.read_rows(table, keys, plan.checked_columns, missing)
             mask = tuple(r is not None for r in reads)
-            if not all(mask) and table.unknown_original == "reject":
-                return self.refused_bind(bind, table, "not_read")
-            if any(mask):
+            if missing.reasons:
+                refusal = self.unchecked_bind(table, missing.reasons[0], bind)
+                if refusal is not None:
+                    return refusal
+            else:
                 self.counts.checked(table)
         rendered = info.rendered.get((n, mask))
         if rendered is None:
@@ -290,10 +454,17 @@ class WriteChecker:
         out = m.Bind(bind.portal, name, param_formats, params, result_formats)
         return CheckedBind(parse, out.encode(), work)
 
-    def refused_bind(self, bind: m.Bind, table: ProtectedTable, reason: str) -> CheckedBind:
+    def refused_bind(
+        self,
+        bind: m.Bind,
+        table: ProtectedTable,
+        reason: str,
+        setting: str = "unknown_original",
+    ) -> CheckedBind:
         """Bind the client's portal to the refusal statement: its Execute raises the refusal
         in the server's own error flow, as the simple protocol's does."""
-        name, parse = self._hidden_statement(conflicts.reject_sql(table, reason), ())
+        sql = conflicts.reject_sql(table, reason, setting)
+        name, parse = self._hidden_statement(sql, ())
         return CheckedBind(parse, m.Bind(bind.portal, name, [], [], []).encode(), None)
 
     def _hidden_statement(self, sql: str, types: tuple[int, ...]) -> tuple[bytes, bytes | None]:
@@ -317,9 +488,42 @@ class WriteChecker:
         return self._literal_key(table, ref, literals)
 
 
-def refusal_work(table: ProtectedTable, kind: str, reason: str) -> StatementWork:
+def refusal_work(
+    table: ProtectedTable, kind: str, reason: str, setting: str = "unknown_original"
+) -> StatementWork:
     """The simple protocol's refusal: the statement is replaced by one that raises why."""
-    return StatementWork(table, kind, conflicts.reject_sql(table, reason), (), True)
+    return StatementWork(table, kind, conflicts.reject_sql(table, reason, setting), (), True)
+
+
+def refusing_setting(table: ProtectedTable, reason: str) -> str | None:
+    """The rule setting that refuses an unverified write of `table` for `reason`, if any."""
+    if table.unverified == "reject":
+        return "unverified"
+    if table.unknown_original == "reject" and reason in _NOT_READ:
+        return "unknown_original"
+    return None
+
+
+class RowReasons:
+    """Collects why pinned rows cannot be checked, so that the statement is counted once."""
+
+    def __init__(self) -> None:
+        self.reasons: list[str] = []
+
+    def unverified(self, table: ProtectedTable, reason: str) -> None:
+        self.reasons.append(reason)
+
+
+class _NothingToCheck:
+    """A write that only creates rows (an INSERT-only MERGE): counted checked."""
+
+
+NOTHING_TO_CHECK = _NothingToCheck()
+_NOT_READ = frozenset({"not_read", "column_not_read", "binary_read"})
+_MERGE_OVERWRITES = re.compile(r"\bthen\s+(?:update|delete)\b", re.I)
+_KEY_ARRAY = re.compile(r"=\s*(?:any|some)\s*\(", re.I)
+# SQL-level prepared statements (the head of PREPARE / EXECUTE / DEALLOCATE)
+_SQL_PREPARED = re.compile(r"\s*(prepare|execute|deallocate)(?![\w$])", re.I)
 
 
 def insert_work(table: ProtectedTable, sql: str, plan: InsertPlan) -> StatementWork:

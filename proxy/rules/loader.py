@@ -432,6 +432,7 @@ def _build_rule(
         sparse_update=get("sparse_update", False),
         mode=get("mode", "enforce"),
         unknown_original=get("unknown_original", "allow"),
+        unverified=get("unverified", "allow"),
         scope=get("scope", "session"),
         notify=get("notify"),
         source_file=f.name,

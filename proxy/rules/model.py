@@ -65,6 +65,7 @@ class TableRule:
     sparse_update: bool = False
     mode: Mode = "enforce"
     unknown_original: Literal["allow", "reject"] = "allow"
+    unverified: Literal["allow", "reject"] = "allow"
     scope: Literal["session", "user"] = "session"
     notify: str | None = None
     source_file: str = "<memory>"
@@ -100,6 +101,7 @@ class TableRule:
             sparse_update=self.sparse_update,
             mode=self.mode,
             unknown_original=self.unknown_original,
+            unverified=self.unverified,
             scope=self.scope,
         )
         if self.notify is not None:

@@ -38,6 +38,8 @@ class ProtectedTable:
     sparse_update: bool = False
     mode: Mode = "enforce"
     unknown_original: Literal["allow", "reject"] = "allow"
+    # reject: refuse every write of the table that cannot be checked, whatever the reason
+    unverified: Literal["allow", "reject"] = "allow"
     scope: Literal["session", "user"] = "session"
     notify: str | None = None
 

@@ -152,6 +152,7 @@ def _resolve_one(
         sparse_update=rule.sparse_update,
         mode=rule.mode,
         unknown_original=rule.unknown_original,
+        unverified=rule.unverified,
         scope=rule.scope,
         notify=rule.notify,
     )

@@ -715,6 +715,7 @@ def table_entries(draw):
             ("sparse_update", [True, False]),
             ("mode", ["enforce", "audit", "off"]),
             ("unknown_original", ["allow", "reject"]),
+            ("unverified", ["allow", "reject"]),
             ("scope", ["session", "user"]),
             ("notify", ["chan", "Conflicts_2", "x$"]),
         ):
@@ -1117,6 +1118,7 @@ KEYS = st.one_of(
             "sparse_update",
             "mode",
             "unknown_original",
+            "unverified",
             "scope",
             "notify",
             "version",
