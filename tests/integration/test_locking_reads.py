@@ -77,9 +77,7 @@ def read_psycopg(mode, sql, params):
 PSYCOPG_READS = {
     "simple-literal": read_psycopg("simple", "SELECT balance FROM accounts WHERE id = 1", None),
     "extended-param": read_psycopg("extended", "SELECT balance FROM accounts WHERE id = %s", [1]),
-    "server-prepared": read_psycopg(
-        "prepared", "SELECT balance FROM accounts WHERE id = %s", [1]
-    ),
+    "server-prepared": read_psycopg("prepared", "SELECT balance FROM accounts WHERE id = %s", [1]),
     "extended-literal": read_psycopg(
         "extended", "SELECT balance FROM accounts WHERE id = 1 AND %s", [True]
     ),
@@ -184,8 +182,7 @@ NOT_CAPTURED = {
     " WHERE a.id = 1",
     "several-from-items": "SELECT a.balance FROM accounts a, generate_series(1, 2) g"
     " WHERE a.id = 1",
-    "set-returning-select-list": "SELECT balance, generate_series(1, 2) FROM accounts"
-    " WHERE id = 1",
+    "set-returning-select-list": "SELECT balance, generate_series(1, 2) FROM accounts WHERE id = 1",
     "union": "SELECT balance FROM accounts WHERE id = 1 UNION SELECT 0",
     "expression": "SELECT balance + 0 FROM accounts WHERE id = 1",
     "view-without-key": "SELECT amount FROM account_amounts WHERE owner = 'Sue'",
