@@ -41,6 +41,8 @@ class Portal:
     result_formats: tuple[int, ...] | list[int] = ()
     # the client's Bind, kept when it has parameters: a read may be pinned by one
     bind: Any = None
+    # the read of the row its statement pins, across the Executes of a suspended portal
+    pinned: Any = None
 
 
 class PreparedRegistry:

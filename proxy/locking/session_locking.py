@@ -212,11 +212,12 @@ class SessionLocking:
         capture = portal.capture
         if type(capture) is KeylessCapture:
             statement = portal.statement
-            capture = (
-                self._pinned(capture, statement.text, portal.bind, statement.param_types)
-                if statement is not None
-                else None
-            )
+            if portal.pinned is None and statement is not None:
+                # one per portal: a second row in a later Execute still counts as a second
+                portal.pinned = self._pinned(
+                    capture, statement.text, portal.bind, statement.param_types
+                )
+            capture = portal.pinned
         entry.capture = capture
         return capture
 
