@@ -59,10 +59,7 @@ class Bootstrap:
     def _run(self, generation: Any, tables: Any, want_guards: bool, sql: str, status: bytes) -> Job:
         result: InternalResult = yield InternalQuery(sql)
         if tables is None:
-            rows = [
-                [None if v is None else v.decode("utf-8", "replace") for v in row]
-                for row in result.rows
-            ]
+            rows = _text_rows(result)
             learned = (
                 generation.learn_catalog(self.database, rows)
                 if (rows or not result.failed)
@@ -70,6 +67,11 @@ class Bootstrap:
             )
             if learned is not None:
                 self.generation, self.tables = generation, learned
+                views_sql = learned.views_sql()
+                if views_sql is not None and not result.failed:
+                    views = yield InternalQuery(views_sql)
+                    if not views.failed:
+                        learned.learn_views(_text_rows(views))
         else:
             self.generation, self.tables = generation, tables
         if want_guards:
@@ -91,3 +93,9 @@ class Bootstrap:
 
     def temporary_objects_dropped(self) -> None:
         self.guards = False
+
+
+def _text_rows(result: InternalResult) -> list[list[str | None]]:
+    return [
+        [None if v is None else v.decode("utf-8", "replace") for v in row] for row in result.rows
+    ]

@@ -1,8 +1,9 @@
-"""Capturing reads from result rows, without parsing any SELECT.
+"""Capturing reads from result rows.
 
-A RowDescription names, for every plain column reference, the table OID and attribute number.
-When a result carries the whole key of a protected table, each DataRow yields that row's key and
-the values of the checked columns it also carries.
+A RowDescription names, for every plain column reference, the table (or view) OID and attribute
+number. When a result carries the whole key of a protected table, each DataRow yields that row's
+key and the values of the checked columns it also carries, with no SQL parsed. A result with
+checked columns but no key is a KeylessCapture: only its statement can say which row it is.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
+from proxy.catalog_views import SimpleView
 from proxy.rules.protected import ProtectedTable
 from proxy.values import ReadValue, normalize_key
 from proxy.wire.framing import ProtocolViolation
@@ -40,31 +42,63 @@ class CapturePlan:
         return CapturePlan(self.tables, formats)
 
 
+@dataclass(frozen=True, slots=True)
+class KeylessCapture:
+    """Checked columns of one protected table without its key (`SELECT balance FROM accounts
+    WHERE id = 1`): which row they are must come from the statement (proxy.locking.pinned)."""
+
+    table: ProtectedTable
+    source_oid: int  # the table, or the simple view the result names
+    columns: tuple[tuple[str, int, int], ...]
+    formats: tuple[int, ...]
+
+    def with_formats(self, result_formats: Sequence[int], width: int) -> KeylessCapture:
+        plan = CapturePlan((), self.formats).with_formats(result_formats, width)
+        return KeylessCapture(self.table, self.source_oid, self.columns, plan.formats)
+
+
 def plan_capture(
-    fields, protected: Mapping[int, ProtectedTable], attnames: Mapping[int, Mapping[int, str]]
-) -> CapturePlan | None:
-    """fields: RowDescription fields; protected: table oid -> table; attnames: oid -> attnum -> name."""
-    by_table: dict[int, dict[str, tuple[int, int]]] = {}
+    fields,
+    protected: Mapping[int, ProtectedTable],
+    attnames: Mapping[int, Mapping[int, str]],
+    views: Mapping[int, SimpleView] | None = None,
+) -> CapturePlan | KeylessCapture | None:
+    """fields: RowDescription fields; protected: table oid -> table; attnames: oid -> attnum ->
+    name; views: simple views over protected tables (a view's columns are its base table's)."""
+    # per relation the result names (a table or a view): base table oid, column -> (pos, type)
+    by_source: dict[int, tuple[int, dict[str, tuple[int, int]]]] = {}
     ambiguous: set[int] = set()
     for position, f in enumerate(fields):
         oid = f.table_oid
-        if oid == 0 or oid not in protected:
+        if oid == 0:
             continue
-        name = attnames.get(oid, {}).get(f.attnum)
-        if name is None:
+        if oid in protected:
+            base, name = oid, attnames.get(oid, {}).get(f.attnum)
+        elif views and oid in views:
+            view = views[oid]
+            base, name = view.base_oid, view.columns.get(f.attnum)
+        else:
             continue
-        cols = by_table.setdefault(oid, {})
+        if name is None or base not in protected:
+            continue
+        cols = by_source.setdefault(oid, (base, {}))[1]
         if name in cols:
-            ambiguous.add(oid)  # the same table twice (a self-join): which row is which?
+            ambiguous.add(base)  # the same table twice (a self-join): which row is which?
         cols[name] = (position, f.type_oid)
+    bases = [base for base, _ in by_source.values()]
+    ambiguous.update(b for b in bases if bases.count(b) > 1)  # a table and a view over it
     captures = []
-    for oid, cols in by_table.items():
+    keyless = []
+    for source, (oid, cols) in by_source.items():
         table = protected[oid]
-        if oid in ambiguous or not all(k in cols for k in table.key):
+        if oid in ambiguous:
             continue
         wanted = set(table.captured_columns) - set(table.key)
         columns = tuple((c, p, t) for c, (p, t) in cols.items() if c in wanted)
         if not columns:
+            continue
+        if not all(k in cols for k in table.key):
+            keyless.append(KeylessCapture(table, source, columns, ()))
             continue
         captures.append(
             TableCapture(
@@ -74,9 +108,14 @@ def plan_capture(
                 columns,
             )
         )
-    if not captures:
-        return None
-    return CapturePlan(tuple(captures), tuple(f.format for f in fields))
+    formats = tuple(f.format for f in fields)
+    if captures:
+        return CapturePlan(tuple(captures), formats)
+    if len(keyless) == 1 and len(by_source) == 1:
+        # one relation without its key: the statement may still pin which row it is
+        k = keyless[0]
+        return KeylessCapture(k.table, k.source_oid, k.columns, formats)
+    return None
 
 
 def capture_row(plan: CapturePlan, values: Sequence[bytes | None], encoding: str = "utf-8"):

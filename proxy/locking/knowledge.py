@@ -50,6 +50,15 @@ class Knowledge:
         for table, key, row in capture_row(plan, values, encoding):
             self.store_for(table).put((table.oid, key), row, txlog)
 
+    def capture_pinned(self, table: ProtectedTable, key: RowKey, row: dict[str, ReadValue]) -> None:
+        """A row read without its key, which its statement pinned (proxy.locking.pinned)."""
+        self.store_for(table).put((table.oid, key), row, self.txlog)
+        self._blind.discard((table.oid, key))
+
+    def forget_pinned(self, table: ProtectedTable, key: RowKey) -> None:
+        """Several rows answered one key pin: what was read of that key cannot be trusted."""
+        self.store_for(table).forget((table.oid, key), self.txlog)
+
     def read_rows(
         self,
         table: ProtectedTable,

@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from proxy.locking.capture import CapturePlan
+from proxy.locking.capture import CapturePlan, KeylessCapture
 from proxy.rules.protected import ProtectedTable
 from proxy.wire.messages import Field
 
@@ -41,8 +41,12 @@ class PreparedStatement:
 class Portal:
     statement: PreparedStatement | None
     work: Any = None  # StatementWork of a checked write
-    capture: CapturePlan | None = None
+    capture: CapturePlan | KeylessCapture | None = None
     result_formats: tuple[int, ...] | list[int] = ()
+    # the client's Bind, kept when it has parameters: a read may be pinned by one
+    bind: Any = None
+    # the read of the row its statement pins, across the Executes of a suspended portal
+    pinned: Any = None
 
 
 class PreparedRegistry:

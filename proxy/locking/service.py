@@ -11,6 +11,7 @@ import os
 from dataclasses import dataclass, field
 
 from proxy.catalog import Catalog, catalog_query
+from proxy.catalog_views import SimpleView, simple_views, views_query
 from proxy.config import ConfigError, Settings
 from proxy.locking.session_locking import SessionLocking
 from proxy.locking.snapshots import Budget, SnapshotStore
@@ -33,6 +34,17 @@ class DatabaseTables:
     by_name: dict[tuple[str, str], ProtectedTable]
     attnames: dict[int, dict[int, str]]
     capture_plans: dict[bytes, object] = field(default_factory=dict)
+    # simple views over the protected tables (view oid -> view), learned after the tables
+    views: dict[int, SimpleView] = field(default_factory=dict)
+    # (statement template, relation oid) -> the key pin of a read without its key, or None
+    read_pins: dict[tuple[str, int], object] = field(default_factory=dict)
+
+    def views_sql(self) -> str | None:
+        return views_query(self.by_oid) if self.by_oid else None
+
+    def learn_views(self, rows) -> None:
+        self.views = simple_views(rows, self.attnames)
+        self.capture_plans.clear()  # planned without the views
 
 
 @dataclass

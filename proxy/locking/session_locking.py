@@ -11,9 +11,10 @@ from __future__ import annotations
 from typing import Any
 
 from proxy.locking.bootstrap import Bootstrap
-from proxy.locking.capture import CapturePlan, plan_capture
+from proxy.locking.capture import CapturePlan, KeylessCapture, plan_capture
 from proxy.locking.counting import WriteCounts
 from proxy.locking.knowledge import Knowledge
+from proxy.locking.pinned import PinnedRead, pinned_read
 from proxy.locking.prepared import Portal, PreparedRegistry, PreparedStatement
 from proxy.locking.reporting import ConflictReporter
 from proxy.locking.snapshots import SnapshotStore
@@ -153,6 +154,8 @@ class SessionLocking:
             info,
             capture=self._statement_capture(info, bind.result_formats),
             result_formats=bind.result_formats,
+            # a read without its key may take the key from a parameter (proxy.locking.pinned)
+            bind=bind if bind.params else None,
         )
 
     def describe(self, kind: bytes, name: bytes, raw: bytes) -> Send:
@@ -178,13 +181,27 @@ class SessionLocking:
 
     # ---------------------------------------------------------------- capture plans
 
-    def _capture_plan(self, fields: Any) -> CapturePlan | None:
+    def _capture_plan(self, fields: Any) -> CapturePlan | KeylessCapture | None:
         tables = self.tables
-        return plan_capture(fields, tables.by_oid, tables.attnames)
+        return plan_capture(fields, tables.by_oid, tables.attnames, tables.views)
+
+    def _pinned(
+        self, capture: KeylessCapture, text: str, bind: Any = None, param_types: Any = ()
+    ) -> PinnedRead | None:
+        info = self.info
+        return pinned_read(
+            self.tables,
+            capture,
+            text,
+            info.standard_conforming_strings,
+            info.encoding,
+            bind,
+            param_types,
+        )
 
     def _statement_capture(
         self, info: PreparedStatement | None, result_formats: Any
-    ) -> CapturePlan | None:
+    ) -> CapturePlan | KeylessCapture | None:
         if info is None or info.fields is None or self.tables is None:
             return None
         plan = self._capture_plan(info.fields)
@@ -192,7 +209,7 @@ class SessionLocking:
             return None
         return plan.with_formats(result_formats, len(info.fields))
 
-    def _execute_capture(self, entry: ExecuteEntry) -> CapturePlan | None:
+    def _execute_capture(self, entry: ExecuteEntry) -> CapturePlan | PinnedRead | None:
         """What an Execute's rows carry, known once any Describe pipelined before it was
         answered: resolved at its first row."""
         portal = entry.portal
@@ -202,8 +219,17 @@ class SessionLocking:
             and portal.statement.fields is not None
         ):
             portal.capture = self._statement_capture(portal.statement, portal.result_formats)
-        entry.capture = portal.capture
-        return entry.capture
+        capture = portal.capture
+        if type(capture) is KeylessCapture:
+            statement = portal.statement
+            if portal.pinned is None and statement is not None:
+                # one per portal: a second row in a later Execute still counts as a second
+                portal.pinned = self._pinned(
+                    capture, statement.text, portal.bind, statement.param_types
+                )
+            capture = portal.pinned
+        entry.capture = capture
+        return capture
 
     # ---------------------------------------------------------------- server messages
 
@@ -229,6 +255,8 @@ class SessionLocking:
             plan = self._capture_plan(m.decode_row_description(body))
             if len(cache) < _CAPTURE_PLANS_MAX:
                 cache[key] = plan
+        if plan is not None and type(plan) is KeylessCapture:
+            plan = self._pinned(plan, entry.current_text())
         entry.capture = plan
         return None
 
@@ -267,7 +295,10 @@ class SessionLocking:
         if capture is UNRESOLVED:
             capture = self._execute_capture(entry)  # type: ignore[arg-type]
         if capture is not None:
-            self.knowledge.capture(capture, m.decode_data_row(body), self.info.encoding)
+            if type(capture) is PinnedRead:
+                capture.row(m.decode_data_row(body), self.knowledge)
+            else:
+                self.knowledge.capture(capture, m.decode_data_row(body), self.info.encoding)
         return None
 
     def command_complete(self, entry: Entry, tag: bytes) -> None:
