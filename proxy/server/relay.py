@@ -179,7 +179,7 @@ class Relay:
             self.console_bytes(data)
             return
         session = self.session
-        if self.proxy.paused and (self.paused_input or session.between_transactions()):
+        if self.proxy.paused and (self.paused_input or session.awaiting_transaction()):
             # PAUSE: a new transaction waits; one already open goes on to its end
             self.paused_input.append(data)
             self.client.pause_reading()
