@@ -41,6 +41,16 @@ class ProxyApp:
             limits=settings,
         )
         self.metrics_server = None
+        if settings.admin_users:
+            from proxy.admin.gate import AdminGate
+            from proxy.admin.operations import ProxyOperations
+
+            self.server.admin = AdminGate(
+                settings.admin_database,
+                settings.admin_auth_database,
+                frozenset(settings.admin_users),
+                ProxyOperations(self),
+            )
 
     def reload(self, reason: str) -> None:
         """SIGHUP: rules and TLS certificates, each kept as it was if its new version is bad."""

@@ -103,6 +103,23 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="FILE",
         help="CA certificate for --upstream-tls verify-ca/verify-full",
     )
+    admin = serve.add_argument_group("admin console (psql ... optimist; see README)")
+    admin.add_argument(
+        "--admin-users",
+        metavar="ROLES",
+        action="append",
+        help="roles that may use the console, comma-separated (default none: disabled)",
+    )
+    admin.add_argument(
+        "--admin-database",
+        metavar="NAME",
+        help="the console's virtual database name (default optimist)",
+    )
+    admin.add_argument(
+        "--admin-auth-database",
+        metavar="NAME",
+        help="real database PostgreSQL authenticates console users against (default postgres)",
+    )
     limits = serve.add_argument_group("limits (0 turns a timeout off)")
     limits.add_argument(
         "--max-client-connections",
@@ -182,6 +199,24 @@ def build_parser() -> argparse.ArgumentParser:
         "them)",
     )
     explain.add_argument("sql", help="one SQL statement, quoted")
+
+    for name, what in (
+        ("status", "show a running proxy's rules, sessions and write counts (its console)"),
+        ("reload", "make a running proxy reload its rule files (its console's RELOAD)"),
+    ):
+        console = sub.add_parser(name, help=what, description=what)
+        console.add_argument(
+            "--config", metavar="FILE", help="the TOML file the proxy runs with (listen, admin_*)"
+        )
+        console.add_argument(
+            "--listen", metavar="HOST:PORT", help="where the proxy listens (default 127.0.0.1:6432)"
+        )
+        console.add_argument(
+            "--user", metavar="ROLE", help="admin role to connect as (default: first admin_users)"
+        )
+        console.add_argument(
+            "--dsn", metavar="URL", help="or a full connection string to the console"
+        )
     return parser
 
 
@@ -213,6 +248,18 @@ def main(argv: list[str] | None = None) -> int:
         code, lines = check(settings.rules, settings.upstream)
         for line in lines:
             print(line)
+        return code
+    if args.command in ("status", "reload"):
+        from proxy.admin import client
+
+        try:
+            target = client.console_target(settings, args.user, args.dsn)
+        except ConfigError as exc:
+            print(f"optimist: {exc}", file=sys.stderr)
+            return 2
+        code, lines = getattr(client, args.command)(target)
+        for line in lines:
+            print(line, file=sys.stderr if code else sys.stdout)
         return code
     if args.command == "explain":
         from proxy.explain import explain

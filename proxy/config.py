@@ -103,6 +103,11 @@ class Settings:
     auth_timeout: float = 60.0
     idle_timeout: float = 0.0
     query_timeout: float = 0.0
+    # the admin console: roles that may connect to `admin_database` (empty: disabled);
+    # PostgreSQL authenticates them against `admin_auth_database`
+    admin_users: list[str] = field(default_factory=list)
+    admin_database: str = "optimist"
+    admin_auth_database: str = "postgres"
 
     @property
     def listen_endpoint(self) -> Endpoint:
@@ -113,15 +118,19 @@ class Settings:
         return parse_hostport(self.upstream, 5432) if self.upstream else None
 
 
-_LIST_FIELDS = {"rules"}
+_LIST_FIELDS = {"rules", "admin_users"}
+# how a list is written in one string (environment, command line)
+_LIST_SEPARATORS = {"rules": os.pathsep, "admin_users": ","}
 
 
 def _coerce(name: str, raw):
     kind = {f.name: f.type for f in fields(Settings)}[name]
     if name in _LIST_FIELDS:
         if isinstance(raw, str):
-            return [p for p in raw.split(os.pathsep) if p]
-        return [str(p) for p in raw]
+            raw = raw.split(_LIST_SEPARATORS[name])
+        elif name == "admin_users":  # --admin-users a,b --admin-users c
+            raw = [part for item in raw for part in str(item).split(",")]
+        return [str(p).strip() for p in raw if str(p).strip()]
     try:
         if "float" in str(kind):
             return float(raw)

@@ -5,6 +5,9 @@ log and the metrics."""
 from __future__ import annotations
 
 import logging
+import time
+from collections import deque
+from dataclasses import dataclass
 from typing import Any
 
 from proxy import conflicts
@@ -15,11 +18,31 @@ from proxy.wire import messages as m
 conflict_log = logging.getLogger("optimist.conflicts")
 
 
+@dataclass(frozen=True, slots=True)
+class RecentConflict:
+    """One reported conflict, kept for the admin console's SHOW CONFLICTS."""
+
+    at: float  # time.time()
+    conflict: conflicts.Conflict
+    user: str
+    database: str
+    application_name: str
+    client: str
+
+
 class ConflictReporter:
-    def __init__(self, info: SessionInfo, knowledge: Knowledge, metrics: Any) -> None:
+    def __init__(
+        self,
+        info: SessionInfo,
+        knowledge: Knowledge,
+        metrics: Any,
+        recent: deque[RecentConflict] | None = None,
+    ) -> None:
         self.info = info
         self.knowledge = knowledge
         self.metrics = metrics
+        # the process's ring buffer of recent conflicts (LockingService.recent_conflicts)
+        self.recent = recent
 
     def error(self, fields: dict[str, str], tables: Any) -> bytes | None:
         """The client's version of an ErrorResponse, or None to relay it unchanged."""
@@ -43,6 +66,17 @@ class ConflictReporter:
         if self.metrics is not None:
             self.metrics.conflict(conflict.table, conflict.kind, audit=conflict.audit)
         info = self.info
+        if self.recent is not None:
+            self.recent.append(
+                RecentConflict(
+                    time.time(),
+                    conflict,
+                    info.user,
+                    info.database,
+                    info.application_name,
+                    info.peer,
+                )
+            )
         conflict_log.warning(
             "%s conflict on %s",
             "would-be" if conflict.audit else "refused",

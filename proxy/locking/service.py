@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections import deque
 from dataclasses import dataclass, field
 
 from proxy.catalog import Catalog, catalog_query
@@ -25,6 +26,8 @@ from proxy.session.info import SessionInfo
 
 log = logging.getLogger("optimist.rules")
 
+RECENT_CONFLICTS = 100
+
 
 @dataclass
 class DatabaseTables:
@@ -38,6 +41,9 @@ class DatabaseTables:
     views: dict[int, SimpleView] = field(default_factory=dict)
     # (statement template, relation oid) -> the key pin of a read without its key, or None
     read_pins: dict[tuple[str, int], object] = field(default_factory=dict)
+
+    # what resolving the rules against this database found (SHOW RULES says why)
+    problems: list = field(default_factory=list)
 
     def views_sql(self) -> str | None:
         return views_query(self.by_oid) if self.by_oid else None
@@ -73,6 +79,7 @@ class Generation:
                 oid: {c.attnum: c.name for c in catalog.tables_by_oid[oid].columns.values()}
                 for oid in protected
             },
+            problems=problems,
         )
         self.databases[database] = tables
         return tables
@@ -101,6 +108,10 @@ class LockingService:
         self.budget = Budget(settings.snapshot_rows_total)
         self.prepared_transactions = PreparedTransactions()
         self.role_stores: dict[tuple[str, str], SnapshotStore] = {}
+        # the most recent conflicts of every session, for the admin console
+        self.recent_conflicts: deque = deque(maxlen=RECENT_CONFLICTS)
+        # why the last reload was refused (None: it was not)
+        self.last_reload_error: str | None = None
         self._mtimes = self._source_mtimes()
         if metrics is not None:
             metrics.rules_loaded(ruleset, ok=True)
@@ -138,6 +149,7 @@ class LockingService:
         try:
             ruleset = load_rules(self.settings.rules)
         except RuleError as exc:
+            self.last_reload_error = "\n".join(map(str, exc.problems))
             log.error(
                 "rules reload (%s) refused, keeping version %s:\n%s",
                 reason,
@@ -147,13 +159,15 @@ class LockingService:
             if self.metrics is not None:
                 self.metrics.rules_loaded(None, ok=False)
             return False
-        except Exception:  # never let a reload take the proxy down
+        except Exception as exc:  # never let a reload take the proxy down
+            self.last_reload_error = f"internal error: {exc}"
             log.exception(
                 "rules reload (%s) failed, keeping version %s", reason, self.generation.version
             )
             if self.metrics is not None:
                 self.metrics.rules_loaded(None, ok=False)
             return False
+        self.last_reload_error = None
         if ruleset.version == self.generation.version:
             log.info("rules reload (%s): unchanged (version %s)", reason, ruleset.version)
         else:

@@ -52,7 +52,9 @@ class SessionLocking:
         self.bootstrap = Bootstrap(service, info.database, info.user, self.knowledge.txlog)
         self.transactions = Transactions(self.knowledge, service.prepared_transactions)
         self.writes = WriteChecker(service, info, self.knowledge, self.registry, self.counts)
-        self.reporter = ConflictReporter(info, self.knowledge, service.metrics)
+        self.reporter = ConflictReporter(
+            info, self.knowledge, service.metrics, service.recent_conflicts
+        )
         # inside an extended-protocol batch (up to Sync): the catalog is not refreshed there
         self._in_batch = False
 

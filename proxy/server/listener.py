@@ -48,6 +48,11 @@ class ProxyServer:
         self.tasks: set[asyncio.Task] = set()
         self.upstream_reachable = True
         self.stopping = asyncio.Event()
+        # the admin console (proxy.admin.gate.AdminGate), None when disabled
+        self.admin = None
+        # PAUSE: relays holding a client's next transaction until RESUME
+        self.paused = False
+        self.paused_relays: set[Relay] = set()
 
     def load_tls(self) -> bool:
         """(Re)load certificates; on failure the contexts in force stay (SIGHUP reloads)."""
@@ -81,6 +86,7 @@ class ProxyServer:
             self.metrics.client_connected()
 
     def relay_closed(self, relay: Relay) -> None:
+        self.paused_relays.discard(relay)
         if relay in self.relays:
             self.relays.discard(relay)
             if self.metrics:
@@ -103,6 +109,21 @@ class ProxyServer:
     def observe_latency(self, seconds: float) -> None:
         if self.metrics:
             self.metrics.query_duration.observe(seconds)
+
+    # ---------------------------------------------------------------- PAUSE / RESUME
+
+    def pause(self) -> None:
+        if not self.paused:
+            log.info("paused: new transactions wait until RESUME")
+        self.paused = True
+
+    def resume(self) -> None:
+        if self.paused:
+            log.info("resumed: %d held session(s) go on", len(self.paused_relays))
+        self.paused = False
+        waiting, self.paused_relays = self.paused_relays, set()
+        for relay in waiting:
+            relay.release_paused()
 
     # ---------------------------------------------------------------- cancel
 

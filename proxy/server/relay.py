@@ -55,6 +55,11 @@ class Relay:
         self.last_activity = self.opened_at
         self.cancel_sent = False
         self.client_protocol: asyncio.Protocol | None = None
+        # the admin console: authenticating through PostgreSQL, then served by the proxy
+        self.console_pending = False
+        self.console = None
+        # client bytes held while the proxy is paused (PAUSE .. RESUME)
+        self.paused_input: list[bytes] = []
 
     # ---------------------------------------------------------------- startup phase
 
@@ -107,12 +112,25 @@ class Relay:
         self.handshake.tls_started()
 
     def begin(self, startup: StartupPacket, rest: bytes) -> None:
+        admin = self.proxy.admin
+        if admin is not None and admin.wants(startup):
+            refusal = admin.refusal(startup)
+            if refusal is not None:
+                self.carry_out(refusal)
+                return
+            # PostgreSQL authenticates console users; the session relays just that
+            startup = admin.auth_startup(startup)
+            self.console_pending = True
         self.session = Session(
             startup,
-            locking_for=self.proxy.locking_for,
+            locking_for=None if self.console_pending else self.proxy.locking_for,
             max_message=self.proxy.limits.max_message_size,
             peer=self.peer,
-            count_statement=self.proxy.metrics.statement if self.proxy.metrics else None,
+            count_statement=(
+                self.proxy.metrics.statement
+                if self.proxy.metrics and not self.console_pending
+                else None
+            ),
         )
         self.client.pause_reading()
         self.proxy.spawn(self.connect(startup, rest))
@@ -157,7 +175,16 @@ class Relay:
 
     def from_client(self, data: bytes) -> None:
         self.last_activity = time.monotonic()
+        if self.console is not None:
+            self.console_bytes(data)
+            return
         session = self.session
+        if self.proxy.paused and (self.paused_input or session.awaiting_transaction()):
+            # PAUSE: a new transaction waits; one already open goes on to its end
+            self.paused_input.append(data)
+            self.client.pause_reading()
+            self.proxy.paused_relays.add(self)
+            return
         was_idle = not session.busy
         try:
             session.client_data(data)
@@ -192,6 +219,43 @@ class Relay:
             self.proxy.observe_latency(time.perf_counter() - self.busy_since)
             self.busy_since = 0.0
         self.flush()
+        if self.console_pending and session.authenticated:
+            self.start_console()
+
+    # ---------------------------------------------------------------- admin console
+
+    def start_console(self) -> None:
+        """PostgreSQL has authenticated the console user (its AuthenticationOk,
+        ParameterStatus, BackendKeyData and ReadyForQuery went to the client): let that
+        server connection go and answer from the proxy."""
+        from proxy.admin import Console
+
+        self.console_pending = False
+        self.console = Console(self.proxy.admin.ops, self.session.info.encoding)
+        if self.server is not None and not self.server.is_closing():
+            self.server.write(m.TERMINATE)
+            self.server.close()
+        log.info("admin console opened by %s from %s", self.session.info.user, self.peer)
+
+    def console_bytes(self, data: bytes) -> None:
+        try:
+            out = self.console.feed(data)
+        except ProtocolViolation as exc:
+            self.fail(f"invalid frontend message: {exc}", sqlstate="08P01")
+            return
+        if out and self.client is not None:
+            self.client.writelines(out)
+        if self.console.closing:
+            self.close()
+
+    def release_paused(self) -> None:
+        """RESUME: what the client sent meanwhile goes on as if it had just arrived."""
+        held, self.paused_input = self.paused_input, []
+        if self.closed or self.client is None:
+            return
+        self.client.resume_reading()
+        if held:
+            self.from_client(b"".join(held))
 
     def flush(self) -> None:
         to_server, to_client = self.session.take_output()
@@ -247,7 +311,7 @@ class Relay:
     def server_lost(self, exc: Exception | None, during_handshake: bool = False) -> None:
         self.server = None
         self.proxy.server_disconnected()
-        if self.closed or during_handshake:
+        if self.closed or during_handshake or self.console is not None:
             return  # the handshake's own failure tells the client why
         if self.session is not None and self.session.server_fatal:
             self.close()  # the server already told the client why (e.g. 57P01 on shutdown)

@@ -141,6 +141,17 @@ class Session:
         """The queue, for tests and diagnostics."""
         return tuple(self._inflight)
 
+    def awaiting_transaction(self) -> bool:
+        """Outside a transaction with nothing of the client's in flight: its next bytes
+        start a new transaction (PAUSE holds them). The proxy's own bootstrap queries may
+        still run: the client has its ReadyForQuery already."""
+        return (
+            self.authenticated
+            and self.info.status == b"I"
+            and not self._client_reader.pending_bytes()
+            and (not self._inflight or (self._job is not None and not self._held))
+        )
+
     def buffered_client_bytes(self) -> int:
         return self._client_reader.pending_bytes()
 
