@@ -7,12 +7,13 @@ the values of the checked columns it also carries.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Hashable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
 from proxy.rules.protected import ProtectedTable
 from proxy.values import ReadValue, normalize_key
 from proxy.wire.framing import ProtocolViolation
+from proxy.wire.messages import Field
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,7 +42,9 @@ class CapturePlan:
 
 
 def plan_capture(
-    fields, protected: Mapping[int, ProtectedTable], attnames: Mapping[int, Mapping[int, str]]
+    fields: Sequence[Field],
+    protected: Mapping[int, ProtectedTable],
+    attnames: Mapping[int, Mapping[int, str]],
 ) -> CapturePlan | None:
     """fields: RowDescription fields; protected: table oid -> table; attnames: oid -> attnum -> name."""
     by_table: dict[int, dict[str, tuple[int, int]]] = {}
@@ -79,7 +82,9 @@ def plan_capture(
     return CapturePlan(tuple(captures), tuple(f.format for f in fields))
 
 
-def capture_row(plan: CapturePlan, values: Sequence[bytes | None], encoding: str = "utf-8"):
+def capture_row(
+    plan: CapturePlan, values: Sequence[bytes | None], encoding: str = "utf-8"
+) -> Iterator[tuple[ProtectedTable, tuple[Hashable, ...], dict[str, ReadValue]]]:
     """Yield (table, key, {column: ReadValue}) for each protected table in the row."""
     formats = plan.formats
     if len(values) != len(formats):

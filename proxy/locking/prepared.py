@@ -30,7 +30,7 @@ class PreparedStatement:
     # RowDescription fields from a Describe of the statement
     fields: tuple[Field, ...] | None = None
     # (n_params, mask) -> RenderedSql of the checked form
-    rendered: dict[tuple, Any] = field(default_factory=dict)
+    rendered: dict[tuple[int, tuple[object, ...]], Any] = field(default_factory=dict)
 
 
 @dataclass(slots=True)
@@ -48,7 +48,7 @@ class PreparedRegistry:
         self.statements: dict[bytes, PreparedStatement] = {}
         self.portals: dict[bytes, Portal] = {}
         # (sql, parameter types) -> name of the proxy's own prepared statement
-        self._hidden: dict[tuple, bytes] = {}
+        self._hidden: dict[tuple[str, tuple[int, ...]], bytes] = {}
         self._counter = 0
 
     def parsed(self, name: bytes, statement: PreparedStatement) -> None:
@@ -69,7 +69,7 @@ class PreparedRegistry:
     def described(self, kind: bytes, name: bytes) -> PreparedStatement | Portal | None:
         return (self.statements if kind == b"S" else self.portals).get(name)
 
-    def hidden_name(self, key: tuple) -> tuple[bytes, bool]:
+    def hidden_name(self, key: tuple[str, tuple[int, ...]]) -> tuple[bytes, bool]:
         """The name of the proxy's statement for `key`, and whether it must be prepared now."""
         name = self._hidden.get(key)
         if name is not None:

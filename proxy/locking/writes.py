@@ -7,7 +7,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from proxy import conflicts
 from proxy.locking.counting import Unverified, WriteCounts
@@ -20,6 +20,9 @@ from proxy.rules.protected import ProtectedTable
 from proxy.session.info import SessionInfo
 from proxy.values import ReadValue, normalize_key, normalize_text_key
 from proxy.wire import messages as m
+
+if TYPE_CHECKING:
+    from proxy.locking.service import DatabaseTables, Generation, LockingService
 
 log = logging.getLogger("optimist.locking")
 
@@ -71,7 +74,7 @@ class CheckedBind:
 class WriteChecker:
     def __init__(
         self,
-        service: Any,
+        service: LockingService,
         info: SessionInfo,
         knowledge: Knowledge,
         registry: PreparedRegistry,
@@ -86,7 +89,11 @@ class WriteChecker:
     # ---------------------------------------------------------------- which table, which plan
 
     def target(
-        self, generation: Any, tables: Any, text: str, unverified: list[Unverified] | None = None
+        self,
+        generation: Generation,
+        tables: DatabaseTables,
+        text: str,
+        unverified: list[Unverified] | None = None,
     ) -> ProtectedTable | None:
         """The protected table a write targets, or None. Writes that can never be checked
         are counted now, or, given `unverified`, listed there to be counted per execution."""
@@ -103,7 +110,9 @@ class WriteChecker:
         schema, name = target
         return generation.table_for(tables, schema, name)
 
-    def _hidden_writes(self, generation: Any, tables: Any, text: str) -> tuple[Unverified, ...]:
+    def _hidden_writes(
+        self, generation: Generation, tables: DatabaseTables, text: str
+    ) -> tuple[Unverified, ...]:
         """A WITH statement (or one whose head the lexer cannot read) may write protected
         tables where no guard can go: let it through, but never silently."""
         template = scan(text, self.info.standard_conforming_strings).template
@@ -124,7 +133,9 @@ class WriteChecker:
             ("written", generation.version, self.info.database, template), protected_written
         )
 
-    def plan(self, generation: Any, text: str, table: ProtectedTable) -> tuple[Any, tuple]:
+    def plan(
+        self, generation: Generation, text: str, table: ProtectedTable
+    ) -> tuple[Any, tuple[str, ...]]:
         found = scan(text, self.info.standard_conforming_strings)
         template = found.template
         planner = plan_insert if found.keyword == "INSERT" else plan_write
@@ -136,7 +147,9 @@ class WriteChecker:
 
     # ---------------------------------------------------------------- simple protocol
 
-    def simple(self, generation: Any, tables: Any, guards: bool, stmt: str) -> StatementWork | None:
+    def simple(
+        self, generation: Generation, tables: DatabaseTables, guards: bool, stmt: str
+    ) -> StatementWork | None:
         """The checked form of one statement of a simple Query, or None to run it as written."""
         table = self.target(generation, tables, stmt)
         if table is None:
@@ -192,7 +205,9 @@ class WriteChecker:
 
     # ---------------------------------------------------------------- extended protocol
 
-    def prepared(self, generation: Any, tables: Any, parse: m.Parse) -> PreparedStatement:
+    def prepared(
+        self, generation: Generation, tables: DatabaseTables, parse: m.Parse
+    ) -> PreparedStatement:
         text = parse.query.decode(self.info.encoding, "surrogateescape")
         target = None
         unverified: list[Unverified] = []
@@ -217,6 +232,7 @@ class WriteChecker:
         n = len(bind.params)
         scs = self.info.standard_conforming_strings
         reads: list[dict[str, ReadValue] | None]
+        mask: tuple[str] | tuple[bool, ...]  # ("insert",), or which pinned rows were read
         if isinstance(plan, InsertPlan):
             keys: list[RowKey] = []
             reads, mask = [], ("insert",)
