@@ -34,7 +34,7 @@ class ProxyApp:
             self.locking = LockingService.from_settings(settings, self.metrics)
         self.server = ProxyServer(
             self.listen,
-            self.upstream,
+            self.upstream,  # type: ignore[arg-type]  # serve set one (embedded or given) first
             locking_for=self.locking.locking_for if self.locking else None,
             drain_timeout=settings.drain_timeout,
             metrics=self.metrics,

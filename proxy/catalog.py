@@ -188,13 +188,13 @@ class Catalog:
             names[toid] = (schema or "", table or "")
             col = CatalogColumn(
                 name=column or "",
-                attnum=int(attnum),
+                attnum=int(attnum),  # type: ignore[arg-type]
                 type_oid=int(type_oid),  # type: ignore[arg-type]
                 type_name=type_name or "",
                 comparable=_bool(comparable),
                 not_null=_bool(not_null),
-                base_type_oid=int(base_type_oid) if base_type_oid else int(type_oid),
-            )  # type: ignore[arg-type]
+                base_type_oid=int(base_type_oid) if base_type_oid else int(type_oid),  # type: ignore[arg-type]
+            )
             columns.setdefault(toid, []).append(col)
             if _bool(in_pk):
                 keys.setdefault(toid, []).append(col.name)

@@ -65,7 +65,7 @@ def parse_hostport(value: str, default_port: int) -> Endpoint:
         return Endpoint(host, port)
     if value.startswith("/"):
         return Endpoint(value, default_port, unix_socket=value)
-    host, sep, port = value.rpartition(":")
+    host, sep, port = value.rpartition(":")  # type: ignore[assignment]  # text: the URL branch returned
     if not sep:
         return Endpoint(value, default_port)
     host = host.strip("[]") or "127.0.0.1"

@@ -34,7 +34,7 @@ REASONS = {
 }
 
 
-async def _protected_tables(ruleset, dsn: str | None):
+async def _protected_tables(ruleset, dsn: str):
     from proxy.catalog_fetch import fetch_catalog
     from proxy.rules.resolve import wanted_tables
 

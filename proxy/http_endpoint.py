@@ -17,7 +17,7 @@ class MetricsServer:
         self.registry = registry
         self.ready_check = ready_check
         self.before_scrape = before_scrape
-        self.server = None
+        self.server: asyncio.Server | None = None
 
     async def start(self, host: str, port: int) -> None:
         self.server = await asyncio.start_server(self._handle, host, port)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import struct
 import uuid
+from collections.abc import Hashable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import Decimal, InvalidOperation
@@ -102,7 +103,7 @@ def _numeric_from_binary(data: bytes) -> str:
     return f"{value:.{dscale}f}"
 
 
-def normalize_key(type_oid: int, fmt: int, data: bytes | None, encoding: str = "utf-8"):
+def normalize_key(type_oid: int, fmt: int, data: bytes | None, encoding: str = "utf-8") -> Hashable:
     """A hashable value equal for every spelling of the same key value."""
     if data is None:
         return None
@@ -112,7 +113,7 @@ def normalize_key(type_oid: int, fmt: int, data: bytes | None, encoding: str = "
             # a binary parameter may be sent wider or narrower than the column: go by length
             size = len(data)
             if size in (2, 4, 8):
-                return struct.unpack({2: "!h", 4: "!i", 8: "!q"}[size], data)[0]
+                return struct.unpack({2: "!h", 4: "!i", 8: "!q"}[size], data)[0]  # type: ignore[no-any-return]  # an int
             return ("bin", type_oid, data)
         if type_oid in TEXT_TYPES:
             return data.decode(encoding, "surrogateescape")
@@ -125,7 +126,7 @@ def normalize_key(type_oid: int, fmt: int, data: bytes | None, encoding: str = "
     return normalize_text_key(type_oid, data.decode(encoding, "surrogateescape"))
 
 
-def normalize_text_key(type_oid: int, text: str):
+def normalize_text_key(type_oid: int, text: str) -> Hashable:
     if type_oid in INT_TYPES:
         try:
             return int(text.strip())

@@ -372,7 +372,7 @@ class EmbeddedPostgres:
         # under the lock: a process leaving at this moment must see our lease (or we its stop)
         with self._leases.locked():
             if self._adopt_or_launch():
-                self._leases.mark_started(self.pid)
+                self._leases.mark_started(self.pid)  # type: ignore[arg-type]  # launched or adopted: running
             self._leases.take()
             self._leased = True
         return self
@@ -403,7 +403,7 @@ class EmbeddedPostgres:
         if self.die_with_parent and sys.platform.startswith("linux"):
             kwargs["preexec_fn"] = lambda: _set_pdeathsig(signal.SIGQUIT)
         try:
-            self._proc = subprocess.Popen(
+            self._proc = subprocess.Popen(  # type: ignore[assignment]  # bytes: no text= in kwargs
                 [self._bin("postgres"), "-D", str(self._data_dir)],
                 stdin=subprocess.DEVNULL,
                 stdout=logfile,
@@ -417,8 +417,8 @@ class EmbeddedPostgres:
             logfile.close()
         deadline = time.monotonic() + self.startup_timeout
         while True:
-            if self._proc.poll() is not None:
-                code = self._proc.returncode
+            if self._proc.poll() is not None:  # type: ignore[union-attr]  # just started
+                code = self._proc.returncode  # type: ignore[union-attr]
                 self._proc = None
                 raise EmbeddedPostgresError(
                     f"postgres exited with code {code} while starting on port {self._port} "

@@ -8,7 +8,7 @@ checked columns but no key is a KeylessCapture: only its statement can say which
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Hashable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
 from proxy.catalog_views import SimpleView
@@ -118,7 +118,9 @@ def plan_capture(
     return None
 
 
-def capture_row(plan: CapturePlan, values: Sequence[bytes | None], encoding: str = "utf-8"):
+def capture_row(
+    plan: CapturePlan, values: Sequence[bytes | None], encoding: str = "utf-8"
+) -> Iterator[tuple[ProtectedTable, tuple[Hashable, ...], dict[str, ReadValue]]]:
     """Yield (table, key, {column: ReadValue}) for each protected table in the row."""
     formats = plan.formats
     if len(values) != len(formats):

@@ -13,7 +13,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from proxy.locking.capture import CapturePlan, capture_row
@@ -26,7 +26,7 @@ RowKey = tuple[Any, ...]
 
 
 class Knowledge:
-    def __init__(self, store: SnapshotStore, role_store: Any) -> None:
+    def __init__(self, store: SnapshotStore, role_store: Callable[[], SnapshotStore]) -> None:
         self.store = store
         # () -> the store shared by every session of this role (scope: user)
         self._role_store = role_store

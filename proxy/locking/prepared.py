@@ -56,7 +56,7 @@ class PreparedRegistry:
         self.statements: dict[bytes, PreparedStatement] = {}
         self.portals: dict[bytes, Portal] = {}
         # (sql, parameter types) -> name of the proxy's own prepared statement
-        self._hidden: dict[tuple, bytes] = {}
+        self._hidden: dict[tuple[str, tuple[int, ...]], bytes] = {}
         self._counter = 0
         # SQL-level PREPARE name -> the unverified writes each EXECUTE name makes
         self.sql_prepared: dict[str, tuple[tuple[ProtectedTable | None, str], ...]] = {}
@@ -79,7 +79,7 @@ class PreparedRegistry:
     def described(self, kind: bytes, name: bytes) -> PreparedStatement | Portal | None:
         return (self.statements if kind == b"S" else self.portals).get(name)
 
-    def hidden_name(self, key: tuple) -> tuple[bytes, bool]:
+    def hidden_name(self, key: tuple[str, tuple[int, ...]]) -> tuple[bytes, bool]:
         """The name of the proxy's statement for `key`, and whether it must be prepared now."""
         name = self._hidden.get(key)
         if name is not None:

@@ -10,6 +10,7 @@ import logging
 import os
 from collections import deque
 from dataclasses import dataclass, field
+from typing import Any
 
 from proxy.catalog import Catalog, catalog_query
 from proxy.catalog_views import SimpleView, simple_views, views_query
@@ -67,7 +68,7 @@ class Generation:
     def setup_sql(self) -> str:
         return catalog_query(wanted_tables(self.ruleset))
 
-    def learn_catalog(self, database: str, rows) -> DatabaseTables:
+    def learn_catalog(self, database: str, rows: Iterable[Sequence[str | None]]) -> DatabaseTables:
         catalog = Catalog.from_rows(rows)
         protected, problems = resolve(self.ruleset, catalog)
         for problem in problems:
@@ -84,7 +85,9 @@ class Generation:
         self.databases[database] = tables
         return tables
 
-    def table_for(self, tables: DatabaseTables, schema: str | None, name: str):
+    def table_for(
+        self, tables: DatabaseTables, schema: str | None, name: str
+    ) -> ProtectedTable | None:
         rule = self.ruleset.lookup(schema, name)
         if rule is None:
             return None
@@ -100,7 +103,7 @@ class Generation:
 class LockingService:
     """Shared by every session of one proxy process; sessions hold a SessionLocking each."""
 
-    def __init__(self, settings: Settings, ruleset: RuleSet, metrics=None) -> None:
+    def __init__(self, settings: Settings, ruleset: RuleSet, metrics: Any = None) -> None:
         self.settings = settings
         self.generation = Generation(ruleset)
         self.metrics = metrics
@@ -117,7 +120,7 @@ class LockingService:
             metrics.rules_loaded(ruleset, ok=True)
 
     @classmethod
-    def from_settings(cls, settings: Settings, metrics=None) -> LockingService:
+    def from_settings(cls, settings: Settings, metrics: Any = None) -> LockingService:
         try:
             ruleset = load_rules(settings.rules)
         except RuleError as exc:

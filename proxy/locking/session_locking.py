@@ -243,7 +243,7 @@ class SessionLocking:
             return self._described(entry, body)
         work = entry.current_work() if type(entry) is QueryEntry else None
         if work is not None:
-            entry.strip = work.strip
+            entry.strip = work.strip  # type: ignore[misc]  # a QueryEntry: only it has work here
             if work.strip == -1:
                 return b""
             fields = m.decode_row_description(body)
@@ -286,7 +286,7 @@ class SessionLocking:
         strip = entry.strip
         if strip:
             values = m.decode_data_row(body)
-            work = entry.current_work() if type(entry) is QueryEntry else entry.work
+            work = entry.current_work() if type(entry) is QueryEntry else entry.work  # type: ignore[attr-defined]  # else an ExecuteEntry
             if work is not None and work.extras:
                 added = values[-work.added :]
                 self.knowledge.learn(work, added[: len(work.extras)], self.info.encoding)

@@ -14,8 +14,10 @@ from typing import Any
 
 from proxy.values import ReadValue
 
-Key = tuple[int, tuple]
+Key = tuple[int, tuple[Hashable, ...]]  # (table oid, normalized key values)
 Row = Mapping[str, ReadValue]
+# (store, key, the row before, None if absent) or (None, an on_rollback action, None)
+_Undo = tuple["SnapshotStore | None", Any, "dict[str, ReadValue] | None"]
 _MISSING = object()
 
 
@@ -82,7 +84,7 @@ class SnapshotStore:
             log.record(self, key, dict(old))
         self._drop(key)
 
-    def restore(self, key: Key, old: dict | None) -> None:
+    def restore(self, key: Key, old: dict[str, ReadValue] | None) -> None:
         if old is None:
             if key in self.rows:
                 self._drop(key)
@@ -125,7 +127,7 @@ class TransactionLog:
     """
 
     def __init__(self) -> None:
-        self.layers: list[tuple[str | None, list]] = []
+        self.layers: list[tuple[str | None, list[_Undo]]] = []
 
     @property
     def open(self) -> bool:
@@ -135,7 +137,7 @@ class TransactionLog:
         if not self.layers:
             self.layers.append((None, []))
 
-    def record(self, store: SnapshotStore, key: Key, old) -> None:
+    def record(self, store: SnapshotStore, key: Key, old: dict[str, ReadValue] | None) -> None:
         self.begin()
         self.layers[-1][1].append((store, key, old))
 
@@ -152,7 +154,7 @@ class TransactionLog:
         index = self._find(name)
         if index is None:
             return
-        merged = []
+        merged: list[_Undo] = []
         for _, undo in self.layers[index:]:
             merged.extend(undo)
         del self.layers[index:]
@@ -191,7 +193,7 @@ class TransactionLog:
         return None
 
 
-def _undo(entries: list) -> None:
+def _undo(entries: list[_Undo]) -> None:
     for store, key, old in reversed(entries):
         if store is None:
             key()  # an on_rollback action

@@ -8,7 +8,7 @@ import logging
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from proxy import conflicts
 from proxy.locking.counting import Unverified, WriteCounts
@@ -31,6 +31,9 @@ from proxy.rules.protected import ProtectedTable
 from proxy.session.info import SessionInfo
 from proxy.values import ReadValue, normalize_key, normalize_text_key
 from proxy.wire import messages as m
+
+if TYPE_CHECKING:
+    from proxy.locking.service import DatabaseTables, Generation, LockingService
 
 log = logging.getLogger("optimist.locking")
 
@@ -97,7 +100,7 @@ class CheckedBind:
 class WriteChecker:
     def __init__(
         self,
-        service: Any,
+        service: LockingService,
         info: SessionInfo,
         knowledge: Knowledge,
         registry: PreparedRegistry,
@@ -132,7 +135,11 @@ class WriteChecker:
         return table, hits
 
     def target(
-        self, generation: Any, tables: Any, text: str, unverified: list[Unverified] | None = None
+        self,
+        generation: Generation,
+        tables: DatabaseTables,
+        text: str,
+        unverified: list[Unverified] | None = None,
     ) -> ProtectedTable | None:
         """The protected table a write targets, or None. Writes that can never be checked
         are counted now, or, given `unverified`, listed there to be counted per execution."""
@@ -202,7 +209,9 @@ class WriteChecker:
                     return strict, reason
         return None
 
-    def _hidden_writes(self, generation: Any, tables: Any, text: str) -> tuple[Unverified, ...]:
+    def _hidden_writes(
+        self, generation: Generation, tables: DatabaseTables, text: str
+    ) -> tuple[Unverified, ...]:
         """A WITH statement (or one whose head the lexer cannot read) may write protected
         tables where no guard can go: let it through, but never silently."""
         template = scan(text, self.info.standard_conforming_strings).template
@@ -223,7 +232,9 @@ class WriteChecker:
             ("written", generation.version, self.info.database, template), protected_written
         )
 
-    def plan(self, generation: Any, text: str, table: ProtectedTable) -> tuple[Any, tuple]:
+    def plan(
+        self, generation: Generation, text: str, table: ProtectedTable
+    ) -> tuple[Any, tuple[str, ...]]:
         found = scan(text, self.info.standard_conforming_strings)
         template = found.template
         if found.keyword == "MERGE":
@@ -328,7 +339,9 @@ class WriteChecker:
 
     # ---------------------------------------------------------------- extended protocol
 
-    def prepared(self, generation: Any, tables: Any, parse: m.Parse) -> PreparedStatement:
+    def prepared(
+        self, generation: Generation, tables: DatabaseTables, parse: m.Parse
+    ) -> PreparedStatement:
         text = parse.query.decode(self.info.encoding, "surrogateescape")
         target = creates = None
         unverified: list[Unverified] = []
@@ -393,6 +406,7 @@ class WriteChecker:
         n = len(bind.params)
         scs = self.info.standard_conforming_strings
         reads: list[dict[str, ReadValue] | None]
+        mask: tuple[str] | tuple[bool, ...]  # ("insert",), or which pinned rows were read
         if isinstance(plan, InsertPlan):
             keys: list[RowKey] = []
             reads, mask = [], ("insert",)

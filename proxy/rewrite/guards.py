@@ -48,7 +48,7 @@ def _notify_expr(table: ProtectedTable, qualifier: str, op: str) -> str:
         f"json_build_object('table', {quote_literal_any(table.qualified_name)}, "
         f"'op', '{op}', 'key', json_build_object({key}), 'version', {version})::text"
     )
-    return f"pg_notify({quote_literal_any(table.notify)}, {payload})"
+    return f"pg_notify({quote_literal_any(table.notify)}, {payload})"  # type: ignore[arg-type]  # only for tables that notify
 
 
 def returning_edit(
@@ -177,7 +177,7 @@ class GuardBuilder:
 
     def column_check(self, row: int, column: str) -> list[object]:
         r = self.read(row, column)
-        plain = [self.col(column), " IS NOT DISTINCT FROM ", r]
+        plain: list[object] = [self.col(column), " IS NOT DISTINCT FROM ", r]
         check = plain
         if self.checks.get(column) == "differing":
             new = self.new_value(column)
@@ -186,7 +186,7 @@ class GuardBuilder:
         if column in self.sparse:
             # writing back what was read is not a write: no conflict on that column
             new = self.new_value(column)
-            check = ["(", *new, " IS NOT DISTINCT FROM ", r, " OR ", *check, ")"]
+            check = ["(", *new, " IS NOT DISTINCT FROM ", r, " OR ", *check, ")"]  # type: ignore[misc]  # a sparse column has a new value
         return check
 
     def row_checks(self, row: int) -> list[object] | None:
@@ -275,7 +275,7 @@ class GuardBuilder:
         per_row = [(i, self.row_checks(i)) for i in rows]
         if any(check is not None for _, check in per_row):
             if len(self.rows) == 1:
-                out += [" AND ", *per_row[0][1]]
+                out += [" AND ", *per_row[0][1]]  # type: ignore[misc]  # the one row has a check
             else:
                 out.append(" AND CASE")
                 for i, check in per_row:
@@ -328,7 +328,7 @@ class GuardBuilder:
 
     def sparse_edit(self, column: str, rows: list[int]) -> Edit:
         item = self.items[column]
-        original = self.value(item.value)
+        original = self.value(item.value)  # type: ignore[arg-type]  # a sparse column has a new value
         new = self.new_value(column)
         out: list[object] = ["CASE"]
         for i in rows:
@@ -336,11 +336,11 @@ class GuardBuilder:
             if len(self.rows) > 1:
                 out += [*self.row_pin(i), " AND "]
             out += [
-                *new,
+                *new,  # type: ignore[misc]
                 " IS NOT DISTINCT FROM ",
                 self.read(i, column),
                 " THEN ",
                 self.col(column),
             ]
         out += [" ELSE ", *original, " END"]
-        return Edit(item.value.span[0], item.value.span[1], tuple(out))
+        return Edit(item.value.span[0], item.value.span[1], tuple(out))  # type: ignore[union-attr]

@@ -104,25 +104,25 @@ def _tokens(sql: str, pos: int = 0, scs: bool = True) -> Iterator[_Tok]:
     while pos < n:
         c = sql[pos]
         if c.isspace():
-            pos = _WS.match(sql, pos).end()
+            pos = _WS.match(sql, pos).end()  # type: ignore[union-attr]  # matches at this character
             continue
         if c == "-" and sql.startswith("--", pos):
-            pos = _LINE_COMMENT.match(sql, pos).end()
+            pos = _LINE_COMMENT.match(sql, pos).end()  # type: ignore[union-attr]  # matches at this character
             continue
         if c == "/" and sql.startswith("/*", pos):
             pos = _block_comment_end(sql, pos)
             continue
         if c == "'":
-            end = std_string.match(sql, pos).end()
+            end = std_string.match(sql, pos).end()  # type: ignore[union-attr]  # matches at this character
             yield _Tok("string", pos, end)
         elif c in "eE" and sql.startswith("'", pos + 1):
-            end = _E_STRING.match(sql, pos).end()
+            end = _E_STRING.match(sql, pos).end()  # type: ignore[union-attr]  # matches at this character
             yield _Tok("estring", pos, end)
         elif c in "bBxXnNuU" and (m := _PREFIXED_STRING.match(sql, pos)):
             end = m.end()
             yield _Tok("xstring", pos, end)
         elif c == '"' or (c in "uU" and sql.startswith('&"', pos + 1)):
-            end = _QUOTED_IDENT.match(sql, pos).end()
+            end = _QUOTED_IDENT.match(sql, pos).end()  # type: ignore[union-attr]  # matches at this character
             yield _Tok("qident", pos, end)
         elif c == "$":
             m = _PARAM.match(sql, pos)
@@ -136,7 +136,7 @@ def _tokens(sql: str, pos: int = 0, scs: bool = True) -> Iterator[_Tok]:
                 end = pos + 1
                 yield _Tok("punct", pos, end)
         elif c.isdigit() or (c == "." and pos + 1 < n and sql[pos + 1].isdigit()):
-            end = _NUMBER.match(sql, pos).end()
+            end = _NUMBER.match(sql, pos).end()  # type: ignore[union-attr]  # matches at this character
             yield _Tok("number", pos, end)
         elif m := _WORD.match(sql, pos):
             end = m.end()
@@ -208,9 +208,9 @@ def split_statements(sql: str, standard_conforming_strings: bool = True) -> list
             start = pos = i + 1
         elif c == "'":
             e_string = i > 0 and sql[i - 1] in "eE" and (i < 2 or not _is_ident_char(sql[i - 2]))
-            pos = (_E_BODY if e_string else std_string).match(sql, i).end()
+            pos = (_E_BODY if e_string else std_string).match(sql, i).end()  # type: ignore[union-attr]  # matches at this character
         elif c == '"':
-            pos = _DQ_IDENT_BODY.match(sql, i).end()
+            pos = _DQ_IDENT_BODY.match(sql, i).end()  # type: ignore[union-attr]  # matches at this character
         elif c == "-":
             if sql.startswith("--", i):
                 nl = sql.find("\n", i)
@@ -512,7 +512,7 @@ def normalize_uncached(
     in_typemod = False
     for m in rx.finditer(stmt):
         kind = m.lastgroup
-        start = m.start(kind)
+        start = m.start(kind)  # type: ignore[arg-type]  # every alternative is a named group
         if kind == "bc":
             return _normalize_slow(stmt, standard_conforming_strings)
         if pending >= 0:

@@ -4,6 +4,7 @@ expression), the key pins in WHERE, the SET items, and which columns must be che
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import overload
 
 from sqlglot import exp
 from sqlglot.tokens import TokenType
@@ -37,7 +38,7 @@ __all__ = [
 @dataclass(frozen=True)
 class Value:
     kind: str  # 'literal' | 'param' | 'null' | 'expr'
-    ref: object  # literal: slot (int) or inline text (str); param: n; else None
+    ref: int | str | None  # literal: slot (int) or inline text (str); param: n; else None
     span: tuple[int, int]  # characters of the value expression in the template
     referenceable: bool  # may be evaluated again in our additions (no DEFAULT/subquery/calls)
 
@@ -48,7 +49,7 @@ def strip_parens(node: exp.Expression) -> exp.Expression:
     return node
 
 
-def _is_default(node: exp.Expression) -> bool:
+def _is_default(node: exp.Expr) -> bool:
     return (
         isinstance(node, exp.Column)
         and not node.table
@@ -114,6 +115,10 @@ class Target:
         return self.alias or self.name
 
 
+@overload
+def fold_ident(ident: exp.Identifier) -> str: ...
+@overload
+def fold_ident(ident: exp.Identifier | None) -> str | None: ...
 def fold_ident(ident: exp.Identifier | None) -> str | None:
     if ident is None:
         return None
@@ -167,7 +172,9 @@ def _find_op(text: SqlText, lo: int, hi: int, tt: TokenType) -> int | None:
     return next((i for i, t in text.top(lo, hi) if t.token_type == tt), None)
 
 
-def where_conjuncts(node: exp.Expression, lo: int, hi: int, text: SqlText):
+def where_conjuncts(
+    node: exp.Expression, lo: int, hi: int, text: SqlText
+) -> list[tuple[exp.Expression, int, int]] | None:
     """Pair each leaf of the top-level AND chain with its token range; None if they disagree."""
     toks = text.toks
     while (
@@ -191,7 +198,7 @@ def where_conjuncts(node: exp.Expression, lo: int, hi: int, text: SqlText):
     chunks = text.split(lo, hi, TokenType.AND)
     if len(chunks) != len(leaves) or any(a >= b for a, b in chunks):
         return None
-    out = []
+    out: list[tuple[exp.Expression, int, int]] = []
     for leaf, (a, b) in zip(leaves, chunks):
         sub = where_conjuncts(leaf, a, b, text)
         if sub is None:
@@ -200,7 +207,9 @@ def where_conjuncts(node: exp.Expression, lo: int, hi: int, text: SqlText):
     return out
 
 
-def pin_of(node, lo, hi, text: SqlText, target: Target, table: ProtectedTable) -> Pin | None:
+def pin_of(
+    node: exp.Expression, lo: int, hi: int, text: SqlText, target: Target, table: ProtectedTable
+) -> Pin | None:
     if isinstance(node, exp.EQ):
         eq = _find_op(text, lo, hi, TokenType.EQ)
         if eq is None or eq == lo or eq + 1 >= hi:
@@ -286,7 +295,7 @@ def set_items(tree: exp.Update, text: SqlText, c: Clauses) -> list[SetItem] | No
                         classify_value(x, text.span(a, b), text)
                         for x, (a, b) in zip(rt.expressions, parts)
                     ]
-            items.extend(SetItem(n, v) for n, v in zip(names, values))
+            items.extend(SetItem(n, v) for n, v in zip(names, values))  # type: ignore[arg-type]  # no None in names
             continue
         name = _plain_column(left)
         if name is not None:

@@ -131,7 +131,9 @@ class InsertPlan:
         return fill_extended(self._pieces, literals, 0)
 
 
-def _extended_args(literals, n_params) -> tuple[Sequence[str], int]:
+def _extended_args(
+    literals: Sequence[str] | int, n_params: int | None
+) -> tuple[Sequence[str], int]:
     # accepts render_extended(n_params) as well as render_extended(literals, n_params, scs)
     if isinstance(literals, int):
         return (), literals
@@ -153,7 +155,9 @@ class WritePlan:
     # the session never saw, so it stays as last read
     learned_columns: frozenset[str]
     _builder: GuardBuilder = field(repr=False, compare=False)
-    _compiled: dict = field(default_factory=dict, repr=False, compare=False)
+    _compiled: dict[tuple[bool, ...], tuple[object, ...]] = field(
+        default_factory=dict, repr=False, compare=False
+    )
 
     def render_simple(
         self,
@@ -166,7 +170,7 @@ class WritePlan:
         mask = tuple(
             i < len(reads)
             and reads[i] is not None
-            and all(c in reads[i] for c in self.checked_columns)
+            and all(c in reads[i] for c in self.checked_columns)  # type: ignore[operator]
             for i in range(len(self.pinned_rows))
         )
         pieces = self._compiled.get(mask)
@@ -206,7 +210,7 @@ class WritePlan:
 # ============================================================================ entry points
 
 
-def _parse(sql: str):
+def _parse(sql: str) -> tuple[exp.Expr | None, SqlText | None, str]:
     try:
         text = SqlText(sql)
         tree = sqlglot.parse_one(text.parse_sql, read="postgres")
@@ -222,7 +226,7 @@ def _parse(sql: str):
     return tree, text, ""
 
 
-def _nested_writes(tree: exp.Expression, table: ProtectedTable, top: exp.Expression | None) -> bool:
+def _nested_writes(tree: exp.Expr, table: ProtectedTable, top: exp.Expr | None) -> bool:
     for node in tree.find_all(exp.Update, exp.Delete, exp.Insert, exp.Merge):
         if node is top:
             continue
@@ -276,6 +280,7 @@ def _plan_write(template_sql: str, table: ProtectedTable, n_params: int) -> Writ
     tree, text, error = _parse(template_sql)
     if tree is None:
         return Unverified("parse_error", error)
+    assert text is not None  # parsed, so lexed
     if isinstance(tree, exp.Insert):
         return Unverified("not_target_table", "an INSERT: plan_insert's job")
     if not isinstance(tree, (exp.Update, exp.Delete)):
@@ -293,7 +298,7 @@ def _plan_write(template_sql: str, table: ProtectedTable, n_params: int) -> Writ
         return Unverified("unsupported", "could not locate the clauses")
     items: list[SetItem] = []
     if kind == "update":
-        found = set_items(tree, text, c)
+        found = set_items(tree, text, c)  # type: ignore[arg-type]  # an Update
         if found is None:
             return Unverified("unsupported", "SET list")
         items = found
@@ -388,7 +393,7 @@ def _plan_write(template_sql: str, table: ProtectedTable, n_params: int) -> Writ
 
 def _key_ref(column: str, value: Value) -> KeyRef:
     if value.kind == "param":
-        return KeyRef(column, param=value.ref)
+        return KeyRef(column, param=value.ref)  # type: ignore[arg-type]  # a param ref is its $n
     if isinstance(value.ref, int):
         return KeyRef(column, literal_slot=value.ref)
     return KeyRef(column, literal=value.ref)
@@ -415,6 +420,7 @@ def _plan_insert(template_sql: str, table: ProtectedTable) -> InsertPlan | Unver
     tree, text, error = _parse(template_sql)
     if tree is None:
         return Unverified("parse_error", error)
+    assert text is not None  # parsed, so lexed
     if not isinstance(tree, exp.Insert):
         return Unverified("not_target_table")
     target = _write_target(tree, table)

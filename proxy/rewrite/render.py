@@ -10,7 +10,7 @@ few microseconds.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from proxy.sqlnames import quote_ident, quote_literal, quote_literal_any
 
@@ -75,8 +75,9 @@ def fill_simple(
     scs: bool,
 ) -> str:
     """Literals back in place, read values inlined as CAST('<text>' AS <type>)."""
-    out = []
+    out: list[str] = []
     append = out.append
+    p: Any  # a str, Lit or Read, told apart by exact type (cheaper than isinstance)
     for p in pieces:
         t = type(p)
         if t is str:
@@ -99,7 +100,8 @@ def fill_extended(
     """Literals back in place, read values as CAST($n AS <type>) parameters numbered from
     first_param, one per distinct (row, column)."""
     numbers: dict[tuple[int, str], int] = {}
-    out = []
+    out: list[str] = []
+    p: Any  # a str, Lit or Read, told apart by exact type
     for p in pieces:
         t = type(p)
         if t is str:

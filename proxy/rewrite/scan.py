@@ -9,7 +9,7 @@ statements, so a repeat costs one dict lookup.
 
 from __future__ import annotations
 
-from functools import lru_cache
+from functools import _CacheInfo, lru_cache
 from typing import NamedTuple
 
 from proxy.rewrite import lexer
@@ -59,6 +59,6 @@ def scan(sql: str, standard_conforming_strings: bool = True) -> StatementScan:
     return _scan_cached(sql, standard_conforming_strings)
 
 
-def scan_cache_info():
+def scan_cache_info() -> _CacheInfo:
     """functools' (hits, misses, maxsize, currsize) of the scan cache."""
     return _scan_cached.cache_info()

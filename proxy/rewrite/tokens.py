@@ -8,6 +8,7 @@ are, so additions can be spliced into the client's own text.
 from __future__ import annotations
 
 from bisect import bisect_left
+from collections.abc import Iterator
 from typing import NamedTuple
 
 from sqlglot.dialects.postgres import Postgres
@@ -120,7 +121,7 @@ class SqlText:
         out.append(self.sql[pos:end])
         return out
 
-    def top(self, lo: int, hi: int, base: int | None = None):
+    def top(self, lo: int, hi: int, base: int | None = None) -> Iterator[tuple[int, SqlToken]]:
         """(index, token) of tokens[lo:hi] at the nesting depth of tokens[lo]."""
         if lo >= hi:
             return

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
@@ -29,9 +29,13 @@ from proxy.rules.model import (
     RuleProblem,
     RuleSet,
     TableRule,
-    fold_identifier,
-    split_identifiers,
 )
+from proxy.rules.protected import Policy, Strategy
+from proxy.sqlnames import parse_identifier as fold_identifier
+from proxy.sqlnames import split_identifiers
+
+if TYPE_CHECKING:
+    import jsonschema
 
 # shipped inside the package (rules/optimist-rules.schema.json links here for editors)
 SCHEMA_PATH = Path(__file__).resolve().parent / "optimist-rules.schema.json"
@@ -170,11 +174,12 @@ def _parse(f: _File) -> bool:
 
 @lru_cache(maxsize=1)
 def rules_schema() -> dict[str, Any]:
-    return json.loads(SCHEMA_PATH.read_text())
+    schema: dict[str, Any] = json.loads(SCHEMA_PATH.read_text())
+    return schema
 
 
 @lru_cache(maxsize=1)
-def _validator():
+def _validator() -> jsonschema.Draft202012Validator:
     import jsonschema  # imported late: only loading rules needs it
 
     schema = rules_schema()
@@ -326,7 +331,7 @@ def _build_rule(
         return None
     schema, name = parts if len(parts) == 2 else (search_path[0], parts[0])
 
-    strategy = get("strategy") or ("version" if get("version_column") else "columns")
+    strategy: Strategy = get("strategy") or ("version" if get("version_column") else "columns")
     for setting, only_for in _STRATEGY_ONLY.items():
         # a default that does not apply to this table's strategy is simply not used
         if setting in entry and strategy != only_for:
@@ -374,7 +379,7 @@ def _build_rule(
                     f"version column {version_column!r} cannot also be part of the key",
                 )
 
-    policies: dict[str, str] = {}
+    policies: dict[str, Policy] = {}
     groups: list[tuple[str, ...]] = []
     if strategy == "columns":
         for col, policy in (get("columns") or {}).items():

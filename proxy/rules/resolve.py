@@ -8,6 +8,7 @@ A rule with an error is left out of the result, so the proxy never half-protects
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Literal
@@ -158,8 +159,14 @@ def _resolve_one(
     )
 
 
-def _check_version_column(rule, table: CatalogTable, key, exists, report: _Report) -> None:
-    column = rule.version_column
+def _check_version_column(
+    rule: TableRule,
+    table: CatalogTable,
+    key: Sequence[str],
+    exists: Callable[[str, str], bool],
+    report: _Report,
+) -> None:
+    column: str = rule.version_column  # type: ignore[assignment]  # None: exists() reports it
     if not exists(column, "version column"):
         return
     col = table.columns[column]

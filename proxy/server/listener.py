@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+import ssl
 import time
 from collections.abc import Callable
 
@@ -35,9 +36,9 @@ class ProxyServer:
         self.limits = limits or Settings()
         self.server: asyncio.AbstractServer | None = None
         self.bytes_tally = metrics.bytes_tally if metrics else None
-        self.client_tls = None
+        self.client_tls: ssl.SSLContext | None = None
         self.tls_required = False
-        self.upstream_tls = None
+        self.upstream_tls: ssl.SSLContext | None = None
         self.upstream_tls_mode = "disable"
         self.load_tls()
         # a session's locking logic, given what it knows of its connection (None: no rules)

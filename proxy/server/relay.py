@@ -68,6 +68,7 @@ class Relay:
             self.carry_out(decision)
 
     def carry_out(self, decision: Decision) -> None:
+        assert self.client is not None  # the handshake runs on a connected client
         if isinstance(decision, Answer):
             self.client.write(decision.byte)
         elif isinstance(decision, StartTls):
@@ -92,6 +93,8 @@ class Relay:
             self.close()
 
     async def start_client_tls(self) -> None:
+        assert self.client is not None and self.client_protocol is not None
+        assert self.proxy.client_tls is not None  # StartTls only where TLS is configured
         loop = asyncio.get_running_loop()
         try:
             # no task between resuming and start_tls taking the transport over (wait_for
@@ -132,6 +135,7 @@ class Relay:
                 else None
             ),
         )
+        assert self.client is not None
         self.client.pause_reading()
         self.proxy.spawn(self.connect(startup, rest))
 
@@ -150,6 +154,7 @@ class Relay:
             return
         self.proxy.set_upstream_reachable(True)
         self.proxy.server_connected()
+        assert self.server is not None  # connection_made has run
         if self.closed:
             self.server.close()
             return
@@ -165,6 +170,7 @@ class Relay:
             except upstream.UpstreamFailed as exc:
                 self.fail(exc.message, sqlstate=exc.sqlstate)
                 return
+        assert self.server is not None and self.client is not None
         self.server.write(startup.raw)
         if rest:
             self.from_client(rest)
@@ -204,6 +210,7 @@ class Relay:
 
     def from_server(self, data: bytes) -> None:
         session = self.session
+        assert session is not None
         busy = session.busy
         try:
             session.server_data(data)
@@ -258,6 +265,7 @@ class Relay:
             self.from_client(b"".join(held))
 
     def flush(self) -> None:
+        assert self.session is not None
         to_server, to_client = self.session.take_output()
         tally = self.proxy.bytes_tally
         if to_server and self.server is not None:

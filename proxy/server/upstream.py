@@ -86,7 +86,7 @@ async def negotiate_tls(
     target: Endpoint,
     context: ssl.SSLContext,
     mode: str,
-) -> asyncio.Transport:
+) -> asyncio.Transport | None:
     """SSLRequest to PostgreSQL; on 'S' a TLS handshake, on 'N' plaintext if `mode` is
     prefer. Returns the transport to use; raises UpstreamFailed."""
     loop = asyncio.get_running_loop()

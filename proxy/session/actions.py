@@ -7,10 +7,12 @@ alone owns the in-flight queue and the output buffers, carries it out.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import final
 
 from proxy.session.inflight import Entry, Job
 
 
+@final  # the Session dispatches on `type(action) is Send`
 @dataclass(frozen=True, slots=True)
 class Send:
     """Send `messages` in place of the client's message and queue `entries`, one per
@@ -20,6 +22,7 @@ class Send:
     entries: tuple[Entry, ...]
 
 
+@final
 @dataclass(frozen=True, slots=True)
 class Hold:
     """Keep this message, and every one after it, until `job` has run its queries (e.g. the

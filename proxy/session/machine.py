@@ -25,6 +25,7 @@ from proxy.session.inflight import (
     ExecuteEntry,
     InternalEntry,
     InternalQuery,
+    InternalResult,
     Job,
     Kind,
     QueryEntry,
@@ -63,7 +64,7 @@ _ENDS = {
     b"s": Kind.EXECUTE,
 }
 
-Buffer = bytes | bytearray | memoryview
+Buffer = bytes | bytearray  # a slice of the reader's buffer (the decoders need `find`)
 
 
 class Locking(Protocol):
@@ -181,7 +182,7 @@ class Session:
         self._job = job
         self._advance_job(job, None)
 
-    def _advance_job(self, job: Job, result) -> None:
+    def _advance_job(self, job: Job, result: InternalResult | None) -> None:
         try:
             query: InternalQuery = next(job) if result is None else job.send(result)
         except StopIteration:
@@ -249,7 +250,9 @@ class Session:
         reader.consume(pos)
         # an incomplete message stays buffered; it is forwarded once complete
 
-    def _ask(self, locking: Locking, mtype: bytes, buf, start: int, end: int):
+    def _ask(
+        self, locking: Locking, mtype: bytes, buf: bytearray, start: int, end: int
+    ) -> Send | Hold | None:
         """Decode the message and ask the locking logic what to do with it."""
         if mtype == b"Q":
             sql = m.decode_query(buf[start:end]).decode(self.info.encoding, "surrogateescape")
@@ -271,7 +274,7 @@ class Session:
             locking.sync()
         return None
 
-    def _count(self, mtype: bytes, buf, start: int, end: int) -> None:
+    def _count(self, mtype: bytes, buf: bytearray, start: int, end: int) -> None:
         """Statements by type: a Query when sent, a prepared statement when executed."""
         count = self._count_statement
         assert count is not None
@@ -355,7 +358,7 @@ class Session:
             out.append(bytes(buf[run_start:pos]))
         reader.consume(pos)
 
-    def _parameter_status(self, buf, start: int, end: int) -> None:
+    def _parameter_status(self, buf: bytearray, start: int, end: int) -> None:
         name, value = m.decode_parameter_status(buf[start:end])
         self.info.set_parameter(name, value)
 
@@ -381,7 +384,7 @@ class Session:
         if self.locking is not None:
             self.locking.ready(head, status)
 
-    def _error(self, head: Entry | None, buf, start: int, end: int) -> bytes | None:
+    def _error(self, head: Entry | None, buf: bytearray, start: int, end: int) -> bytes | None:
         body = buf[start:end]
         if b"SFATAL\x00" in body or b"SPANIC\x00" in body:
             self.server_fatal = True
@@ -417,7 +420,7 @@ class Session:
             self._advance_job(entry.job, entry.result)
 
     def _internal_response(
-        self, head: InternalEntry, mtype: bytes, buf, start: int, end: int
+        self, head: InternalEntry, mtype: bytes, buf: bytearray, start: int, end: int
     ) -> bytes | None:
         """Responses to the proxy's own requests: consumed, handed to the job that asked."""
         if mtype == b"D":

@@ -50,7 +50,7 @@ class MessageReader:
         buf = self.buffer
         size = len(buf)
         pos = 0
-        out = []
+        out: list[tuple[bytes, int, int]] = []
         append = out.append
         valid = self.valid_types
         while size - pos >= 5:

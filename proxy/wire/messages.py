@@ -8,8 +8,10 @@ protocol are NUL-terminated and in the client encoding; SQL text is decoded with
 from __future__ import annotations
 
 import struct
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from struct import Struct
+from typing import Any, TypeVar, cast
 
 from proxy.wire.framing import ProtocolViolation, frame
 
@@ -17,6 +19,10 @@ _I16 = Struct("!h")
 _I32 = Struct("!i")
 _U32 = Struct("!I")
 _FIELD = Struct("!IhIhih")  # table oid, attnum, type oid, typlen, typmod, format
+
+# A message body: a slice of the reader's buffer, or bytes (it needs `find`, so no memoryview).
+Body = bytes | bytearray
+_Decoder = TypeVar("_Decoder", bound=Callable[..., Any])
 
 # PostgreSQL encoding names (normalised: upper case, no '_' or '-') -> Python codecs.
 PG_TO_PYTHON_ENCODING = {
@@ -42,10 +48,10 @@ def python_encoding(pg_name: str) -> str:
     return PG_TO_PYTHON_ENCODING.get(key, "utf-8")
 
 
-def _strict(decoder):
+def _strict(decoder: _Decoder) -> _Decoder:
     """Malformed bodies raise ProtocolViolation, never struct.error or IndexError."""
 
-    def wrapper(body, *args):
+    def wrapper(body: Body, *args: Any) -> Any:
         try:
             return decoder(body, *args)
         except ProtocolViolation:
@@ -55,10 +61,10 @@ def _strict(decoder):
 
     wrapper.__name__ = decoder.__name__
     wrapper.__doc__ = decoder.__doc__
-    return wrapper
+    return cast(_Decoder, wrapper)
 
 
-def _cstring(body, pos: int) -> tuple[bytes, int]:
+def _cstring(body: Body, pos: int) -> tuple[bytes, int]:
     end = body.find(b"\x00", pos)
     if end < 0:
         raise ProtocolViolation("unterminated string in message")
@@ -69,7 +75,7 @@ def _cstring(body, pos: int) -> tuple[bytes, int]:
 
 
 @_strict
-def decode_query(body) -> bytes:
+def decode_query(body: Body) -> bytes:
     text, _ = _cstring(body, 0)
     return text
 
@@ -93,7 +99,7 @@ class Parse:
 
 
 @_strict
-def decode_parse(body) -> Parse:
+def decode_parse(body: Body) -> Parse:
     name, pos = _cstring(body, 0)
     query, pos = _cstring(body, pos)
     (count,) = _I16.unpack_from(body, pos)
@@ -137,7 +143,7 @@ class Bind:
 
 
 @_strict
-def decode_bind(body) -> Bind:
+def decode_bind(body: Body) -> Bind:
     try:
         portal, pos = _cstring(body, 0)
         statement, pos = _cstring(body, pos)
@@ -171,7 +177,7 @@ def decode_bind(body) -> Bind:
 
 
 @_strict
-def decode_describe_or_close(body) -> tuple[bytes, bytes]:
+def decode_describe_or_close(body: Body) -> tuple[bytes, bytes]:
     """(kind b'S' or b'P', name)."""
     if len(body) < 2:
         raise ProtocolViolation("Describe/Close message too short")
@@ -183,7 +189,7 @@ def decode_describe_or_close(body) -> tuple[bytes, bytes]:
 
 
 @_strict
-def decode_execute(body) -> tuple[bytes, int]:
+def decode_execute(body: Body) -> tuple[bytes, int]:
     portal, pos = _cstring(body, 0)
     if len(body) < pos + 4:
         raise ProtocolViolation("Execute message truncated")
@@ -222,10 +228,10 @@ class Field:
 
 
 @_strict
-def decode_row_description(body) -> tuple[Field, ...]:
+def decode_row_description(body: Body) -> tuple[Field, ...]:
     (count,) = _I16.unpack_from(body, 0)
     pos = 2
-    fields = []
+    fields: list[Field] = []
     for _ in range(count):
         name, pos = _cstring(body, pos)
         t, a, ty, tl, tm, fm = _FIELD.unpack_from(body, pos)
@@ -234,7 +240,7 @@ def decode_row_description(body) -> tuple[Field, ...]:
     return tuple(fields)
 
 
-def encode_row_description(fields) -> bytes:
+def encode_row_description(fields: Sequence[Field]) -> bytes:
     out = bytearray(_I16.pack(len(fields)))
     for f in fields:
         out += f.name + b"\x00"
@@ -243,7 +249,7 @@ def encode_row_description(fields) -> bytes:
 
 
 @_strict
-def decode_data_row(body) -> list[bytes | None]:
+def decode_data_row(body: Body) -> list[bytes | None]:
     (count,) = _I16.unpack_from(body, 0)
     pos = 2
     values: list[bytes | None] = []
@@ -261,7 +267,7 @@ def decode_data_row(body) -> list[bytes | None]:
     return values
 
 
-def encode_data_row(values) -> bytes:
+def encode_data_row(values: Sequence[bytes | None]) -> bytes:
     out = bytearray(_I16.pack(len(values)))
     for v in values:
         if v is None:
@@ -273,7 +279,7 @@ def encode_data_row(values) -> bytes:
 
 
 @_strict
-def decode_command_complete(body) -> bytes:
+def decode_command_complete(body: Body) -> bytes:
     tag, _ = _cstring(body, 0)
     return tag
 
@@ -285,7 +291,7 @@ def command_rows(tag: bytes) -> int | None:
 
 
 @_strict
-def decode_fields(body) -> dict[str, str]:
+def decode_fields(body: Body) -> dict[str, str]:
     """ErrorResponse / NoticeResponse fields keyed by their one-letter code."""
     fields: dict[str, str] = {}
     pos = 0
@@ -326,14 +332,14 @@ def error_response(
 
 
 @_strict
-def decode_parameter_status(body) -> tuple[str, str]:
+def decode_parameter_status(body: Body) -> tuple[str, str]:
     name, pos = _cstring(body, 0)
     value, _ = _cstring(body, pos)
     return name.decode("ascii", "replace"), value.decode("utf-8", "replace")
 
 
 @_strict
-def decode_backend_key(body) -> tuple[int, bytes]:
+def decode_backend_key(body: Body) -> tuple[int, bytes]:
     (pid,) = _I32.unpack_from(body, 0)
     return pid, bytes(body[4:])
 

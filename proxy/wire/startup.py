@@ -68,6 +68,7 @@ def packet_length(buf: bytes | bytearray) -> int | None:
     packet is refused here, without waiting for bytes that may never come."""
     if len(buf) < 4:
         return None
+    length: int
     (length,) = _I32.unpack_from(buf, 0)
     if length < 8 or length > MAX_STARTUP_PACKET:
         raise StartupDropped(f"invalid length of startup packet: {length}")
