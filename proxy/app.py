@@ -40,7 +40,7 @@ class ProxyApp:
             metrics=self.metrics,
             limits=settings,
         )
-        self.metrics_server = None
+        self.metrics_server: MetricsServer | None = None
         if settings.admin_users:
             from proxy.admin.gate import AdminGate
             from proxy.admin.operations import ProxyOperations

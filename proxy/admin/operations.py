@@ -6,7 +6,7 @@ import json
 import time
 from dataclasses import fields
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from proxy.admin.commands import CommandError
 
@@ -28,7 +28,7 @@ class ProxyOperations:
         if locking is None:
             return []
         generation = locking.generation
-        rows = []
+        rows: list[tuple[Any, ...]] = []
         for rule in generation.ruleset.rules:
             if not generation.databases:
                 rows.append(
@@ -122,7 +122,7 @@ class ProxyOperations:
                     t["audit"] += value
                 elif family.name == "optimist_unapplied_writes":
                     t["unapplied"] += value
-        rows = []
+        rows: list[tuple[Any, ...]] = []
         for name, t in sorted(tables.items()):
             reasons = {r: n for r, n in sorted(t["reasons"].items()) if n}
             rows.append(
@@ -140,7 +140,7 @@ class ProxyOperations:
 
     def config(self) -> list[tuple]:
         settings = self.app.settings
-        rows = []
+        rows: list[tuple[Any, ...]] = []
         for f in fields(settings):
             value = getattr(settings, f.name)
             if isinstance(value, list):
@@ -195,8 +195,9 @@ def _session_row(relay: Relay, now: float) -> tuple:
     else:
         state = _STATUS.get(session.transaction_status, "idle")
     locking = session.locking if session is not None else None
-    remembered = len(locking.knowledge.store) if locking is not None else 0
-    database = relay.proxy.admin.database if console else info and info.database
+    remembered = locking.remembered_rows() if locking is not None else 0
+    admin = relay.proxy.admin
+    database = admin.database if console and admin is not None else info and info.database
     return (
         relay.peer,
         info and info.user,

@@ -15,6 +15,7 @@ from proxy.catalog_views import SimpleView
 from proxy.rules.protected import ProtectedTable
 from proxy.values import ReadValue, normalize_key
 from proxy.wire.framing import ProtocolViolation
+from proxy.wire.messages import Field
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,7 +59,7 @@ class KeylessCapture:
 
 
 def plan_capture(
-    fields,
+    fields: Sequence[Field],
     protected: Mapping[int, ProtectedTable],
     attnames: Mapping[int, Mapping[int, str]],
     views: Mapping[int, SimpleView] | None = None,

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import Any, Protocol
 
 from proxy.rules.protected import ProtectedTable
 
@@ -15,6 +15,12 @@ Unverified = tuple[ProtectedTable | None, str]
 
 # the table label of writes that may hit any protected table (server-side code)
 ANY_TABLE = "*"
+
+
+class UnverifiedSink(Protocol):
+    """Where a row that cannot be checked is reported (counted, or collected first)."""
+
+    def unverified(self, table: ProtectedTable, reason: str) -> None: ...
 
 
 class WriteCounts:

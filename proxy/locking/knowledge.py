@@ -17,7 +17,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from proxy.locking.capture import CapturePlan, capture_row
-from proxy.locking.counting import WriteCounts
+from proxy.locking.counting import UnverifiedSink
 from proxy.locking.snapshots import SnapshotStore, TransactionLog
 from proxy.rules.protected import ProtectedTable
 from proxy.values import ReadValue, normalize_key
@@ -37,7 +37,7 @@ class Knowledge:
 
     def store_for(self, table: ProtectedTable) -> SnapshotStore:
         if table.scope == "user":
-            return self._role_store()  # type: ignore[no-any-return]
+            return self._role_store()
         return self.store
 
     def close(self) -> None:
@@ -52,8 +52,7 @@ class Knowledge:
 
     def capture_pinned(self, table: ProtectedTable, key: RowKey, row: dict[str, ReadValue]) -> None:
         """A row read without its key, which its statement pinned (proxy.locking.pinned)."""
-        self.store_for(table).put((table.oid, key), row, self.txlog)
-        self._blind.discard((table.oid, key))
+        self.store_for(table).put((table.oid, key), row, self.txlog if self.wrote else None)
 
     def forget_pinned(self, table: ProtectedTable, key: RowKey) -> None:
         """Several rows answered one key pin: what was read of that key cannot be trusted."""
@@ -64,7 +63,7 @@ class Knowledge:
         table: ProtectedTable,
         keys: Sequence[RowKey],
         columns: Sequence[str],
-        counts: WriteCounts,
+        counts: UnverifiedSink,
     ) -> list[dict[str, ReadValue] | None]:
         """Per pinned row, the read values of `columns`, or None (counted) when the session
         has not read that row, or not all of those columns."""

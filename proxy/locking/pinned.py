@@ -111,7 +111,7 @@ def _read_pin(tables: Any, capture: KeylessCapture, template: str) -> tuple[KeyR
             )
         if len(cache) < _READ_PINS_MAX:
             cache[cache_key] = refs
-    return refs  # type: ignore[return-value]
+    return refs  # type: ignore[no-any-return]
 
 
 def _source(tables: Any, capture: KeylessCapture) -> ReadSource | None:

@@ -30,7 +30,7 @@ class PreparedStatement:
     # RowDescription fields from a Describe of the statement
     fields: tuple[Field, ...] | None = None
     # (n_params, mask) -> RenderedSql of the checked form
-    rendered: dict[tuple, Any] = field(default_factory=dict)
+    rendered: dict[tuple[Any, ...], Any] = field(default_factory=dict)
     # a protected table the statement only adds rows to (INSERT-only MERGE): counted checked
     creates: ProtectedTable | None = None
     # an SQL EXECUTE: the name of the SQL-level statement it runs, looked up at each Bind

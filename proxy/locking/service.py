@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import os
 from collections import deque
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -44,12 +45,12 @@ class DatabaseTables:
     read_pins: dict[tuple[str, int], object] = field(default_factory=dict)
 
     # what resolving the rules against this database found (SHOW RULES says why)
-    problems: list = field(default_factory=list)
+    problems: list[Any] = field(default_factory=list)
 
     def views_sql(self) -> str | None:
         return views_query(self.by_oid) if self.by_oid else None
 
-    def learn_views(self, rows) -> None:
+    def learn_views(self, rows: Iterable[Sequence[str | None]]) -> None:
         self.views = simple_views(rows, self.attnames)
         self.capture_plans.clear()  # planned without the views
 
@@ -112,7 +113,7 @@ class LockingService:
         self.prepared_transactions = PreparedTransactions()
         self.role_stores: dict[tuple[str, str], SnapshotStore] = {}
         # the most recent conflicts of every session, for the admin console
-        self.recent_conflicts: deque = deque(maxlen=RECENT_CONFLICTS)
+        self.recent_conflicts: deque[Any] = deque(maxlen=RECENT_CONFLICTS)
         # why the last reload was refused (None: it was not)
         self.last_reload_error: str | None = None
         self._mtimes = self._source_mtimes()

@@ -70,6 +70,10 @@ class SessionLocking:
     def close(self) -> None:
         self.knowledge.close()
 
+    def remembered_rows(self) -> int:
+        """Rows this session's own store remembers (SHOW SESSIONS)."""
+        return len(self.knowledge.store)
+
     def _refresh(self) -> Hold | None:
         if self.bootstrap.stale():
             job = self.bootstrap.job(self.info.status)
@@ -221,15 +225,18 @@ class SessionLocking:
             and portal.statement.fields is not None
         ):
             portal.capture = self._statement_capture(portal.statement, portal.result_formats)
-        capture = portal.capture
-        if type(capture) is KeylessCapture:
+        found = portal.capture
+        capture: CapturePlan | PinnedRead | None
+        if isinstance(found, KeylessCapture):
             statement = portal.statement
             if portal.pinned is None and statement is not None:
                 # one per portal: a second row in a later Execute still counts as a second
                 portal.pinned = self._pinned(
-                    capture, statement.text, portal.bind, statement.param_types
+                    found, statement.text, portal.bind, statement.param_types
                 )
             capture = portal.pinned
+        else:
+            capture = found
         entry.capture = capture
         return capture
 
@@ -297,7 +304,7 @@ class SessionLocking:
         if capture is UNRESOLVED:
             capture = self._execute_capture(entry)  # type: ignore[arg-type]
         if capture is not None:
-            if type(capture) is PinnedRead:
+            if isinstance(capture, PinnedRead):
                 capture.row(m.decode_data_row(body), self.knowledge)
             else:
                 self.knowledge.capture(capture, m.decode_data_row(body), self.info.encoding)

@@ -9,7 +9,7 @@ transaction (or savepoint) learned disappears with it.
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Hashable, Mapping
 from typing import Any
 
 from proxy.values import ReadValue

@@ -542,7 +542,7 @@ _SQL_PREPARED = re.compile(r"\s*(prepare|execute|deallocate)(?![\w$])", re.I)
 
 def insert_work(table: ProtectedTable, sql: str, plan: InsertPlan) -> StatementWork:
     # an upsert's DO UPDATE may return an existing row the session never read: learn nothing
-    learned = frozenset() if plan.on_conflict == "update" else None
+    learned: frozenset[str] | None = frozenset() if plan.on_conflict == "update" else None
     return StatementWork(
         table, "insert", sql, plan.extra_returning, plan.client_returning, learned=learned
     )

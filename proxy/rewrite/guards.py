@@ -243,7 +243,7 @@ class GuardBuilder:
                     text.span(c.set_lo, c.set_hi)[1], text.span(c.set_lo, c.set_hi)[1], (self.bump,)
                 )
             )
-        if self.version_bump is not None:
+        if self.version_bump is not None and self.table.version_column is not None:
             item = self.items[self.table.version_column]
             assert item.value is not None
             edits.append(

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from sqlglot import exp
 from sqlglot.tokens import TokenType
 
-from proxy.rewrite.pins import matches, pin_of, target_of, where_conjuncts
+from proxy.rewrite.pins import Pin, matches, pin_of, target_of, where_conjuncts
 from proxy.rewrite.planner import KeyRef, _key_ref, _parse
 
 __all__ = ["ReadSource", "plan_read_pin"]
@@ -58,7 +58,7 @@ def plan_read_pin(template_sql: str, source: ReadSource) -> tuple[KeyRef, ...] |
 
 def _plan_read_pin(template_sql: str, source: ReadSource) -> tuple[KeyRef, ...] | None:
     tree, text, _ = _parse(template_sql)
-    if type(tree) is not exp.Select:
+    if type(tree) is not exp.Select or text is None:
         return None
     if any(v for k, v in tree.args.items() if k not in _ALLOWED_ARGS):
         return None
@@ -78,7 +78,7 @@ def _plan_read_pin(template_sql: str, source: ReadSource) -> tuple[KeyRef, ...] 
     conjuncts = where_conjuncts(where.this, start + 1, end, text)
     if conjuncts is None:
         return None
-    pins = {}
+    pins: dict[str, Pin] = {}
     for node, lo, hi in conjuncts:
         if not isinstance(node, exp.EQ):  # IN lists pin several rows: which one is which?
             continue

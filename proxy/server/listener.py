@@ -9,6 +9,7 @@ import signal
 import ssl
 import time
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from proxy.config import ConfigError, Endpoint, Settings
 from proxy.server.cancel import cancel_packet, send_cancel
@@ -16,6 +17,9 @@ from proxy.server.relay import ClientProtocol, Relay
 from proxy.session.info import SessionInfo
 from proxy.session.machine import Locking
 from proxy.wire.startup import CancelRequest
+
+if TYPE_CHECKING:
+    from proxy.admin.gate import AdminGate
 
 log = logging.getLogger("optimist.server")
 
@@ -50,7 +54,7 @@ class ProxyServer:
         self.upstream_reachable = True
         self.stopping = asyncio.Event()
         # the admin console (proxy.admin.gate.AdminGate), None when disabled
-        self.admin = None
+        self.admin: AdminGate | None = None
         # PAUSE: relays holding a client's next transaction until RESUME
         self.paused = False
         self.paused_relays: set[Relay] = set()

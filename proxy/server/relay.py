@@ -26,6 +26,7 @@ from proxy.wire.handshake import (
 from proxy.wire.startup import StartupPacket
 
 if TYPE_CHECKING:
+    from proxy.admin import Console
     from proxy.server.listener import ProxyServer
 
 log = logging.getLogger("optimist.server")
@@ -57,7 +58,7 @@ class Relay:
         self.client_protocol: asyncio.Protocol | None = None
         # the admin console: authenticating through PostgreSQL, then served by the proxy
         self.console_pending = False
-        self.console = None
+        self.console: Console | None = None
         # client bytes held while the proxy is paused (PAUSE .. RESUME)
         self.paused_input: list[bytes] = []
 
@@ -185,6 +186,7 @@ class Relay:
             self.console_bytes(data)
             return
         session = self.session
+        assert session is not None and self.client is not None
         if self.proxy.paused and (self.paused_input or session.awaiting_transaction()):
             # PAUSE: a new transaction waits; one already open goes on to its end
             self.paused_input.append(data)
@@ -237,6 +239,7 @@ class Relay:
         server connection go and answer from the proxy."""
         from proxy.admin import Console
 
+        assert self.session is not None and self.proxy.admin is not None
         self.console_pending = False
         self.console = Console(self.proxy.admin.ops, self.session.info.encoding)
         if self.server is not None and not self.server.is_closing():
@@ -245,6 +248,7 @@ class Relay:
         log.info("admin console opened by %s from %s", self.session.info.user, self.peer)
 
     def console_bytes(self, data: bytes) -> None:
+        assert self.console is not None
         try:
             out = self.console.feed(data)
         except ProtocolViolation as exc:

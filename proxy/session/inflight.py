@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from proxy.locking.capture import CapturePlan
+    from proxy.locking.pinned import PinnedRead
 
 
 class Kind(IntEnum):
@@ -36,7 +37,7 @@ class Entry:
     __slots__ = ("kind",)
     hidden = False
     # result rows of a protected table to capture (Query/Execute entries set their own)
-    capture: CapturePlan | None = None
+    capture: CapturePlan | PinnedRead | None = None
     # trailing result columns the proxy added and must remove (-1: every column, the client's
     # statement returns no rows at all)
     strip = 0
