@@ -86,7 +86,8 @@ def pg() -> Iterator[EmbeddedPostgres | ExternalPostgres]:
     if dsn:
         yield ExternalPostgres(dsn)
         return
-    server = _new_embedded()
+    # prepared transactions on: the two-phase-commit tests need them (PostgreSQL's default is 0)
+    server = _new_embedded(config={"max_prepared_transactions": 10})
     server.start()
     server.external = False  # type: ignore[attr-defined]
     try:
