@@ -429,3 +429,79 @@ def test_reload_makes_the_next_query_wait_for_the_catalog(wire, rules_path, metr
     # planned under the new rules: enforced now (not read, so unverified, not audited)
     assert m.decode_query(released[1]).decode().startswith("UPDATE audited")
     assert metrics.of("unverified", "public.audited", "not_read") == 1
+
+
+# ---------------------------------------------------------------- what may import what
+
+CORE = (
+    "wire",
+    "session",
+    "locking",
+    "rewrite",
+    "rules",
+    "sqlnames",
+    "values",
+    "catalog",
+    "conflicts",
+)
+IO_MODULES = {"asyncio", "socket", "ssl", "selectors", "asyncpg", "uvloop", "prometheus_client"}
+SESSION_TYPES = {"proxy.session.actions", "proxy.session.inflight", "proxy.session.info"}
+
+
+def _in(module: str, *packages: str) -> bool:
+    return any(module == p or module.startswith(p + ".") for p in packages)
+
+
+def test_the_sans_io_core_imports_no_io_and_keeps_its_layers():
+    """docs/ARCHITECTURE.md, "What may import what": the core (the locking logic these tests
+    drive) imports no asyncio, sockets or drivers; the session knows no locking; the locking
+    logic knows the session by its type modules only. (Imports under TYPE_CHECKING excepted.)"""
+    from tests.unit.test_imports import modules
+
+    core = tuple("proxy." + c for c in CORE)
+    graph = {}
+    for name, path in modules().items():
+        if _in(name, *core):
+            graph[name] = _runtime_imports(path)
+    assert "proxy.locking.session_locking" in graph and "proxy.session.machine" in graph
+    problems = []
+    for name, imported in sorted(graph.items()):
+        for target in sorted(imported):
+            top = target.split(".")[0]
+            if top in IO_MODULES:
+                problems.append(f"{name} imports {target} (I/O)")
+            elif top == "proxy" and target not in ("proxy", "proxy.config"):
+                if not _in(target, *core):
+                    problems.append(f"{name} imports {target} (outside the core)")
+                elif _in(name, "proxy.session") and _in(target, "proxy.locking"):
+                    problems.append(f"{name} imports {target} (the session knows no locking)")
+                elif (
+                    _in(name, "proxy.locking")
+                    and _in(target, "proxy.session")
+                    and target not in SESSION_TYPES
+                ):
+                    problems.append(f"{name} imports {target} (not a session type module)")
+    assert not problems, "\n".join(problems)
+
+
+def _runtime_imports(path) -> set[str]:
+    import ast
+
+    found: set[str] = set()
+
+    def visit(node: ast.AST) -> None:
+        if isinstance(node, ast.If) and getattr(node.test, "id", None) == "TYPE_CHECKING":
+            for child in node.orelse:
+                visit(child)
+            return
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            found.add(node.module)
+            if node.module == "proxy":  # from proxy import conflicts
+                found.update(f"proxy.{alias.name}" for alias in node.names)
+        for child in ast.iter_child_nodes(node):
+            visit(child)
+
+    visit(ast.parse(path.read_text()))
+    return found
