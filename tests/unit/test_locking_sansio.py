@@ -412,23 +412,30 @@ def test_discard_all_makes_the_guard_functions_be_created_again(wire, metrics):
 
 
 def test_reload_makes_the_next_query_wait_for_the_catalog(wire, rules_path, metrics):
+    wire.read("audited", 1, 3)
+    update = "UPDATE audited SET note = 'x' WHERE id = 1"
+    assert "optimist_modified_audit(" in wire.query(update)
+    wire.server(complete(b"UPDATE 0"), ready())
+
     service = wire.service
     old = service.generation
     rules_path.write_text(RULES.replace("mode: audit", "mode: enforce"))
     assert service.reload("test")
     assert service.generation is not old
 
-    sent = wire.client(m.encode_query(b"UPDATE audited SET note = 'x' WHERE id = 1"))
+    sent = wire.client(m.encode_query(update.encode()))
     assert kinds(sent) == [b"Q"]
     assert m.decode_query(sent[0][1]).decode() == service.generation.setup_sql()
     assert wire.session.in_flight[0].hidden
 
-    wire.server(bootstrap_response(guards=False))
+    assert wire.server(bootstrap_response(guards=False)) == []
     assert wire.locking.bootstrap.generation is service.generation
     (released,) = wire.pending_to_server
-    # planned under the new rules: enforced now (not read, so unverified, not audited)
-    assert m.decode_query(released[1]).decode().startswith("UPDATE audited")
-    assert metrics.of("unverified", "public.audited", "not_read") == 1
+    # planned under the new rules: enforced now, against what was read before the reload
+    sql = m.decode_query(released[1]).decode()
+    assert "pg_temp.optimist_modified(" in sql and "_audit(" not in sql
+    assert "IS NOT DISTINCT FROM CAST('3' AS integer)" in sql
+    assert metrics.of("checked", "public.audited") == 2
 
 
 # ---------------------------------------------------------------- what may import what
