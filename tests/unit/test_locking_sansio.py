@@ -449,6 +449,7 @@ CORE = (
     "sqlnames",
     "values",
     "catalog",
+    "catalog_views",
     "conflicts",
 )
 IO_MODULES = {"asyncio", "socket", "ssl", "selectors", "asyncpg", "uvloop", "prometheus_client"}
