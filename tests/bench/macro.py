@@ -24,7 +24,7 @@ import os
 import statistics
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from tests.bench.pgbench import RunResult, background_busy, run_pgbench
@@ -172,6 +172,8 @@ def summarize(runs: list[RunResult], workloads: list[Workload]) -> list[dict]:
             row["vs_pgbouncer"] = tps / base_bouncer if tps and base_bouncer else None
             if t.startswith("optimist-") and by_target.get("optimist", {}).get("tps") and tps:
                 row["checked_vs_this"] = by_target["optimist"]["tps"] / tps
+            base = by_target.get(t + "@base", {}).get("tps")
+            row["vs_base"] = tps / base if tps and base else None
             rows.append(row)
     return rows
 
@@ -193,6 +195,7 @@ def format_table(rows: list[dict]) -> str:
         "retried",
         "x direct",
         "x pgbouncer",
+        "x base",
         "proxy CPU us/tx",
         "(user+sys)",
         "machine CPU us/tx",
@@ -214,6 +217,7 @@ def format_table(rows: list[dict]) -> str:
                 str(r["retried"]),
                 _f(r["vs_direct"], ".2f") if r["target"] != "direct" else "",
                 _f(r["vs_pgbouncer"], ".2f") if r["target"].startswith("optimist") else "",
+                _f(r.get("vs_base"), ".2f", ""),
                 _f(r["proxy_cpu_us_per_tx"], ".1f"),
                 ""
                 if r["proxy_user_us_per_tx"] is None
@@ -305,6 +309,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--quick", action="store_true", help="1 round of 3 s, scale 1: < 2 minutes")
     p.add_argument("--json", metavar="PATH", help="also write the results as JSON here")
     p.add_argument(
+        "--baseline",
+        metavar="DIR",
+        type=Path,
+        help="a checkout of another commit (git worktree add DIR COMMIT): its optimist runs as "
+        "one more target per optimist, same rules, in the same alternation (label '@base')",
+    )
+    p.add_argument(
         "--keep", action="store_true", help="keep the work directory (logs, data) for inspection"
     )
     args = p.parse_args(argv)
@@ -356,6 +367,19 @@ def main(argv: list[str] | None = None) -> int:
                 if kind in needed:
                     rules = None if kind == "norules" else rules_dir / f"{kind}.yaml"
                     proxies[kind] = services.optimist(kind, rules)
+                    if args.baseline is not None:
+                        proxies[kind + "@base"] = services.optimist(
+                            kind + "-base", rules, checkout=args.baseline
+                        )
+            if args.baseline is not None:
+                workloads = [
+                    replace(
+                        w,
+                        optimists=w.optimists
+                        + tuple((label + "@base", kind + "@base") for label, kind in w.optimists),
+                    )
+                    for w in workloads
+                ]
             direct_url = dsn(pg.host, pg.port, DB)
             endpoints = {
                 "direct": (direct_url, None),

@@ -152,6 +152,7 @@ class Optimist(Managed):
         *,
         python: str = sys.executable,
         prefix: list[str] | None = None,
+        checkout: Path | None = None,
     ) -> None:
         self.name = f"optimist-{label}"
         self.label = label
@@ -178,7 +179,8 @@ class Optimist(Managed):
         for k in list(env):
             if k.startswith("OPTIMIST_"):
                 del env[k]
-        super().__init__((prefix or []) + cmd, logdir, env=env, cwd=str(REPO))
+        # `checkout`: another commit's tree (python -m proxy imports the proxy of its cwd)
+        super().__init__((prefix or []) + cmd, logdir, env=env, cwd=str(checkout or REPO))
 
     def start(self, timeout: float = 30.0) -> Optimist:
         self.spawn()
