@@ -26,6 +26,15 @@ def test_two_workers_share_the_port_and_the_metrics(proxy_factory, tmp_path):
         timeout=10,
         what="two worker processes",
     )
+
+    def listening(worker) -> bool:
+        return any(
+            k.status == psutil.CONN_LISTEN and k.laddr.port == proxy.port
+            for k in worker.net_connections(kind="tcp")
+        )
+
+    # a worker started late (a loaded machine) would get no connection: wait for both
+    wait_until(lambda: all(listening(w) for w in workers), timeout=15, what="both listening")
     conns = [psycopg.connect(proxy.dsn, autocommit=True) for _ in range(16)]
     try:
         for c in conns:
