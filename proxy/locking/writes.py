@@ -79,7 +79,7 @@ class StatementWork:
         # trailing columns the proxy added: the captured columns, then a notification
         self.added = len(extras) + (1 if table.notify else 0)
         # trailing columns to remove from results; -1: the client expects no rows at all
-        self.strip = self.added if client_returning else -1
+        self.strip = self.added if client_returning else (-1 if self.added else 0)
         self.keys = keys
         self.expected = len(set(keys))
         self.formats = formats  # result formats of the extra columns (None: text)
@@ -314,7 +314,7 @@ class WriteChecker:
             table,
             plan.kind,
             sql,
-            plan.extra_returning,
+            returned_columns(plan, bool(checked_keys)),
             plan.client_returning,
             checked_keys,
             learned=plan.learned_columns,
@@ -443,7 +443,7 @@ class WriteChecker:
         name, parse = self._hidden_statement(rendered.sql, types + tuple(extra_types))
         param_formats = [bind.param_format(i) for i in range(n)] + [v.format for v in extra_values]
         params = list(bind.params) + [v.data for v in extra_values]
-        extras = plan.extra_returning
+        extras = returned_columns(plan, any(m_ is True for m_ in mask))
         result_formats = list(bind.result_formats)
         if len(result_formats) > 1:
             result_formats += [0] * (len(extras) + (1 if table.notify else 0))
@@ -546,3 +546,16 @@ def insert_work(table: ProtectedTable, sql: str, plan: InsertPlan) -> StatementW
     return StatementWork(
         table, "insert", sql, plan.extra_returning, plan.client_returning, learned=learned
     )
+
+
+def returned_columns(plan: WritePlan | InsertPlan, checked: bool) -> tuple[str, ...]:
+    """The columns the checked form adds to RETURNING (guards.GuardBuilder.build leaves
+    them out of an UPDATE that checks no row: there is nothing to learn)."""
+    if (
+        isinstance(plan, WritePlan)
+        and plan.kind == "update"
+        and not checked
+        and not plan.table.notify
+    ):
+        return ()
+    return plan.extra_returning
