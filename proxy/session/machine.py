@@ -64,6 +64,9 @@ _ENDS = {
     b"s": Kind.EXECUTE,
 }
 
+# the kinds the hot path compares with, as module globals (an Enum attribute lookup costs more)
+_QUERY, _DESCRIBE, _EXECUTE, _SYNC = Kind.QUERY, Kind.DESCRIBE, Kind.EXECUTE, Kind.SYNC
+
 Buffer = bytes | bytearray  # a slice of the reader's buffer (the decoders need `find`)
 
 
@@ -190,7 +193,7 @@ class Session:
             self._job = None
             self._release_held()
             return
-        self._inflight.append(InternalEntry(Kind.QUERY, job))
+        self._inflight.append(InternalEntry(_QUERY, job))
         self._to_server.append(m.encode_query(query.sql.encode("utf-8")))
 
     def _release_held(self) -> None:
@@ -225,7 +228,7 @@ class Session:
                     self.closing = True
                 pos = end
                 continue
-            if self._count_statement is not None and kind <= Kind.EXECUTE:
+            if self._count_statement is not None and kind <= _EXECUTE:
                 self._count(mtype, buf, start, end)
             action = None if locking is None else self._ask(locking, mtype, buf, start, end)
             if action is None:
@@ -337,7 +340,7 @@ class Session:
             elif mtype == b"T":
                 if locking is not None and head is not None:
                     replacement = locking.row_description(head, buf[start:end])
-                if head is not None and head.kind == Kind.DESCRIBE:
+                if head is not None and head.kind == _DESCRIBE:
                     inflight.popleft()
             elif mtype == b"I":
                 self._statement_done(head)
@@ -366,7 +369,7 @@ class Session:
     def _statement_done(self, head: Entry | None) -> None:
         if head is None:
             return
-        if head.kind == Kind.EXECUTE:
+        if head.kind == _EXECUTE:
             self._inflight.popleft()
         elif type(head) is QueryEntry:
             head.index += 1
@@ -395,7 +398,7 @@ class Session:
         if head is None:
             return replacement
         if isinstance(head, Completion):
-            if head.kind != Kind.SYNC:
+            if head.kind != _SYNC:
                 head.failed = True  # simple Query / FunctionCall: ReadyForQuery follows
                 return replacement
         self._skip_to_sync()
@@ -404,7 +407,7 @@ class Session:
     def _skip_to_sync(self) -> None:
         """Extended protocol: after an error the server skips everything up to the next Sync."""
         inflight = self._inflight
-        while inflight and inflight[0].kind != Kind.SYNC:
+        while inflight and inflight[0].kind != _SYNC:
             done = inflight.popleft()
             if type(done) is InternalEntry and done.job is not None:
                 done.result.failed = True
@@ -435,7 +438,7 @@ class Session:
             if b"SFATAL\x00" in buf[start:end] or b"SPANIC\x00" in buf[start:end]:
                 self.server_fatal = True
             log.warning("internal query failed: %s (%s)", fields.get("M"), fields.get("C"))
-            if head.kind not in (Kind.QUERY, Kind.SYNC):
+            if head.kind not in (_QUERY, _SYNC):
                 self._skip_to_sync()
             if head.surface:
                 # the client's own statement cannot run: it must see an error, not silence
@@ -453,11 +456,11 @@ class Session:
             self.info.status = bytes(buf[start:end])
             finished = head.ends_with_ready()
         elif mtype == b"C" or mtype == b"I":
-            finished = head.kind == Kind.EXECUTE
+            finished = head.kind == _EXECUTE
         elif mtype in _ENDS:
             finished = head.kind == _ENDS[mtype]
         elif mtype == b"T":
-            finished = head.kind == Kind.DESCRIBE
+            finished = head.kind == _DESCRIBE
         if finished:
             self._inflight.popleft()
             self._finish_internal(head)
