@@ -95,6 +95,7 @@ class GuardBuilder:
         bump: str | None,
         wrap_where: bool,
         version_bump: str | None = None,
+        key_array: bool = False,
     ) -> None:
         self.text = text
         self.table = table
@@ -103,6 +104,10 @@ class GuardBuilder:
         self.q = target.qualifier
         self.pins = pins
         self.rows = rows  # rows[i][k]: value of key column k for pinned row i
+        # `= ANY(<array>)`: as many rows as the mask says, each key a Read hole of the key
+        # column (the caller fills it with that element); always dispatched by key
+        self.key_array = key_array
+        self.dispatch = key_array or len(rows) > 1
         self.items = {it.column: it for it in items}
         self.checks = checks  # column -> 'plain' | 'differing', in checked order
         self.sparse = sparse
@@ -155,23 +160,28 @@ class GuardBuilder:
     def read(self, row: int, column: str) -> Read:
         return Read(row, column, self.table.column_types[column])
 
+    def key_value(self, row: int, n: int) -> list[object]:
+        """Key column n of pinned row `row`, typed as the column."""
+        column = self.table.key[n]
+        if self.key_array:
+            return [self.read(row, column)]
+        return cast(self.value(self.rows[row][n]), self.table.column_types[column])
+
     def row_pin(self, row: int) -> list[object]:
         out: list[object] = []
-        for k, value in zip(self.table.key, self.rows[row]):
+        for n, k in enumerate(self.table.key):
             if out:
                 out.append(" AND ")
-            out += [self.col(k), " = ", *self.value(value)]
+            if self.key_array:
+                out += [self.col(k), " = ", *self.key_value(row, n)]
+            else:
+                out += [self.col(k), " = ", *self.value(self.rows[row][n])]
         return out
 
     def key_json(self, row: int | None) -> list[object]:
         if row is None:  # inside the presence subquery: the scanned row's own key
             return jsonb_object([(k, [quote_ident(k)]) for k in self.table.key])
-        return jsonb_object(
-            [
-                (k, cast(self.value(v), self.table.column_types[k]))
-                for k, v in zip(self.table.key, self.rows[row])
-            ]
-        )
+        return jsonb_object([(k, self.key_value(row, n)) for n, k in enumerate(self.table.key)])
 
     # ---- checks
 
@@ -274,7 +284,7 @@ class GuardBuilder:
         out: list[object] = []
         per_row = [(i, self.row_checks(i)) for i in rows]
         if any(check is not None for _, check in per_row):
-            if len(self.rows) == 1:
+            if not self.dispatch:
                 out += [" AND ", *per_row[0][1]]  # type: ignore[misc]  # the one row has a check
             else:
                 out.append(" AND CASE")
@@ -300,6 +310,8 @@ class GuardBuilder:
 
     def unqualified_pin(self, pin: Pin) -> list[object]:
         col = quote_ident(pin.column)
+        if pin.array is not None:
+            return [col, " = ANY(", *self.value(pin.array), ")"]
         if not pin.is_in:
             return [col, " = ", *self.value(pin.values[0])]
         out: list[object] = [col, " IN ("]
@@ -319,7 +331,7 @@ class GuardBuilder:
         out: list[object] = ["CASE"]
         for i in rows:
             out.append(" WHEN ")
-            if len(self.rows) > 1:
+            if self.dispatch:
                 out += [*self.row_pin(i), " AND "]
             out += [*new, " IS NOT DISTINCT FROM ", self.read(i, column), " THEN "]
             out += [self.read(i, column)]
@@ -333,7 +345,7 @@ class GuardBuilder:
         out: list[object] = ["CASE"]
         for i in rows:
             out.append(" WHEN ")
-            if len(self.rows) > 1:
+            if self.dispatch:
                 out += [*self.row_pin(i), " AND "]
             out += [
                 *new,  # type: ignore[misc]

@@ -67,7 +67,14 @@ __all__ = [
 ]
 
 REASONS = frozenset(
-    {"no_key_pin", "where_current_of", "parse_error", "not_target_table", "unsupported"}
+    {
+        "no_key_pin",
+        "key_array",
+        "where_current_of",
+        "parse_error",
+        "not_target_table",
+        "unsupported",
+    }
 )
 
 
@@ -103,6 +110,8 @@ class KeyRef:
         return None
 
 
+# compiled forms kept per plan (one per mask: which pinned rows were read)
+_COMPILED_FORMS = 64
 _CURRENT_OF = re.compile(r"\bwhere\s+current\s+of\b", re.I)
 
 
@@ -155,9 +164,20 @@ class WritePlan:
     # the session never saw, so it stays as last read
     learned_columns: frozenset[str]
     _builder: GuardBuilder = field(repr=False, compare=False)
+    # `WHERE id = ANY(<array>)`: where the array comes from; its elements are the pinned rows,
+    # known at each execution (pinned_rows is empty), their keys as Read holes of the key column
+    array_key: KeyRef | None = None
     _compiled: dict[tuple[bool, ...], tuple[object, ...]] = field(
         default_factory=dict, repr=False, compare=False
     )
+
+    def _pieces(self, mask: tuple[bool, ...]) -> tuple[object, ...]:
+        pieces = self._compiled.get(mask)
+        if pieces is None:
+            if len(self._compiled) >= _COMPILED_FORMS:  # arrays of every length: stay bounded
+                self._compiled.clear()
+            pieces = self._compiled[mask] = self._builder.build(mask)
+        return pieces
 
     def render_simple(
         self,
@@ -167,16 +187,14 @@ class WritePlan:
     ) -> str:
         """The statement with literals put back and read values inlined. A pinned row whose
         reads are missing (None, absent, or lacking a checked column) is left unchecked."""
+        n_rows = len(reads) if self.array_key is not None else len(self.pinned_rows)
         mask = tuple(
             i < len(reads)
             and reads[i] is not None
             and all(c in reads[i] for c in self.checked_columns)  # type: ignore[operator]
-            for i in range(len(self.pinned_rows))
+            for i in range(n_rows)
         )
-        pieces = self._compiled.get(mask)
-        if pieces is None:
-            pieces = self._compiled[mask] = self._builder.build(mask)
-        return fill_simple(pieces, literals, reads, scs)
+        return fill_simple(self._pieces(mask), literals, reads, scs)
 
     def render_extended(
         self,
@@ -193,10 +211,8 @@ class WritePlan:
         literals, n_params = _extended_args(literals, n_params)
         if mask is None:
             mask = (True,) * len(self.pinned_rows)
-        pieces = self._compiled.get(mask)
-        if pieces is None:
-            pieces = self._compiled[mask] = self._builder.build(mask)
-        return fill_extended(pieces, literals, max(n_params, self._builder.text.max_param) + 1)
+        first = max(n_params, self._builder.text.max_param) + 1
+        return fill_extended(self._pieces(mask), literals, first)
 
     def key_texts(
         self, literals: Sequence[str] = (), params: Sequence[str | None] = (), scs: bool = True
@@ -318,7 +334,9 @@ def _plan_write(template_sql: str, table: ProtectedTable, n_params: int) -> Writ
         return Unverified("no_key_pin", "key column(s) not pinned: " + ", ".join(missing))
     ordered = [pins[k] for k in table.key]
     if len(table.key) > 1 and any(p.is_in for p in ordered):
-        return Unverified("no_key_pin", "composite keys must be pinned by equality")
+        reason = "key_array" if any(p.array for p in ordered) else "no_key_pin"
+        return Unverified(reason, "composite keys must be pinned by equality")
+    array = ordered[0].array
     n_rows = len(ordered[0].values)
     rows = [[p.values[i] if p.is_in else p.values[0] for p in ordered] for i in range(n_rows)]
     pinned = tuple(tuple(_key_ref(k, v) for k, v in zip(table.key, row)) for row in rows)
@@ -368,6 +386,7 @@ def _plan_write(template_sql: str, table: ProtectedTable, n_params: int) -> Writ
         bump=bump,
         wrap_where=wrap,
         version_bump=version_bump,
+        key_array=array is not None,
     )
     return WritePlan(
         kind=kind,
@@ -388,6 +407,7 @@ def _plan_write(template_sql: str, table: ProtectedTable, n_params: int) -> Writ
             )
         ),
         _builder=builder,
+        array_key=None if array is None else _key_ref(table.key[0], array),
     )
 
 
