@@ -311,9 +311,9 @@ class WriteChecker:
                 missing.unverified(table, "binary_read")
                 texts.append(None)
             if elements and texts[-1] is not None:
-                texts[-1][table.key[0]] = elements[i]  # type: ignore[index]  # the key's hole
+                texts[-1][table.key[0]] = elements[i]  # the key's hole
         if missing.reasons:
-            refusal = self._unchecked(table, missing.reasons[0], plan.kind)
+            refusal = self._unchecked(table, _reason(plan, missing), plan.kind)
             if refusal is not None:
                 return refusal
         else:
@@ -447,7 +447,7 @@ class WriteChecker:
                 ]
             mask = tuple(r is not None for r in reads)
             if missing.reasons:
-                refusal = self.unchecked_bind(table, missing.reasons[0], bind)
+                refusal = self.unchecked_bind(table, _reason(plan, missing), bind)
                 if refusal is not None:
                     return refusal
             else:
@@ -523,9 +523,9 @@ class WriteChecker:
             if bind is None:
                 raise Unchecked("no_key_pin")  # a $n in a simple query: not ours to guess
             index = ref.param - 1
-            if index >= len(bind.params) or bind.params[index] is None:
+            data = bind.params[index] if index < len(bind.params) else None
+            if data is None:
                 raise Unchecked("key_array")
-            data = bind.params[index]
             if bind.param_format(index) == 1:
                 elements = binary_array_elements(data)
             else:
@@ -575,6 +575,12 @@ class RowReasons:
 
     def unverified(self, table: ProtectedTable, reason: str) -> None:
         self.reasons.append(reason)
+
+
+def _reason(plan: WritePlan, missing: RowReasons) -> str:
+    """Why a write is not (wholly) checked: an upsert of a row never read is an `upsert`."""
+    reason = missing.reasons[0]
+    return "upsert" if plan.upsert and reason == "not_read" else reason
 
 
 class _NothingToCheck:

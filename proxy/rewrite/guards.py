@@ -96,6 +96,7 @@ class GuardBuilder:
         wrap_where: bool,
         version_bump: str | None = None,
         key_array: bool = False,
+        upsert: bool = False,
     ) -> None:
         self.text = text
         self.table = table
@@ -108,6 +109,8 @@ class GuardBuilder:
         # column (the caller fills it with that element); always dispatched by key
         self.key_array = key_array
         self.dispatch = key_array or len(rows) > 1
+        # an upsert's DO UPDATE: the check goes into its WHERE, no presence (absent: inserted)
+        self.upsert = upsert
         self.items = {it.column: it for it in items}
         self.checks = checks  # column -> 'plain' | 'differing', in checked order
         self.sparse = sparse
@@ -263,7 +266,16 @@ class GuardBuilder:
                     ("GREATEST((", *self.value(item.value), "), ", self.version_bump, ")"),
                 )
             )
-        if guarded:
+        if guarded and self.upsert:
+            check = self.row_checks(0)
+            if check is not None and c.where >= 0:
+                where_end = text.span(c.where + 1, c.where_hi)[1]
+                edits += self.wrapped_where(c, where_end)
+                edits.append(Edit(where_end, where_end, (" AND ", *check)))
+            elif check is not None:
+                end = text.span(c.set_lo, c.set_hi)[1]
+                edits.append(Edit(end, end, (" WHERE ", *check)))
+        elif guarded:
             where_end = text.span(c.where + 1, c.where_hi)[1]
             if self.wrap_where:
                 after_where = text.toks[c.where].end + 1
@@ -279,6 +291,11 @@ class GuardBuilder:
             )
         )
         return splice(text, edits)
+
+    def wrapped_where(self, c: Clauses, where_end: int) -> list[Edit]:
+        """The client's WHERE in parentheses, so that what the proxy ANDs to it binds to all."""
+        after_where = self.text.toks[c.where].end + 1
+        return [Edit(after_where, after_where, (" (",)), Edit(where_end, where_end, (")",))]
 
     def guard(self, rows: list[int]) -> list[object]:
         out: list[object] = []

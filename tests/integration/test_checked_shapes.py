@@ -142,3 +142,98 @@ def test_key_arrays_it_cannot_read_stay_unverified(dbs, sql):
         a.execute("SELECT * FROM pairs").fetchall()
         assert a.execute(sql).rowcount == 2
     assert write_counts(proxy.metrics_url).get((table, "key_array"), 0) == before + 1
+
+
+# (statement, parameters, prepare): each adds 10 to counters row 1 when it exists
+UPSERTS = {
+    "simple": (
+        "INSERT INTO counters VALUES (1, 0) ON CONFLICT (id) DO UPDATE SET n = counters.n + 10",
+        None,
+        None,
+    ),
+    "extended": (
+        "INSERT INTO counters VALUES (1, 0) ON CONFLICT (id) DO UPDATE SET n = counters.n + 10",
+        None,
+        True,
+    ),
+    "bound": (
+        "INSERT INTO counters AS c (n, id) VALUES (0, %s) ON CONFLICT (id) "
+        "DO UPDATE SET n = c.n + 10 RETURNING n",
+        (1,),
+        True,
+    ),
+    "client-where": (
+        "INSERT INTO counters VALUES (1, 10) ON CONFLICT (id) DO UPDATE "
+        "SET n = counters.n + excluded.n WHERE counters.n >= 0 OR counters.id = 1",
+        None,
+        None,
+    ),
+}
+
+
+def _upsert(conn, shape: str, key: int = 1):
+    sql, params, prepare = UPSERTS[shape]
+    if params is None:
+        sql = sql.replace("VALUES (1,", f"VALUES ({key},")
+    else:
+        params = (key,)
+    return conn.execute(sql, params, prepare=prepare)
+
+
+def _row1(dsn: str) -> int:
+    with psycopg.connect(dsn) as c:
+        return c.execute("SELECT n FROM counters WHERE id = 1").fetchone()[0]
+
+
+def _upsert_race(dsn: str, shape: str) -> None:
+    with psycopg.connect(dsn, autocommit=True) as a, psycopg.connect(dsn, autocommit=True) as b:
+        a.execute("SELECT * FROM counters WHERE id = 1", prepare=UPSERTS[shape][2]).fetchall()
+        b.execute("SELECT * FROM counters WHERE id = 1").fetchall()
+        b.execute("UPDATE counters SET n = 7 WHERE id = 1")
+        _upsert(a, shape)
+
+
+@pytest.mark.parametrize("shape", list(UPSERTS))
+def test_upsert_over_a_change_it_never_saw_conflicts(dbs, shape):
+    proxy, dsn, direct = dbs
+    _upsert_race(direct, shape)  # the lost update is real
+    assert _row1(direct) == 17
+    with psycopg.connect(direct, autocommit=True) as c:
+        c.execute("UPDATE counters SET n = 0, version = 1 WHERE id = 1")
+    before = write_counts(proxy.metrics_url).get((C, "checked"), 0)
+    with pytest.raises(psycopg.errors.SerializationFailure) as err:
+        _upsert_race(dsn, shape)
+    assert '"kind": "modified"' in (err.value.diag.message_detail or "")
+    assert _row1(direct) == 7  # b's change, nothing of a's
+    assert write_counts(proxy.metrics_url).get((C, "checked"), 0) == before + 2
+
+
+@pytest.mark.parametrize("shape", list(UPSERTS))
+def test_upsert_of_fresh_rows_passes_and_of_rows_never_read_counts(dbs, shape):
+    proxy, dsn, direct = dbs
+    before = write_counts(proxy.metrics_url)
+    with psycopg.connect(dsn, autocommit=True) as a, psycopg.connect(dsn, autocommit=True) as b:
+        a.execute("SELECT * FROM counters WHERE id = 1", prepare=UPSERTS[shape][2]).fetchall()
+        _upsert(a, shape)
+        _upsert(a, shape)  # its own upsert taught it the new version
+        # its upsert bumped the version: b's stale write cannot overwrite it
+        b.execute("SELECT * FROM counters WHERE id = 1").fetchall()
+        _upsert(a, shape)
+        with pytest.raises(psycopg.errors.SerializationFailure):
+            b.execute("UPDATE counters SET n = 0 WHERE id = 1")
+        _upsert(a, shape, key=9)  # absent, never read: inserted, unverified
+    after = write_counts(proxy.metrics_url)
+    assert after[(C, "checked")] == before.get((C, "checked"), 0) + 4
+    assert after.get((C, "upsert"), 0) == before.get((C, "upsert"), 0) + 1
+    assert _row1(direct) == 30
+    with psycopg.connect(direct) as c:
+        assert c.execute("SELECT count(*) FROM counters WHERE id = 9").fetchone()[0] == 1
+
+
+def test_upsert_of_a_row_deleted_meanwhile_inserts_it(dbs):
+    proxy, dsn, direct = dbs
+    with psycopg.connect(dsn, autocommit=True) as a, psycopg.connect(dsn, autocommit=True) as b:
+        a.execute("SELECT * FROM counters WHERE id = 1").fetchall()
+        b.execute("DELETE FROM counters WHERE id = 1")
+        _upsert(a, "simple")  # nothing to overwrite: the row is inserted anew
+    assert _row1(direct) == 0

@@ -48,7 +48,16 @@ SHAPES = [
     ("INSERT INTO accounts VALUES (10, 'N', 1) ON CONFLICT DO NOTHING", (A, "checked")),
     (
         "INSERT INTO accounts VALUES (10, 'N', 1) ON CONFLICT (id) DO UPDATE SET owner = 'u'",
-        (A, "upsert"),
+        (A, "checked"),  # row 10 is known: the session inserted it
+    ),
+    (
+        "INSERT INTO accounts VALUES (30, 'N', 1) ON CONFLICT (id) DO UPDATE SET owner = 'u'",
+        (A, "upsert"),  # a row never read
+    ),
+    (
+        "INSERT INTO accounts VALUES (10, 'N', 1) ON CONFLICT ON CONSTRAINT accounts_pkey "
+        "DO UPDATE SET owner = 'u'",
+        (A, "upsert"),  # which row conflicts is not the key's to say
     ),
     (
         "MERGE INTO accounts a USING (VALUES (1)) v(id) ON a.id = v.id "
@@ -130,7 +139,8 @@ STRICT_SHAPES = {
     # an array literal with dimension decorations is not read: its keys stay unknown
     "key_array": ("UPDATE counters SET n = n + 10 WHERE id = ANY('[1:2]={1,2}')", "key_array"),
     "upsert": (
-        "INSERT INTO counters VALUES (1, 0) ON CONFLICT (id) DO UPDATE SET n = counters.n + 10",
+        "INSERT INTO counters VALUES (1, 0), (2, 0) ON CONFLICT (id) "
+        "DO UPDATE SET n = counters.n + 10",
         "upsert",
     ),
     "merge": (

@@ -605,8 +605,32 @@ def test_insert_with_alias_returning_and_upsert():
         "SET owner = excluded.owner RETURNING *"
     )
     p = plan_insert(template, VERSIONED, 1)
-    assert p.client_returning and p.on_conflict == "update"
-    assert p.render_simple(literals).endswith("RETURNING *, a.id, a.version")
+    assert isinstance(p, WritePlan) and p.upsert and p.client_returning
+    assert p.pinned_rows == ((KeyRef("id", param=1),),)
+    # the row the session read is checked in the DO UPDATE's WHERE, its version bumped
+    sql = p.render_simple(literals, [{"version": "4"}])
+    assert "SET owner = excluded.owner, version = a.version + 1 WHERE ((a.version IS NOT" in sql
+    assert "optimist_present" not in sql  # a row absent is simply inserted
+    assert sql.endswith("RETURNING *, a.id, a.version")
+    unread = p.render_simple(literals, [None])
+    assert "WHERE" not in unread and "version = a.version + 1" in unread
+    template, literals = normalize(
+        "INSERT INTO accounts VALUES (1, 'x') ON CONFLICT (id) DO UPDATE SET owner = 'y' "
+        "WHERE accounts.owner = 'x' OR accounts.owner = 'z'"
+    )
+    p = plan_insert(template, VERSIONED)
+    assert isinstance(p, WritePlan)
+    sql = p.render_simple(literals, [{"version": "4"}])
+    assert "WHERE ( accounts.owner = 'x' OR accounts.owner = 'z') AND ((accounts.version" in sql
+    for sql in (
+        "INSERT INTO accounts VALUES (1, 'x'), (2, 'y') ON CONFLICT (id) DO UPDATE SET owner = 'y'",
+        "INSERT INTO accounts SELECT 1, 'x' ON CONFLICT (id) DO UPDATE SET owner = 'y'",
+        "INSERT INTO accounts VALUES (1, 'x') ON CONFLICT (owner) DO UPDATE SET owner = 'y'",
+        "INSERT INTO accounts VALUES (1, 'x') ON CONFLICT (id) DO UPDATE SET id = 2",
+        "INSERT INTO accounts VALUES (1 + 1, 'x') ON CONFLICT (id) DO UPDATE SET owner = 'y'",
+    ):
+        p = plan_insert(normalize(sql)[0], VERSIONED)
+        assert isinstance(p, InsertPlan) and p.on_conflict == "update", sql
     p = plan_insert("INSERT INTO accounts VALUES (1) ON CONFLICT DO NOTHING", VERSIONED)
     assert p.on_conflict == "nothing"
 
