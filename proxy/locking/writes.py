@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from proxy import conflicts
+from proxy.arrays import binary_array_elements, text_array_elements
 from proxy.locking.counting import Unverified, WriteCounts
 from proxy.locking.knowledge import Knowledge, RowKey
 from proxy.locking.prepared import PreparedRegistry, PreparedStatement, WriteTarget
@@ -18,6 +19,7 @@ from proxy.rewrite import lexer
 from proxy.rewrite.lexer import _skip_noise
 from proxy.rewrite.planner import (
     InsertPlan,
+    KeyRef,
     WritePlan,
     plan_insert,
     plan_write,
@@ -282,18 +284,25 @@ class WriteChecker:
                 self.counts.checked(table)  # a new row overwrites nothing
             sql = plan.render_simple(literals, scs)
             return insert_work(table, sql, plan)
+        elements: list[str] = []
         try:
-            keys = [
-                tuple(self._literal_key(table, ref, literals) for ref in row)
-                for row in plan.pinned_rows
-            ]
+            if plan.array_key is not None:
+                elements = self._array_elements(plan.array_key, literals, None)
+                keys = [
+                    (normalize_text_key(table.column_type_oids[table.key[0]], e),) for e in elements
+                ]
+            else:
+                keys = [
+                    tuple(self._literal_key(table, ref, literals) for ref in row)
+                    for row in plan.pinned_rows
+                ]
         except Unchecked as exc:
             return self._unchecked(table, exc.reason)
         missing = RowReasons()
         reads = self.knowledge.read_rows(table, keys, plan.checked_columns, missing)
         encoding = self.info.encoding
         texts: list[dict[str, str | None] | None] = []
-        for row in reads:
+        for i, row in enumerate(reads):
             try:
                 texts.append(
                     None if row is None else {c: v.as_text(encoding) for c, v in row.items()}
@@ -301,8 +310,10 @@ class WriteChecker:
             except ValueError:  # a binary value with no known text form: that row unchecked
                 missing.unverified(table, "binary_read")
                 texts.append(None)
+            if elements and texts[-1] is not None:
+                texts[-1][table.key[0]] = elements[i]  # the key's hole
         if missing.reasons:
-            refusal = self._unchecked(table, missing.reasons[0], plan.kind)
+            refusal = self._unchecked(table, _reason(plan, missing), plan.kind)
             if refusal is not None:
                 return refusal
         else:
@@ -417,21 +428,34 @@ class WriteChecker:
             else:
                 self.counts.checked(table)  # a new row overwrites nothing
         else:
-            keys = [
-                tuple(self._param_key(table, ref, literals, bind) for ref in row)
-                for row in plan.pinned_rows
-            ]
+            if plan.array_key is not None:
+                elements = self._array_elements(plan.array_key, literals, bind)
+                key_oid = table.column_type_oids[table.key[0]]
+                keys = [(normalize_text_key(key_oid, e),) for e in elements]
+            else:
+                keys = [
+                    tuple(self._param_key(table, ref, literals, bind) for ref in row)
+                    for row in plan.pinned_rows
+                ]
             missing = RowReasons()
             reads = self.knowledge.read_rows(table, keys, plan.checked_columns, missing)
+            if plan.array_key is not None:  # each read row's key hole: its element, as text
+                encoded = [e.encode(self.info.encoding, "surrogateescape") for e in elements]
+                reads = [
+                    None if r is None else {**r, table.key[0]: ReadValue(0, key_oid, data)}
+                    for r, data in zip(reads, encoded)
+                ]
             mask = tuple(r is not None for r in reads)
             if missing.reasons:
-                refusal = self.unchecked_bind(table, missing.reasons[0], bind)
+                refusal = self.unchecked_bind(table, _reason(plan, missing), bind)
                 if refusal is not None:
                     return refusal
             else:
                 self.counts.checked(table)
         rendered = info.rendered.get((n, mask))
         if rendered is None:
+            if len(info.rendered) >= _RENDERED_FORMS:  # arrays of every length: stay bounded
+                info.rendered.clear()
             rendered = info.rendered[(n, mask)] = (
                 plan.render_extended(literals, n, scs)
                 if mask == ("insert",)
@@ -488,6 +512,31 @@ class WriteChecker:
         parse = m.Parse(name, sql.encode(self.info.encoding, "surrogateescape"), types)
         return name, parse.encode()
 
+    def _array_elements(
+        self, ref: KeyRef, literals: Sequence[str], bind: m.Bind | None
+    ) -> list[str]:
+        """The keys `= ANY(<array>)` pins, as text (NULLs pin nothing); Unchecked("key_array")
+        when the array cannot be read (binary elements of an unknown type, a malformed or
+        decorated literal, too many elements)."""
+        elements: list[str | None] | None
+        if ref.param is not None:
+            if bind is None:
+                raise Unchecked("no_key_pin")  # a $n in a simple query: not ours to guess
+            index = ref.param - 1
+            data = bind.params[index] if index < len(bind.params) else None
+            if data is None:
+                raise Unchecked("key_array")
+            if bind.param_format(index) == 1:
+                elements = binary_array_elements(data)
+            else:
+                elements = text_array_elements(data.decode(self.info.encoding, "surrogateescape"))
+        else:
+            text = ref.value_text(literals, (), self.info.standard_conforming_strings)
+            elements = None if text is None else text_array_elements(text)
+        if elements is None or len(elements) > _MAX_ARRAY_KEYS:
+            raise Unchecked("key_array")
+        return [e for e in elements if e is not None]
+
     def _param_key(
         self, table: ProtectedTable, ref: Any, literals: Sequence[str], bind: m.Bind
     ) -> Any:
@@ -528,11 +577,20 @@ class RowReasons:
         self.reasons.append(reason)
 
 
+def _reason(plan: WritePlan, missing: RowReasons) -> str:
+    """Why a write is not (wholly) checked: an upsert of a row never read is an `upsert`."""
+    reason = missing.reasons[0]
+    return "upsert" if plan.upsert and reason == "not_read" else reason
+
+
 class _NothingToCheck:
     """A write that only creates rows (an INSERT-only MERGE): counted checked."""
 
 
 NOTHING_TO_CHECK = _NothingToCheck()
+# an `= ANY(<array>)` guard has a branch per element: past this many, the write is unverified
+_MAX_ARRAY_KEYS = 1000
+_RENDERED_FORMS = 64
 _NOT_READ = frozenset({"not_read", "column_not_read", "binary_read"})
 _MERGE_OVERWRITES = re.compile(r"\bthen\s+(?:update|delete)\b", re.I)
 _KEY_ARRAY = re.compile(r"=\s*(?:any|some)\s*\(", re.I)

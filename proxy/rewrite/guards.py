@@ -95,6 +95,8 @@ class GuardBuilder:
         bump: str | None,
         wrap_where: bool,
         version_bump: str | None = None,
+        key_array: bool = False,
+        upsert: bool = False,
     ) -> None:
         self.text = text
         self.table = table
@@ -103,6 +105,12 @@ class GuardBuilder:
         self.q = target.qualifier
         self.pins = pins
         self.rows = rows  # rows[i][k]: value of key column k for pinned row i
+        # `= ANY(<array>)`: as many rows as the mask says, each key a Read hole of the key
+        # column (the caller fills it with that element); always dispatched by key
+        self.key_array = key_array
+        self.dispatch = key_array or len(rows) > 1
+        # an upsert's DO UPDATE: the check goes into its WHERE, no presence (absent: inserted)
+        self.upsert = upsert
         self.items = {it.column: it for it in items}
         self.checks = checks  # column -> 'plain' | 'differing', in checked order
         self.sparse = sparse
@@ -155,23 +163,28 @@ class GuardBuilder:
     def read(self, row: int, column: str) -> Read:
         return Read(row, column, self.table.column_types[column])
 
+    def key_value(self, row: int, n: int) -> list[object]:
+        """Key column n of pinned row `row`, typed as the column."""
+        column = self.table.key[n]
+        if self.key_array:
+            return [self.read(row, column)]
+        return cast(self.value(self.rows[row][n]), self.table.column_types[column])
+
     def row_pin(self, row: int) -> list[object]:
         out: list[object] = []
-        for k, value in zip(self.table.key, self.rows[row]):
+        for n, k in enumerate(self.table.key):
             if out:
                 out.append(" AND ")
-            out += [self.col(k), " = ", *self.value(value)]
+            if self.key_array:
+                out += [self.col(k), " = ", *self.key_value(row, n)]
+            else:
+                out += [self.col(k), " = ", *self.value(self.rows[row][n])]
         return out
 
     def key_json(self, row: int | None) -> list[object]:
         if row is None:  # inside the presence subquery: the scanned row's own key
             return jsonb_object([(k, [quote_ident(k)]) for k in self.table.key])
-        return jsonb_object(
-            [
-                (k, cast(self.value(v), self.table.column_types[k]))
-                for k, v in zip(self.table.key, self.rows[row])
-            ]
-        )
+        return jsonb_object([(k, self.key_value(row, n)) for n, k in enumerate(self.table.key)])
 
     # ---- checks
 
@@ -253,7 +266,16 @@ class GuardBuilder:
                     ("GREATEST((", *self.value(item.value), "), ", self.version_bump, ")"),
                 )
             )
-        if guarded:
+        if guarded and self.upsert:
+            check = self.row_checks(0)
+            if check is not None and c.where >= 0:
+                where_end = text.span(c.where + 1, c.where_hi)[1]
+                edits += self.wrapped_where(c, where_end)
+                edits.append(Edit(where_end, where_end, (" AND ", *check)))
+            elif check is not None:
+                end = text.span(c.set_lo, c.set_hi)[1]
+                edits.append(Edit(end, end, (" WHERE ", *check)))
+        elif guarded:
             where_end = text.span(c.where + 1, c.where_hi)[1]
             if self.wrap_where:
                 after_where = text.toks[c.where].end + 1
@@ -274,11 +296,16 @@ class GuardBuilder:
         )
         return splice(text, edits)
 
+    def wrapped_where(self, c: Clauses, where_end: int) -> list[Edit]:
+        """The client's WHERE in parentheses, so that what the proxy ANDs to it binds to all."""
+        after_where = self.text.toks[c.where].end + 1
+        return [Edit(after_where, after_where, (" (",)), Edit(where_end, where_end, (")",))]
+
     def guard(self, rows: list[int]) -> list[object]:
         out: list[object] = []
         per_row = [(i, self.row_checks(i)) for i in rows]
         if any(check is not None for _, check in per_row):
-            if len(self.rows) == 1:
+            if not self.dispatch:
                 out += [" AND ", *per_row[0][1]]  # type: ignore[misc]  # the one row has a check
             else:
                 out.append(" AND CASE")
@@ -304,6 +331,8 @@ class GuardBuilder:
 
     def unqualified_pin(self, pin: Pin) -> list[object]:
         col = quote_ident(pin.column)
+        if pin.array is not None:
+            return [col, " = ANY(", *self.value(pin.array), ")"]
         if not pin.is_in:
             return [col, " = ", *self.value(pin.values[0])]
         out: list[object] = [col, " IN ("]
@@ -323,7 +352,7 @@ class GuardBuilder:
         out: list[object] = ["CASE"]
         for i in rows:
             out.append(" WHEN ")
-            if len(self.rows) > 1:
+            if self.dispatch:
                 out += [*self.row_pin(i), " AND "]
             out += [*new, " IS NOT DISTINCT FROM ", self.read(i, column), " THEN "]
             out += [self.read(i, column)]
@@ -337,7 +366,7 @@ class GuardBuilder:
         out: list[object] = ["CASE"]
         for i in rows:
             out.append(" WHEN ")
-            if len(self.rows) > 1:
+            if self.dispatch:
                 out += [*self.row_pin(i), " AND "]
             out += [
                 *new,  # type: ignore[misc]

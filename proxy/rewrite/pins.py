@@ -166,6 +166,9 @@ class Pin:
     values: list[Value]  # one per pinned row (several only for IN lists)
     span: tuple[int, int]  # characters of the whole predicate (for the presence subquery)
     is_in: bool
+    # `= ANY(<array>)`: the array (a literal or $n), whose elements are the pinned keys,
+    # known only at each execution (values is empty)
+    array: Value | None = None
 
 
 def _find_op(text: SqlText, lo: int, hi: int, tt: TokenType) -> int | None:
@@ -219,6 +222,11 @@ def pin_of(
             (node.expression, node.this, (lo, eq)),
         ):
             column = _is_target_column(col_node, target, table)
+            if column in table.key and isinstance(val_node, exp.Any):
+                array = _any_array(val_node, vlo, vhi, text)
+                if array is not None:
+                    return Pin(column, [], text.span(lo, hi), True, array)
+                return None
             if column in table.key:
                 value = classify_value(val_node, text.span(vlo, vhi), text)
                 if value.kind in ("literal", "param"):
@@ -254,6 +262,20 @@ def pin_of(
             values.append(value)
         return Pin(column, values, text.span(lo, hi), True)
     return None
+
+
+def _any_array(node: exp.Any, lo: int, hi: int, text: SqlText) -> Value | None:
+    """The array of `= ANY(<array>)` when it is a literal or a parameter (possibly cast)."""
+    inner = node.this
+    if isinstance(inner, exp.Paren):
+        inner = inner.this
+    toks = text.toks
+    if hi - lo < 3 or toks[lo + 1].token_type != TokenType.L_PAREN:
+        return None
+    if text.match.get(lo + 1) != hi - 1 or toks[lo].text.upper() not in ("ANY", "SOME"):
+        return None
+    value = classify_value(inner, text.span(lo + 2, hi - 1), text)
+    return value if value.kind in ("literal", "param") else None
 
 
 # ============================================================================ SET items

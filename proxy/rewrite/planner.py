@@ -34,7 +34,7 @@ from sqlglot import exp
 from sqlglot.errors import ParseError, TokenError
 from sqlglot.tokens import TokenType
 
-from proxy.rewrite.clauses import find_clauses
+from proxy.rewrite.clauses import Clauses, find_clauses
 from proxy.rewrite.guards import GuardBuilder, returning_edit, splice
 from proxy.rewrite.lexer import literal_text
 from proxy.rewrite.pins import (
@@ -42,7 +42,9 @@ from proxy.rewrite.pins import (
     SetItem,
     Target,
     Value,
+    classify_value,
     column_checks,
+    fold_ident,
     matches,
     pin_of,
     set_items,
@@ -67,7 +69,14 @@ __all__ = [
 ]
 
 REASONS = frozenset(
-    {"no_key_pin", "where_current_of", "parse_error", "not_target_table", "unsupported"}
+    {
+        "no_key_pin",
+        "key_array",
+        "where_current_of",
+        "parse_error",
+        "not_target_table",
+        "unsupported",
+    }
 )
 
 
@@ -103,6 +112,8 @@ class KeyRef:
         return None
 
 
+# compiled forms kept per plan (one per mask: which pinned rows were read)
+_COMPILED_FORMS = 64
 _CURRENT_OF = re.compile(r"\bwhere\s+current\s+of\b", re.I)
 
 
@@ -155,9 +166,23 @@ class WritePlan:
     # the session never saw, so it stays as last read
     learned_columns: frozenset[str]
     _builder: GuardBuilder = field(repr=False, compare=False)
+    # `WHERE id = ANY(<array>)`: where the array comes from; its elements are the pinned rows,
+    # known at each execution (pinned_rows is empty), their keys as Read holes of the key column
+    array_key: KeyRef | None = None
+    # INSERT ... ON CONFLICT (<key>) DO UPDATE: the pinned row is the inserted key's; a row
+    # absent is inserted (no presence check), a row never read is unverified `upsert`
+    upsert: bool = False
     _compiled: dict[tuple[bool, ...], tuple[object, ...]] = field(
         default_factory=dict, repr=False, compare=False
     )
+
+    def _pieces(self, mask: tuple[bool, ...]) -> tuple[object, ...]:
+        pieces = self._compiled.get(mask)
+        if pieces is None:
+            if len(self._compiled) >= _COMPILED_FORMS:  # arrays of every length: stay bounded
+                self._compiled.clear()
+            pieces = self._compiled[mask] = self._builder.build(mask)
+        return pieces
 
     def render_simple(
         self,
@@ -167,16 +192,14 @@ class WritePlan:
     ) -> str:
         """The statement with literals put back and read values inlined. A pinned row whose
         reads are missing (None, absent, or lacking a checked column) is left unchecked."""
+        n_rows = len(reads) if self.array_key is not None else len(self.pinned_rows)
         mask = tuple(
             i < len(reads)
             and reads[i] is not None
             and all(c in reads[i] for c in self.checked_columns)  # type: ignore[operator]
-            for i in range(len(self.pinned_rows))
+            for i in range(n_rows)
         )
-        pieces = self._compiled.get(mask)
-        if pieces is None:
-            pieces = self._compiled[mask] = self._builder.build(mask)
-        return fill_simple(pieces, literals, reads, scs)
+        return fill_simple(self._pieces(mask), literals, reads, scs)
 
     def render_extended(
         self,
@@ -193,10 +216,8 @@ class WritePlan:
         literals, n_params = _extended_args(literals, n_params)
         if mask is None:
             mask = (True,) * len(self.pinned_rows)
-        pieces = self._compiled.get(mask)
-        if pieces is None:
-            pieces = self._compiled[mask] = self._builder.build(mask)
-        return fill_extended(pieces, literals, max(n_params, self._builder.text.max_param) + 1)
+        first = max(n_params, self._builder.text.max_param) + 1
+        return fill_extended(self._pieces(mask), literals, first)
 
     def key_texts(
         self, literals: Sequence[str] = (), params: Sequence[str | None] = (), scs: bool = True
@@ -318,40 +339,18 @@ def _plan_write(template_sql: str, table: ProtectedTable, n_params: int) -> Writ
         return Unverified("no_key_pin", "key column(s) not pinned: " + ", ".join(missing))
     ordered = [pins[k] for k in table.key]
     if len(table.key) > 1 and any(p.is_in for p in ordered):
-        return Unverified("no_key_pin", "composite keys must be pinned by equality")
+        reason = "key_array" if any(p.array for p in ordered) else "no_key_pin"
+        return Unverified(reason, "composite keys must be pinned by equality")
+    array = ordered[0].array
     n_rows = len(ordered[0].values)
     rows = [[p.values[i] if p.is_in else p.values[0] for p in ordered] for i in range(n_rows)]
     pinned = tuple(tuple(_key_ref(k, v) for k, v in zip(table.key, row)) for row in rows)
     checks, sparse = column_checks(table, kind, items)
     written = frozenset(it.column for it in items)
-    bump = version_bump = None
-    if (
-        kind == "update"
-        and table.mode in ("enforce", "audit")
-        and table.strategy == "version"
-        and table.version_column
-        and table.bump != "none"
-    ):
-        v = table.version_column
-        if table.bump == "increment":
-            bumped = f"{column_ref(target.qualifier, v)} + 1"
-        else:
-            # clock_timestamp(), not statement_timestamp(): it is read when the row is written,
-            # i.e. after the row lock was granted and the previous writer committed, so a new
-            # version is always later than the one it replaces; statement_timestamp() is taken
-            # before a lock wait and could equal/precede the version just committed.
-            bumped = "clock_timestamp()"
-        if v not in written:
-            bump = f", {quote_ident(v)} = {bumped}"
-        else:
-            # the client writes the version itself: a form writing back every field sends the
-            # version it read, which would leave it unchanged and let every stale write pass.
-            # The proxy owns the column: never less than the bump (an ORM that increments it
-            # itself gets the same value).
-            item = next(it for it in items if it.column == v)
-            if item.value is None or item.value.kind == "default":
-                return Unverified("unsupported", f"{v} written from an expression we cannot name")
-            version_bump = bumped
+    bumps = _version_bumps(table, kind, target, items)
+    if isinstance(bumps, Unverified):
+        return bumps
+    bump, version_bump = bumps
     checked_columns = tuple(c_ for c_ in table.columns if c_ in checks or c_ in sparse)
     wrap = any(t.token_type == TokenType.OR for _, t in text.top(c.where + 1, c.where_hi))
     builder = GuardBuilder(
@@ -368,6 +367,7 @@ def _plan_write(template_sql: str, table: ProtectedTable, n_params: int) -> Writ
         bump=bump,
         wrap_where=wrap,
         version_bump=version_bump,
+        key_array=array is not None,
     )
     return WritePlan(
         kind=kind,
@@ -388,7 +388,41 @@ def _plan_write(template_sql: str, table: ProtectedTable, n_params: int) -> Writ
             )
         ),
         _builder=builder,
+        array_key=None if array is None else _key_ref(table.key[0], array),
     )
+
+
+def _version_bumps(
+    table: ProtectedTable, kind: str, target: Target, items: list[SetItem]
+) -> tuple[str | None, str | None] | Unverified:
+    """The SET item bumping the version, or the bump of the version the client writes."""
+    if not (
+        kind == "update"
+        and table.mode in ("enforce", "audit")
+        and table.strategy == "version"
+        and table.version_column
+        and table.bump != "none"
+    ):
+        return None, None
+    v = table.version_column
+    if table.bump == "increment":
+        bumped = f"{column_ref(target.qualifier, v)} + 1"
+    else:
+        # clock_timestamp(), not statement_timestamp(): it is read when the row is written,
+        # i.e. after the row lock was granted and the previous writer committed, so a new
+        # version is always later than the one it replaces; statement_timestamp() is taken
+        # before a lock wait and could equal/precede the version just committed.
+        bumped = "clock_timestamp()"
+    item = next((it for it in items if it.column == v), None)
+    if item is None:
+        return f", {quote_ident(v)} = {bumped}", None
+    # the client writes the version itself: a form writing back every field sends the
+    # version it read, which would leave it unchanged and let every stale write pass.
+    # The proxy owns the column: never less than the bump (an ORM that increments it
+    # itself gets the same value).
+    if item.value is None or item.value.kind == "default":
+        return Unverified("unsupported", f"{v} written from an expression we cannot name")
+    return None, bumped
 
 
 def _key_ref(column: str, value: Value) -> KeyRef:
@@ -408,7 +442,7 @@ def _set_item_ref(item: SetItem) -> tuple[str, object]:
 
 def plan_insert(
     template_sql: str, table: ProtectedTable, n_params: int = 0
-) -> InsertPlan | Unverified:
+) -> InsertPlan | WritePlan | Unverified:
     """An INSERT on `table`: RETURNING the captured columns, nothing else changes."""
     try:
         return _plan_insert(template_sql, table)
@@ -416,7 +450,7 @@ def plan_insert(
         return Unverified("unsupported", f"planner error: {type(exc).__name__}: {exc}")
 
 
-def _plan_insert(template_sql: str, table: ProtectedTable) -> InsertPlan | Unverified:
+def _plan_insert(template_sql: str, table: ProtectedTable) -> InsertPlan | WritePlan | Unverified:
     tree, text, error = _parse(template_sql)
     if tree is None:
         return Unverified("parse_error", error)
@@ -436,6 +470,10 @@ def _plan_insert(template_sql: str, table: ProtectedTable) -> InsertPlan | Unver
         on_conflict = (
             "nothing" if "NOTHING" in str(getattr(action, "this", action)).upper() else "update"
         )
+        if on_conflict == "update":
+            upsert = _plan_upsert(tree, conflict, text, table, target)
+            if upsert is not None:
+                return upsert
     pieces = splice(
         text, [returning_edit(text, c, target.qualifier, table.captured_columns, table, "insert")]
     )
@@ -446,4 +484,133 @@ def _plan_insert(template_sql: str, table: ProtectedTable) -> InsertPlan | Unver
         on_conflict=on_conflict,
         _pieces=pieces,
         _max_param=text.max_param,
+    )
+
+
+def _plan_upsert(
+    tree: exp.Insert, conflict: exp.Expression, text: SqlText, table: ProtectedTable, target: Target
+) -> WritePlan | None:
+    """`INSERT INTO t [(cols)] VALUES (<one row>) ON CONFLICT (<key>) DO UPDATE SET ...`: the
+    row it may update is the one with the inserted key, checked in the DO UPDATE's WHERE
+    (through the guard function: a WHERE merely false would skip the row silently). A row
+    absent is simply inserted. None: another shape, left to InsertPlan (unverified upsert)."""
+    if table.mode not in ("enforce", "audit") or conflict.args.get("index_predicate"):
+        return None
+    keys = conflict.args.get("conflict_keys") or []
+    folded = set()
+    for k in keys:
+        node = k.this if isinstance(k, exp.Ordered) else k
+        if not isinstance(node, exp.Column) or node.args.get("table") is not None:
+            return None
+        folded.add(fold_ident(node.this))
+    if len(keys) != len(table.key) or folded != set(table.key):
+        return None  # another arbiter (or ON CONSTRAINT): which row conflicts is not the key's
+    values = tree.expression
+    if not isinstance(values, exp.Values) or len(values.expressions) != 1:
+        return None
+    row = values.expressions[0]
+    if not isinstance(row, exp.Tuple):
+        return None
+    schema = tree.this
+    if isinstance(schema, exp.Schema) and schema.expressions:
+        names = [
+            fold_ident(c) if isinstance(c, exp.Identifier) else None for c in schema.expressions
+        ]
+    else:
+        names = list(table.columns)
+    if None in names or len(names) < len(row.expressions):
+        return None
+    # where things are: the VALUES row, DO UPDATE SET items, their WHERE, RETURNING
+    toks, n = text.toks, len(text.toks)
+    top = list(text.top(0, n, 0))
+    at = {i: t for i, t in top}
+    v = next((i for i, t in top if t.token_type == TokenType.VALUES), None)
+    if v is None or v + 1 >= n or toks[v + 1].token_type != TokenType.L_PAREN:
+        return None
+    close = text.match.get(v + 1)
+    if close is None or at.get(close + 1) is None or toks[close + 1].token_type != TokenType.ON:
+        return None
+    chunks = text.split(v + 2, close, TokenType.COMMA)
+    if len(chunks) != len(row.expressions) or any(a >= b for a, b in chunks):
+        return None
+    do = next((i for i, t in top if i > close and t.text.upper() == "DO"), None)
+    if (
+        do is None
+        or do + 2 >= n
+        or toks[do + 1].token_type != TokenType.UPDATE
+        or toks[do + 2].token_type != TokenType.SET
+    ):
+        return None
+    c = Clauses(main=0, set_lo=do + 3)
+    for i, t in top:
+        if i <= do + 2:
+            continue
+        if t.token_type == TokenType.WHERE and c.where < 0:
+            c.where = i
+        elif t.token_type == TokenType.RETURNING:
+            c.returning = i
+            break
+    c.set_hi = next(x for x in (c.where, c.returning, n) if x >= 0)
+    if c.where >= 0:
+        c.where_hi = c.returning if c.returning >= 0 else n
+        if c.where + 1 >= c.where_hi:
+            return None
+    if c.set_lo >= c.set_hi:
+        return None
+    key_values: dict[str, Value] = {}
+    for name, node, (a, b) in zip(names, row.expressions, chunks):
+        if name in table.key:
+            value = classify_value(node, text.span(a, b), text)
+            if value.kind not in ("literal", "param"):
+                return None
+            key_values[name] = value
+    if set(key_values) != set(table.key):
+        return None
+    items = set_items(conflict, text, c)  # type: ignore[arg-type]  # has the SET expressions
+    if items is None or any(it.column in table.key for it in items):
+        return None  # a DO UPDATE moving the key: the row it leaves is not the one read
+    bumps = _version_bumps(table, "update", target, items)
+    if isinstance(bumps, Unverified):
+        return None
+    checks, _ = column_checks(table, "update", items)
+    written = frozenset(it.column for it in items)
+    key_row = [key_values[k] for k in table.key]
+    pins = [Pin(k, [key_values[k]], key_values[k].span, False) for k in table.key]
+    checked_columns = tuple(col for col in table.columns if col in checks)
+    builder = GuardBuilder(
+        text=text,
+        table=table,
+        kind="update",
+        clauses=c,
+        target=target,
+        pins=pins,
+        rows=[key_row],
+        items=items,
+        checks={col: checks[col] for col in table.columns if col in checks},
+        sparse=[],
+        bump=bumps[0],
+        wrap_where=c.where >= 0,
+        version_bump=bumps[1],
+        upsert=True,
+    )
+    return WritePlan(
+        kind="update",
+        table=table,
+        pinned_rows=(tuple(_key_ref(k, val) for k, val in zip(table.key, key_row)),),
+        written_columns=written,
+        set_items={it.column: _set_item_ref(it) for it in items},
+        checked_columns=checked_columns,
+        extra_returning=table.captured_columns,
+        client_returning=c.returning >= 0,
+        learned_columns=frozenset(
+            written
+            | set(checked_columns)
+            | (
+                {table.version_column}
+                if table.strategy == "version" and table.version_column
+                else set()
+            )
+        ),
+        _builder=builder,
+        upsert=True,
     )

@@ -42,12 +42,22 @@ SHAPES = [
     ("DELETE FROM accounts WHERE id = 99", (A, "not_read")),
     ("UPDATE accounts SET owner = 'd' WHERE id IN (1, 99)", (A, "not_read")),
     ("UPDATE accounts SET balance = balance + 0 WHERE owner = 'zz'", (A, "no_key_pin")),
-    ("UPDATE accounts SET owner = 'e' WHERE id = ANY('{1,2}')", (A, "key_array")),
+    ("UPDATE accounts SET owner = 'e' WHERE id = ANY('{1,2}')", (A, "checked")),
+    ("UPDATE accounts SET owner = 'e' WHERE id = ANY('[1:2]={1,2}')", (A, "key_array")),
     ("INSERT INTO accounts VALUES (10, 'N', 1, 1)", (A, "checked")),
     ("INSERT INTO accounts VALUES (10, 'N', 1) ON CONFLICT DO NOTHING", (A, "checked")),
     (
         "INSERT INTO accounts VALUES (10, 'N', 1) ON CONFLICT (id) DO UPDATE SET owner = 'u'",
-        (A, "upsert"),
+        (A, "checked"),  # row 10 is known: the session inserted it
+    ),
+    (
+        "INSERT INTO accounts VALUES (30, 'N', 1) ON CONFLICT (id) DO UPDATE SET owner = 'u'",
+        (A, "upsert"),  # a row never read
+    ),
+    (
+        "INSERT INTO accounts VALUES (10, 'N', 1) ON CONFLICT ON CONSTRAINT accounts_pkey "
+        "DO UPDATE SET owner = 'u'",
+        (A, "upsert"),  # which row conflicts is not the key's to say
     ),
     (
         "MERGE INTO accounts a USING (VALUES (1)) v(id) ON a.id = v.id "
@@ -126,9 +136,11 @@ def test_every_shape_counts_exactly_once(shapes, protocol):
 # Shapes that cannot be checked, each writing counters row 1 over a change it never saw.
 STRICT_SHAPES = {
     "bulk": ("UPDATE counters SET n = n + 10 WHERE n >= 0", "no_key_pin"),
-    "key_array": ("UPDATE counters SET n = n + 10 WHERE id = ANY('{1,2}')", "key_array"),
+    # an array literal with dimension decorations is not read: its keys stay unknown
+    "key_array": ("UPDATE counters SET n = n + 10 WHERE id = ANY('[1:2]={1,2}')", "key_array"),
     "upsert": (
-        "INSERT INTO counters VALUES (1, 0) ON CONFLICT (id) DO UPDATE SET n = counters.n + 10",
+        "INSERT INTO counters VALUES (1, 0), (2, 0) ON CONFLICT (id) "
+        "DO UPDATE SET n = counters.n + 10",
         "upsert",
     ),
     "merge": (

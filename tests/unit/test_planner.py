@@ -211,7 +211,10 @@ def test_key_texts_from_literals_and_params():
         ("UPDATE accounts SET note = 'x' WHERE id = 1 OR id = 2", "no_key_pin"),
         ("UPDATE accounts SET note = 'x' WHERE id > 1", "no_key_pin"),
         ("UPDATE accounts SET note = 'x' WHERE id = balance", "no_key_pin"),
-        ("UPDATE accounts SET note = 'x' WHERE id = ANY($1)", "no_key_pin"),
+        (
+            "UPDATE accounts SET note = 'x' WHERE id = ANY(string_to_array(note, ',')::int[])",
+            "no_key_pin",
+        ),
         ("UPDATE accounts SET note = 'x' WHERE id IN (SELECT 1)", "no_key_pin"),
         ("UPDATE accounts SET note = 'x' WHERE NOT id = 1", "no_key_pin"),
         ("UPDATE accounts SET note = 'x' WHERE id = NULL", "no_key_pin"),
@@ -600,8 +603,32 @@ def test_insert_with_alias_returning_and_upsert():
         "SET owner = excluded.owner RETURNING *"
     )
     p = plan_insert(template, VERSIONED, 1)
-    assert p.client_returning and p.on_conflict == "update"
-    assert p.render_simple(literals).endswith("RETURNING *, a.id, a.version")
+    assert isinstance(p, WritePlan) and p.upsert and p.client_returning
+    assert p.pinned_rows == ((KeyRef("id", param=1),),)
+    # the row the session read is checked in the DO UPDATE's WHERE, its version bumped
+    sql = p.render_simple(literals, [{"version": "4"}])
+    assert "SET owner = excluded.owner, version = a.version + 1 WHERE ((a.version IS NOT" in sql
+    assert "optimist_present" not in sql  # a row absent is simply inserted
+    assert sql.endswith("RETURNING *, a.id, a.version")
+    unread = p.render_simple(literals, [None])
+    assert "WHERE" not in unread and "version = a.version + 1" in unread
+    template, literals = normalize(
+        "INSERT INTO accounts VALUES (1, 'x') ON CONFLICT (id) DO UPDATE SET owner = 'y' "
+        "WHERE accounts.owner = 'x' OR accounts.owner = 'z'"
+    )
+    p = plan_insert(template, VERSIONED)
+    assert isinstance(p, WritePlan)
+    sql = p.render_simple(literals, [{"version": "4"}])
+    assert "WHERE ( accounts.owner = 'x' OR accounts.owner = 'z') AND ((accounts.version" in sql
+    for sql in (
+        "INSERT INTO accounts VALUES (1, 'x'), (2, 'y') ON CONFLICT (id) DO UPDATE SET owner = 'y'",
+        "INSERT INTO accounts SELECT 1, 'x' ON CONFLICT (id) DO UPDATE SET owner = 'y'",
+        "INSERT INTO accounts VALUES (1, 'x') ON CONFLICT (owner) DO UPDATE SET owner = 'y'",
+        "INSERT INTO accounts VALUES (1, 'x') ON CONFLICT (id) DO UPDATE SET id = 2",
+        "INSERT INTO accounts VALUES (1 + 1, 'x') ON CONFLICT (id) DO UPDATE SET owner = 'y'",
+    ):
+        p = plan_insert(normalize(sql)[0], VERSIONED)
+        assert isinstance(p, InsertPlan) and p.on_conflict == "update", sql
     p = plan_insert("INSERT INTO accounts VALUES (1) ON CONFLICT DO NOTHING", VERSIONED)
     assert p.on_conflict == "nothing"
 
@@ -625,3 +652,22 @@ def test_written_tables():
     ) == [(None, "u"), ("s", "t")]
     assert written_tables("WITH x AS (SELECT 1) SELECT * FROM x") == []
     assert written_tables("WITH (") is None
+
+
+def test_key_array_pins_rows_known_at_execution():
+    p, literals = plan("UPDATE accounts a SET note = 'x' WHERE a.id = ANY($1::int[])", n_params=1)
+    assert isinstance(p, WritePlan)
+    assert p.array_key == KeyRef("id", param=1) and p.pinned_rows == ()
+    r = p.render_extended(literals, 1, True, (True, False, True))
+    # the read rows' keys and versions as extra parameters, dispatched by key
+    assert r.extra_params == ((0, "id"), (0, "version"), (2, "id"), (2, "version"))
+    assert "WHEN a.id = CAST($2 AS integer) THEN" in r.sql
+    assert "WHERE id = ANY($1::int[]) FOR NO KEY UPDATE" in r.sql
+    sql = p.render_simple(literals, [{"id": "4", "version": "7"}])
+    assert "WHEN a.id = CAST('4' AS integer) THEN" in sql
+
+
+def test_key_array_of_a_composite_key_is_unverified():
+    t = table(key=("region", "id"), columns=("region", "id", "owner", "version"))
+    p, _ = plan("UPDATE accounts SET owner = 'x' WHERE region = 'eu' AND id = ANY('{1,2}')", t)
+    assert isinstance(p, Unverified) and p.reason == "key_array"
