@@ -298,7 +298,7 @@ class WriteChecker:
                 ]
         except Unchecked as exc:
             return self._unchecked(table, exc.reason)
-        missing = RowReasons()
+        missing = RowReasons(plan.unpinned)  # a bulk UPDATE: why no row can be checked
         reads = self.knowledge.read_rows(table, keys, plan.checked_columns, missing)
         encoding = self.info.encoding
         texts: list[dict[str, str | None] | None] = []
@@ -437,7 +437,7 @@ class WriteChecker:
                     tuple(self._param_key(table, ref, literals, bind) for ref in row)
                     for row in plan.pinned_rows
                 ]
-            missing = RowReasons()
+            missing = RowReasons(plan.unpinned)
             reads = self.knowledge.read_rows(table, keys, plan.checked_columns, missing)
             if plan.array_key is not None:  # each read row's key hole: its element, as text
                 encoded = [e.encode(self.info.encoding, "surrogateescape") for e in elements]
@@ -570,8 +570,8 @@ def refusing_setting(table: ProtectedTable, reason: str) -> str | None:
 class RowReasons:
     """Collects why pinned rows cannot be checked, so that the statement is counted once."""
 
-    def __init__(self) -> None:
-        self.reasons: list[str] = []
+    def __init__(self, first: str | None = None) -> None:
+        self.reasons: list[str] = [] if first is None else [first]
 
     def unverified(self, table: ProtectedTable, reason: str) -> None:
         self.reasons.append(reason)
@@ -612,6 +612,7 @@ def returned_columns(plan: WritePlan | InsertPlan, checked: bool) -> tuple[str, 
     if (
         isinstance(plan, WritePlan)
         and plan.kind == "update"
+        and not plan.upsert
         and not checked
         and not plan.table.notify
     ):

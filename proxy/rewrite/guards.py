@@ -282,7 +282,7 @@ class GuardBuilder:
                 edits.append(Edit(after_where, after_where, (" (",)))
                 edits.append(Edit(where_end, where_end, (")",)))
             edits.append(Edit(where_end, where_end, tuple(self.guard(rows))))
-        if not rows and self.kind == "update" and not self.table.notify:
+        if not rows and self.kind == "update" and not self.upsert and not self.table.notify:
             # no pinned row checked: nothing for the session to learn (a write is not a
             # read), so no RETURNING for the proxy to decode and strip
             return splice(text, edits)

@@ -169,6 +169,9 @@ class WritePlan:
     # `WHERE id = ANY(<array>)`: where the array comes from; its elements are the pinned rows,
     # known at each execution (pinned_rows is empty), their keys as Read holes of the key column
     array_key: KeyRef | None = None
+    # why no row can be checked (a bulk UPDATE: no key pin), when the plan only bumps the
+    # version so that every other session's check still sees the change
+    unpinned: str | None = None
     # INSERT ... ON CONFLICT (<key>) DO UPDATE: the pinned row is the inserted key's; a row
     # absent is inserted (no presence check), a row never read is unverified `upsert`
     upsert: bool = False
@@ -323,12 +326,50 @@ def _plan_write(template_sql: str, table: ProtectedTable, n_params: int) -> Writ
         if found is None:
             return Unverified("unsupported", "SET list")
         items = found
+
+    def unpinned(reason: str, detail: str) -> WritePlan | Unverified:
+        """A write no row of which can be checked. An UPDATE of a version table still bumps
+        the version: relayed as written, it would change rows while leaving their version,
+        and another session's checked write would then overwrite that change unseen."""
+        bumps = _version_bumps(table, kind, target, items)
+        if isinstance(bumps, Unverified) or bumps == (None, None):
+            return Unverified(reason, detail)
+        builder = GuardBuilder(
+            text=text,
+            table=table,
+            kind=kind,
+            clauses=c,
+            target=target,
+            pins=[],
+            rows=[],
+            items=items,
+            checks={},
+            sparse=[],
+            bump=bumps[0],
+            wrap_where=False,
+            version_bump=bumps[1],
+            key_array=False,
+        )
+        return WritePlan(
+            kind=kind,
+            table=table,
+            pinned_rows=(),
+            written_columns=frozenset(it.column for it in items),
+            set_items={it.column: _set_item_ref(it) for it in items},
+            checked_columns=(),
+            extra_returning=table.captured_columns,
+            client_returning=c.returning >= 0,
+            learned_columns=frozenset(),
+            _builder=builder,
+            unpinned=reason,
+        )
+
     where = tree.args.get("where")
     if where is None or c.where < 0 or c.where + 1 >= c.where_hi:
-        return Unverified("no_key_pin", "no WHERE")
+        return unpinned("no_key_pin", "no WHERE")
     conjuncts = where_conjuncts(where.this, c.where + 1, c.where_hi, text)
     if conjuncts is None:
-        return Unverified("no_key_pin", "WHERE is not an AND chain we can read")
+        return unpinned("no_key_pin", "WHERE is not an AND chain we can read")
     pins: dict[str, Pin] = {}
     for node, lo, hi in conjuncts:
         pin = pin_of(node, lo, hi, text, target, table)
@@ -336,11 +377,11 @@ def _plan_write(template_sql: str, table: ProtectedTable, n_params: int) -> Writ
             pins[pin.column] = pin
     missing = [k for k in table.key if k not in pins]
     if missing:
-        return Unverified("no_key_pin", "key column(s) not pinned: " + ", ".join(missing))
+        return unpinned("no_key_pin", "key column(s) not pinned: " + ", ".join(missing))
     ordered = [pins[k] for k in table.key]
     if len(table.key) > 1 and any(p.is_in for p in ordered):
         reason = "key_array" if any(p.array for p in ordered) else "no_key_pin"
-        return Unverified(reason, "composite keys must be pinned by equality")
+        return unpinned(reason, "composite keys must be pinned by equality")
     array = ordered[0].array
     n_rows = len(ordered[0].values)
     rows = [[p.values[i] if p.is_in else p.values[0] for p in ordered] for i in range(n_rows)]

@@ -310,3 +310,38 @@ def test_blind_writes_are_counted_and_create_no_snapshot(pg, proxy_factory, tmp_
         "optimist_unverified_writes_total", table="public.accounts", reason="not_read"
     )
     assert after - before == 6
+
+
+@pytest.mark.parametrize("via_proxy", [True, False], ids=["proxy", "direct"])
+def test_a_bulk_update_still_moves_the_version(pg, proxy_factory, tmp_path, protocol, via_proxy):
+    """A bulk UPDATE (no key pin) cannot be checked and is counted so; relayed as written it
+    would change rows but not their version, and another session's checked write would then
+    overwrite that change unseen. The proxy still bumps the version."""
+    race = Race(pg, proxy_factory, tmp_path, COLUMNS_RULES, via_proxy)
+
+    async def scenario():
+        a, b = await race.connect(), await race.connect()
+        try:
+            await a.fetch("SELECT * FROM accounts WHERE id = 1")
+            await write(b, protocol, "UPDATE accounts SET owner = $1 WHERE owner = $2", "x", "Sue")
+            stale = "UPDATE accounts SET owner = $1 WHERE id = $2"
+            if via_proxy:
+                with pytest.raises(asyncpg.SerializationError):
+                    await write(a, protocol, stale, "a", 1)
+            else:
+                await write(a, protocol, stale, "a", 1)
+        finally:
+            await a.close()
+            await b.close()
+
+    before = (
+        race.metric("optimist_unverified_writes_total", reason="no_key_pin") if via_proxy else 0
+    )
+    run(scenario())
+    owner, version = run(race.row("SELECT owner, version FROM accounts WHERE id = 1"))
+    if via_proxy:
+        assert (owner, version) == ("x", 2)
+        after = race.metric("optimist_unverified_writes_total", reason="no_key_pin")
+        assert after - before == 1
+    else:
+        assert owner == "a"  # b's change is lost without a word

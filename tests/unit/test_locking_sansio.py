@@ -450,6 +450,7 @@ CORE = (
     "values",
     "catalog",
     "catalog_views",
+    "arrays",
     "conflicts",
 )
 IO_MODULES = {"asyncio", "socket", "ssl", "selectors", "asyncpg", "uvloop", "prometheus_client"}
