@@ -127,10 +127,10 @@ def test_extended_params_are_numbered_after_the_clients():
     p, literals = plan("UPDATE accounts SET owner = $1,note = $3 WHERE id = $2")
     assert p.pinned_rows == ((KeyRef("id", param=2),),)
     r = p.render_extended(literals, 3)
-    assert r.extra_params == ((0, "version"),)
+    assert r.extra_params == ((0, "version", "value"),)
     assert "accounts.version IS NOT DISTINCT FROM CAST($4 AS integer)" in r.sql
     # the statement itself says how many params it uses, even if n_params is too small
-    assert p.render_extended(literals, 0).extra_params == ((0, "version"),)
+    assert p.render_extended(literals, 0).extra_params == ((0, "version", "value"),)
     assert "CAST($4 AS integer)" in p.render_extended(literals, 0).sql
     # one signature the enforcer uses, one the brief describes
     assert p.render_extended(3).sql == r.sql
@@ -304,7 +304,11 @@ def test_in_list_checks_each_row_against_its_own_reads():
     assert "WHEN accounts.id = $1" not in partial
     assert "CAST(($1) AS integer)" not in partial
     r = p.render_extended(literals, 1)
-    assert r.extra_params == ((0, "version"), (1, "version"), (2, "version"))
+    assert r.extra_params == (
+        (0, "version", "value"),
+        (1, "version", "value"),
+        (2, "version", "value"),
+    )
     assert "CAST($2 AS integer)" in r.sql and "CAST($4 AS integer)" in r.sql
 
 
