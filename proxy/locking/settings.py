@@ -90,9 +90,10 @@ class SessionSettings:
         found = _SET.match(sql)
         if found is None:
             return
-        name = _TRACKED.get((found.group(4) or found.group(7) or "").lower())
-        if name is None:
+        tracked = _TRACKED.get((found.group(4) or found.group(7) or "").lower())
+        if tracked is None:
             return
+        name = tracked
         if in_transaction or found.group(3):
             self._unknown((name,))
             return

@@ -447,11 +447,11 @@ class WriteChecker:
             rendered = info.rendered[shape] = (
                 plan.render_extended(literals, n, scs)
                 if mask == ("insert",)
-                else plan.render_extended(literals, n, scs, mask, kinds)  # type: ignore[arg-type]  # an update's mask
+                else plan.render_extended(literals, n, scs, mask, kinds)
             )
         encoding = self.info.encoding
         extra = [
-            extended_param(reads[row][column], role, encoding)  # type: ignore[index]  # a checked row
+            extended_param(reads[row][column], role, encoding)
             for row, column, role in rendered.extra_params
         ]
         types = tuple(info.param_types) + (0,) * (n - len(info.param_types))
