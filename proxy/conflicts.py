@@ -46,7 +46,7 @@ CONFLICT_MESSAGE_PREFIX = "optimistic lock conflict: "
 AUDIT_MARKER = "optimist audit: "
 HINT = "Re-read the row and retry the transaction."
 
-_FUNCTION_NAMES = ("optimist_modified", "optimist_present")
+_FUNCTION_NAMES = ("optimist_modified", "optimist_present", "optimist_text", "optimist_value")
 
 _SQLSTATE = re.compile(r"[0-9A-Z]{5}\Z")
 
@@ -113,6 +113,69 @@ END
 $optimist$;
 """
 
+# Values compared in the domain they were read in (proxy.values.ReadSettings): `settings` is
+# {name, value, ...}; each one that differs is set for the call only (set_config local, then
+# the previous value back), so the text is exactly what the server printed under them.
+_SETTINGS_ON = """
+  FOR n IN 1 .. coalesce(array_length(settings, 1), 0) BY 2 LOOP
+    IF current_setting(settings[n]) IS DISTINCT FROM settings[n + 1] THEN
+      saved := saved || ARRAY[settings[n], current_setting(settings[n])];
+      PERFORM set_config(settings[n], settings[n + 1], true);
+    END IF;
+  END LOOP;"""
+_SETTINGS_OFF = """
+  FOR n IN 1 .. coalesce(array_length(saved, 1), 0) BY 2 LOOP
+    PERFORM set_config(saved[n], saved[n + 1], true);
+  END LOOP;"""
+
+# the text form of a value under the given settings (num_nulls: a row of NULLs is a value)
+_TEXT = (
+    """
+CREATE OR REPLACE FUNCTION pg_temp.optimist_text(v anyelement, settings text[])
+RETURNS text LANGUAGE plpgsql VOLATILE AS $optimist$
+DECLARE
+  saved text[] := '{}';
+  n int;
+  t text;
+BEGIN
+  IF num_nulls(v) = 1 THEN
+    RETURN NULL;
+  END IF;"""
+    + _SETTINGS_ON
+    + """
+  t := format('%%s', v);"""
+    + _SETTINGS_OFF
+    + """
+  RETURN t;
+END
+$optimist$;
+"""
+)
+
+# a text read back as a value of typ's type under the settings it was printed under
+_VALUE = (
+    """
+CREATE OR REPLACE FUNCTION pg_temp.optimist_value(t text, settings text[], typ anyelement)
+RETURNS anyelement LANGUAGE plpgsql VOLATILE AS $optimist$
+DECLARE
+  saved text[] := '{}';
+  n int;
+  result ALIAS FOR $0;
+BEGIN
+  IF t IS NULL THEN
+    RETURN NULL;
+  END IF;"""
+    + _SETTINGS_ON
+    + """
+  EXECUTE format('SELECT CAST(%%L AS %%s)', t, pg_typeof(typ)) INTO result;"""
+    + _SETTINGS_OFF
+    + """
+  RETURN result;
+END
+$optimist$;
+"""
+)
+
 _RAISE_ENFORCE = (
     "RAISE EXCEPTION USING ERRCODE = '%(sqlstate)s', MESSAGE = msg, DETAIL = detail, "
     "HINT = '" + HINT + "', SCHEMA = coalesce(i ->> 'schema', ''), "
@@ -124,7 +187,7 @@ _RAISE_AUDIT = (
 
 
 def guard_functions_sql(sqlstate: str = "40001") -> str:
-    """One simple-query string (re)creating the four guard functions in pg_temp."""
+    """One simple-query string (re)creating the guard functions in pg_temp."""
     if not _SQLSTATE.match(sqlstate):
         raise ValueError(f"not a SQLSTATE: {sqlstate!r}")
     parts = []
@@ -151,6 +214,8 @@ def guard_functions_sql(sqlstate: str = "40001") -> str:
                 "key_text_missing": _KEY_TEXT % "missing",
             }
         )
+    parts.append(_TEXT % {})
+    parts.append(_VALUE % {})
     return "".join(parts).strip()
 
 
@@ -217,6 +282,8 @@ _REFUSED_BECAUSE = {
     "not_read": "the session has not read the row it writes",
     "column_not_read": "the session has not read every column the check needs",
     "binary_read": "the row was read in binary, of a type with no known text form",
+    "settings_unknown": "the row was read under settings the proxy could not follow "
+    "(set_config(), or a SET inside a transaction)",
     "no_key_pin": "the statement does not pin the key by equality (a bulk write)",
     "key_array": "the key is pinned by = ANY(array), which is not checked",
     "upsert": "INSERT ... ON CONFLICT DO UPDATE is not checked",

@@ -171,7 +171,7 @@ def explain(paths: Sequence[str], dsn: str | None, sql: str) -> tuple[int, list[
     rendered = plan.render_extended(literals, 0)
     out.append("rewritten (extended protocol, prepared once per session):")
     out.extend("  " + line for line in format_sql(rendered.sql))
-    for i, (row, column) in enumerate(rendered.extra_params):
+    for i, (row, column, _) in enumerate(rendered.extra_params):
         out.append(f"  extra parameter {i + 1}: the {column} read for pinned row {row + 1}")
     out.append(f"learned afterwards through RETURNING: {', '.join(plan.extra_returning)}")
     return 0, out

@@ -23,13 +23,87 @@ _EPOCH_2000 = datetime(2000, 1, 1)
 _INFINITY = 0x7FFFFFFFFFFFFFFF
 
 
+# Settings that change how PostgreSQL prints (and reads back) values. The first three and
+# client_encoding are reported by ParameterStatus; the others the proxy tracks (ReadSettings).
+REPORTED_SETTINGS = ("DateStyle", "IntervalStyle", "TimeZone")
+TRACKED_SETTINGS = ("extra_float_digits", "bytea_output", "lc_monetary")
+PRINT_SETTINGS = REPORTED_SETTINGS + TRACKED_SETTINGS
+
+# Types whose text form depends on no setting and whose equality is exact: a read of them is
+# checked with a plain `col IS NOT DISTINCT FROM CAST(<read> AS type)` (bytea: its input
+# reads both the hex and the escape form, whatever bytea_output printed).
+PLAIN_TYPES = frozenset({16, 17, 19, 20, 21, 23, 25, 26, 1042, 1043, 1700, 2950})
+# the settings each builtin type's text form depends on; a type not listed (citext, enums,
+# domains, arrays, composites, ranges...) may depend on any of them
+_DATETIME = frozenset({"DateStyle", "TimeZone"})
+SETTINGS_OF_TYPE: dict[int, frozenset[str]] = {
+    700: frozenset({"extra_float_digits"}),
+    701: frozenset({"extra_float_digits"}),
+    1082: _DATETIME,
+    1083: _DATETIME,
+    1114: _DATETIME,
+    1184: _DATETIME,
+    1266: _DATETIME,
+    1186: frozenset({"IntervalStyle"}),
+    790: frozenset({"lc_monetary"}),
+    114: frozenset(),  # json: no equality operator, compared as text
+    3802: frozenset(),
+    142: frozenset(),
+}
+_ALL_SETTINGS = frozenset(PRINT_SETTINGS)
+
+
+def settings_of_type(type_oid: int) -> frozenset[str]:
+    return SETTINGS_OF_TYPE.get(type_oid, _ALL_SETTINGS)
+
+
+@dataclass(frozen=True, slots=True)
+class ReadSettings:
+    """The printing settings in force when values were read: one object shared by every value
+    read under them. `values` holds (name, value) of those known; `unknown` those the proxy
+    could not follow (a set_config(), a SET inside a transaction)."""
+
+    values: tuple[tuple[str, str], ...]
+    unknown: frozenset[str]
+    encoding: str  # the Python codec of client_encoding then
+
+    def array_text(self, wanted: frozenset[str]) -> str | None:
+        """The text[] literal {name,value,...} of the wanted settings, or None when one of
+        them is unknown."""
+        if wanted & self.unknown:
+            return None
+        return pg_array_text([x for nv in self.values if nv[0] in wanted for x in nv])
+
+
+def pg_array_text(items: list[str]) -> str:
+    """A one-dimensional text[] in PostgreSQL's array input syntax, every element quoted."""
+    quoted = ('"' + i.replace("\\", "\\\\").replace('"', '\\"') + '"' for i in items)
+    return "{" + ",".join(quoted) + "}"
+
+
+# the settings a binary value is printed under on both sides of its check: exact and injective
+CANONICAL_SETTINGS = pg_array_text(
+    [
+        "DateStyle", "ISO", "IntervalStyle", "postgres", "TimeZone", "UTC",
+        "extra_float_digits", "1", "bytea_output", "hex",
+    ]
+)  # fmt: skip
+
+
 @dataclass(frozen=True, slots=True)
 class ReadValue:
-    """One column value as the session read it, in the format and type it came in."""
+    """One column value as the session read it, in the format and type it came in, and the
+    settings it was printed under (None: not known)."""
 
     format: int  # 0 text, 1 binary
     type_oid: int
     data: bytes | None  # None: SQL NULL
+    settings: ReadSettings | None = None
+
+    @property
+    def plain(self) -> bool:
+        """Compared by value (CAST); else in the domain it was read in (text as printed)."""
+        return self.type_oid in PLAIN_TYPES
 
     def as_text(self, encoding: str = "utf-8") -> str | None:
         """The value's text form, or raise ValueError when a binary value cannot be shown."""
@@ -94,12 +168,12 @@ def _numeric_from_binary(data: bytes) -> str:
         return "Infinity"
     if sign == 0xF000:
         return "-Infinity"
-    digits = struct.unpack_from(f"!{ndigits}h", data, 8)
-    value = Decimal(0)
-    for i, d in enumerate(digits):
-        value += Decimal(d) * (Decimal(10000) ** (weight - i))
-    if sign == 0x4000:
-        value = -value
+    groups = struct.unpack_from(f"!{ndigits}h", data, 8)
+    if not groups:
+        return f"{Decimal(0):.{dscale}f}"
+    # exact, whatever the number of digits (no arithmetic, so no 28-digit decimal context)
+    digits = tuple(int(c) for c in "".join(f"{g:04d}" for g in groups))
+    value = Decimal((1 if sign == 0x4000 else 0, digits, (weight - ndigits + 1) * 4))
     return f"{value:.{dscale}f}"
 
 

@@ -8,6 +8,7 @@ import logging
 from typing import Any
 
 from proxy import conflicts
+from proxy.locking.settings import INITIAL_SQL, SessionSettings
 from proxy.locking.snapshots import TransactionLog
 from proxy.session.inflight import InternalQuery, InternalResult, Job
 
@@ -15,8 +16,18 @@ log = logging.getLogger("optimist.locking")
 
 
 class Bootstrap:
-    def __init__(self, service: Any, database: str, role: str, txlog: TransactionLog) -> None:
+    def __init__(
+        self,
+        service: Any,
+        database: str,
+        role: str,
+        txlog: TransactionLog,
+        settings: SessionSettings | None = None,
+    ) -> None:
         self.service = service
+        # the session's printing settings: their values at the start, read once
+        self.settings = settings
+        self.settings_wanted = settings is not None
         self.database = database
         self.role = role
         self.txlog = txlog
@@ -57,6 +68,11 @@ class Bootstrap:
         return self._run(generation, tables, want_guards, ";\n".join(parts), status)
 
     def _run(self, generation: Any, tables: Any, want_guards: bool, sql: str, status: bytes) -> Job:
+        if self.settings_wanted and self.settings is not None:
+            self.settings_wanted = False
+            initial = yield InternalQuery(INITIAL_SQL)
+            if not initial.failed and initial.rows:
+                self.settings.learned_initial(_text_rows(initial)[0])
         result: InternalResult = yield InternalQuery(sql)
         if tables is None:
             rows = _text_rows(result)

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from proxy.catalog_views import SimpleView
 from proxy.rules.protected import ProtectedTable
-from proxy.values import ReadValue, normalize_key
+from proxy.values import ReadSettings, ReadValue, normalize_key
 from proxy.wire.framing import ProtocolViolation
 from proxy.wire.messages import Field
 
@@ -120,9 +120,13 @@ def plan_capture(
 
 
 def capture_row(
-    plan: CapturePlan, values: Sequence[bytes | None], encoding: str = "utf-8"
+    plan: CapturePlan,
+    values: Sequence[bytes | None],
+    encoding: str = "utf-8",
+    settings: ReadSettings | None = None,
 ) -> Iterator[tuple[ProtectedTable, tuple[Hashable, ...], dict[str, ReadValue]]]:
-    """Yield (table, key, {column: ReadValue}) for each protected table in the row."""
+    """Yield (table, key, {column: ReadValue}) for each protected table in the row, read
+    under `settings`."""
     formats = plan.formats
     if len(values) != len(formats):
         raise ProtocolViolation("DataRow does not match its RowDescription")
@@ -133,5 +137,5 @@ def capture_row(
         )
         if None in key:
             continue
-        row = {c: ReadValue(formats[p], t, values[p]) for c, p, t in tc.columns}
+        row = {c: ReadValue(formats[p], t, values[p], settings) for c, p, t in tc.columns}
         yield tc.table, key, row

@@ -20,7 +20,7 @@ from proxy.locking.capture import CapturePlan, capture_row
 from proxy.locking.counting import UnverifiedSink
 from proxy.locking.snapshots import SnapshotStore, TransactionLog
 from proxy.rules.protected import ProtectedTable
-from proxy.values import ReadValue, normalize_key
+from proxy.values import ReadSettings, ReadValue, normalize_key
 
 RowKey = tuple[Any, ...]
 
@@ -45,9 +45,15 @@ class Knowledge:
 
     # ---------------------------------------------------------------- reads
 
-    def capture(self, plan: CapturePlan, values: Sequence[bytes | None], encoding: str) -> None:
+    def capture(
+        self,
+        plan: CapturePlan,
+        values: Sequence[bytes | None],
+        encoding: str,
+        settings: ReadSettings | None = None,
+    ) -> None:
         txlog = self.txlog if self.wrote else None
-        for table, key, row in capture_row(plan, values, encoding):
+        for table, key, row in capture_row(plan, values, encoding, settings):
             self.store_for(table).put((table.oid, key), row, txlog)
 
     def capture_pinned(self, table: ProtectedTable, key: RowKey, row: dict[str, ReadValue]) -> None:
@@ -84,7 +90,13 @@ class Knowledge:
 
     # ---------------------------------------------------------------- own writes
 
-    def learn(self, work: Any, extras: Sequence[bytes | None], encoding: str) -> None:
+    def learn(
+        self,
+        work: Any,
+        extras: Sequence[bytes | None],
+        encoding: str,
+        settings: ReadSettings | None = None,
+    ) -> None:
         """A row the session's own write returned (the RETURNING columns the proxy added)."""
         table = work.table
         types = table.column_type_oids
@@ -102,7 +114,7 @@ class Knowledge:
         if learned is not None and key not in work.keys:
             return  # not a row whose check ran: the session knows nothing new of it
         row = {
-            c: ReadValue(formats[nkey + i], types[c], extras[nkey + i])
+            c: ReadValue(formats[nkey + i], types[c], extras[nkey + i], settings)
             for i, c in enumerate(work.extras[nkey:])
             if learned is None or c in learned
         }

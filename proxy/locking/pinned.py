@@ -53,13 +53,15 @@ class PinnedRead:
         self.capture = capture
         self.rows = 0
 
-    def row(self, values: Sequence[bytes | None], knowledge: Any) -> None:
+    def row(self, values: Sequence[bytes | None], knowledge: Any, settings: Any = None) -> None:
         formats = self.capture.formats
         if len(values) != len(formats):
             raise ProtocolViolation("DataRow does not match its RowDescription")
         self.rows += 1
         if self.rows == 1:
-            row = {c: ReadValue(formats[p], t, values[p]) for c, p, t in self.capture.columns}
+            row = {
+                c: ReadValue(formats[p], t, values[p], settings) for c, p, t in self.capture.columns
+            }
             knowledge.capture_pinned(self.table, self.key, row)
         elif self.rows == 2:
             knowledge.forget_pinned(self.table, self.key)

@@ -17,6 +17,7 @@ from proxy.locking.knowledge import Knowledge
 from proxy.locking.pinned import PinnedRead, pinned_read
 from proxy.locking.prepared import Portal, PreparedRegistry, PreparedStatement
 from proxy.locking.reporting import ConflictReporter
+from proxy.locking.settings import SessionSettings
 from proxy.locking.snapshots import SnapshotStore
 from proxy.locking.transactions import TRANSACTION_TAGS, SessionReset, Transactions
 from proxy.locking.writes import Unchecked, WriteChecker
@@ -38,6 +39,9 @@ from proxy.session.info import SessionInfo
 from proxy.wire import messages as m
 
 _BIND_ENTRY = RELAYED[Kind.BIND]
+# statements that may change a printing setting (proxy.locking.settings)
+_SETTING_TAGS = frozenset({b"SET", b"RESET", b"DISCARD"})
+_SET_CONFIG, _SET_CONFIG_UPPER = "set_config", "SET_CONFIG"
 _CAPTURE_PLANS_MAX = 10000
 
 
@@ -49,7 +53,10 @@ class SessionLocking:
         store = SnapshotStore(service.settings.snapshot_rows_per_session, service.budget)
         self.knowledge = Knowledge(store, lambda: service.role_store(info.database, info.user))
         self.registry = PreparedRegistry()
-        self.bootstrap = Bootstrap(service, info.database, info.user, self.knowledge.txlog)
+        self.settings = SessionSettings(info)
+        self.bootstrap = Bootstrap(
+            service, info.database, info.user, self.knowledge.txlog, self.settings
+        )
         self.transactions = Transactions(self.knowledge, service.prepared_transactions)
         self.writes = WriteChecker(service, info, self.knowledge, self.registry, self.counts)
         self.reporter = ConflictReporter(
@@ -296,7 +303,9 @@ class SessionLocking:
             work = entry.current_work() if type(entry) is QueryEntry else entry.work  # type: ignore[attr-defined]  # else an ExecuteEntry
             if work is not None and work.extras:
                 added = values[-work.added :]
-                self.knowledge.learn(work, added[: len(work.extras)], self.info.encoding)
+                self.knowledge.learn(
+                    work, added[: len(work.extras)], self.info.encoding, self.settings.current()
+                )
             if strip == -1:
                 return b""
             return m.encode_data_row(values[:-strip])
@@ -305,9 +314,11 @@ class SessionLocking:
             capture = self._execute_capture(entry)  # type: ignore[arg-type]
         if capture is not None:
             if isinstance(capture, PinnedRead):
-                capture.row(m.decode_data_row(body), self.knowledge)
+                capture.row(m.decode_data_row(body), self.knowledge, self.settings.current())
             else:
-                self.knowledge.capture(capture, m.decode_data_row(body), self.info.encoding)
+                self.knowledge.capture(
+                    capture, m.decode_data_row(body), self.info.encoding, self.settings.current()
+                )
         return None
 
     def command_complete(self, entry: Entry, tag: bytes) -> None:
@@ -320,6 +331,8 @@ class SessionLocking:
             work, text = entry.work, entry.text
         else:
             work, text = None, ""  # a CommandComplete where none belongs: the server's problem
+        if word in _SETTING_TAGS or _SET_CONFIG in text or _SET_CONFIG_UPPER in text:
+            self.settings.statement(text, self.info.status != b"I" or self.knowledge.txlog.open)
         if word in TRANSACTION_TAGS:
             reset = self.transactions.completed(
                 tag, word, text, self.info.status, self.info.standard_conforming_strings
@@ -342,6 +355,7 @@ class SessionLocking:
 
     def ready(self, entry: Entry | None, status: bytes) -> None:
         if status == b"I":
+            self.settings.ready(isinstance(entry, Completion) and entry.failed)
             self.transactions.idle(isinstance(entry, Completion) and entry.failed)
             self.registry.transaction_ended()
 

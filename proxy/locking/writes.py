@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from proxy import conflicts
 from proxy.arrays import binary_array_elements, text_array_elements
+from proxy.locking.compare import Uncomparable, extended_kind, extended_param, simple_form
 from proxy.locking.counting import Unverified, WriteCounts
 from proxy.locking.knowledge import Knowledge, RowKey
 from proxy.locking.prepared import PreparedRegistry, PreparedStatement, WriteTarget
@@ -26,6 +27,7 @@ from proxy.rewrite.planner import (
     written_tables,
 )
 from proxy.rewrite.planner import Unverified as Unplanned
+from proxy.rewrite.render import Printed
 from proxy.rewrite.scan import scan
 from proxy.rewrite.server_code import may_run_server_code, runs_server_code
 from proxy.rewrite.sql_prepared import sql_prepare_body, sql_prepared_name
@@ -301,14 +303,14 @@ class WriteChecker:
         missing = RowReasons(plan.unpinned)  # a bulk UPDATE: why no row can be checked
         reads = self.knowledge.read_rows(table, keys, plan.checked_columns, missing)
         encoding = self.info.encoding
-        texts: list[dict[str, str | None] | None] = []
+        texts: list[dict[str, str | Printed | None] | None] = []
         for i, row in enumerate(reads):
             try:
                 texts.append(
-                    None if row is None else {c: v.as_text(encoding) for c, v in row.items()}
+                    None if row is None else {c: simple_form(v, encoding) for c, v in row.items()}
                 )
-            except ValueError:  # a binary value with no known text form: that row unchecked
-                missing.unverified(table, "binary_read")
+            except Uncomparable as exc:  # compared in no exact way: that row unchecked
+                missing.unverified(table, exc.reason)
                 texts.append(None)
             if elements and texts[-1] is not None:
                 texts[-1][table.key[0]] = elements[i]  # the key's hole
@@ -418,6 +420,7 @@ class WriteChecker:
         scs = self.info.standard_conforming_strings
         reads: list[dict[str, ReadValue] | None]
         mask: tuple[str] | tuple[bool, ...]  # ("insert",), or which pinned rows were read
+        kinds: dict[tuple[int, str], str] = {}  # how each read is compared (render.BY_VALUE...)
         if isinstance(plan, InsertPlan):
             keys: list[RowKey] = []
             reads, mask = [], ("insert",)
@@ -445,6 +448,13 @@ class WriteChecker:
                     None if r is None else {**r, table.key[0]: ReadValue(0, key_oid, data)}
                     for r, data in zip(reads, encoded)
                 ]
+            for i, row in enumerate(reads):
+                try:
+                    for c, v in (row or {}).items():
+                        kinds[(i, c)] = extended_kind(v)
+                except Uncomparable as exc:  # compared in no exact way: that row unchecked
+                    missing.unverified(table, exc.reason)
+                    reads[i] = None
             mask = tuple(r is not None for r in reads)
             if missing.reasons:
                 refusal = self.unchecked_bind(table, _reason(plan, missing), bind)
@@ -452,21 +462,26 @@ class WriteChecker:
                     return refusal
             else:
                 self.counts.checked(table)
-        rendered = info.rendered.get((n, mask))
+        # the form depends on which rows are checked and how each read is compared
+        shape = (n, mask, tuple(kinds.values())) if kinds else (n, mask)
+        rendered = info.rendered.get(shape)
         if rendered is None:
             if len(info.rendered) >= _RENDERED_FORMS:  # arrays of every length: stay bounded
                 info.rendered.clear()
-            rendered = info.rendered[(n, mask)] = (
+            rendered = info.rendered[shape] = (
                 plan.render_extended(literals, n, scs)
                 if mask == ("insert",)
-                else plan.render_extended(literals, n, scs, mask)
+                else plan.render_extended(literals, n, scs, mask, kinds)
             )
-        extra_values = [reads[row][column] for row, column in rendered.extra_params]
-        extra_types = [table.column_type_oids[column] for _, column in rendered.extra_params]
+        encoding = self.info.encoding
+        extra = [
+            extended_param(reads[row][column], role, encoding)
+            for row, column, role in rendered.extra_params
+        ]
         types = tuple(info.param_types) + (0,) * (n - len(info.param_types))
-        name, parse = self._hidden_statement(rendered.sql, types + tuple(extra_types))
-        param_formats = [bind.param_format(i) for i in range(n)] + [v.format for v in extra_values]
-        params = list(bind.params) + [v.data for v in extra_values]
+        name, parse = self._hidden_statement(rendered.sql, types + tuple(t for t, _, _ in extra))
+        param_formats = [bind.param_format(i) for i in range(n)] + [f for _, f, _ in extra]
+        params = list(bind.params) + [d for _, _, d in extra]
         extras = returned_columns(plan, any(m_ is True for m_ in mask))
         result_formats = list(bind.result_formats)
         if len(result_formats) > 1:
@@ -591,7 +606,7 @@ NOTHING_TO_CHECK = _NothingToCheck()
 # an `= ANY(<array>)` guard has a branch per element: past this many, the write is unverified
 _MAX_ARRAY_KEYS = 1000
 _RENDERED_FORMS = 64
-_NOT_READ = frozenset({"not_read", "column_not_read", "binary_read"})
+_NOT_READ = frozenset({"not_read", "column_not_read", "binary_read", "settings_unknown"})
 _MERGE_OVERWRITES = re.compile(r"\bthen\s+(?:update|delete)\b", re.I)
 _KEY_ARRAY = re.compile(r"=\s*(?:any|some)\s*\(", re.I)
 # SQL-level prepared statements (the head of PREPARE / EXECUTE / DEALLOCATE)

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 from proxy.rewrite.clauses import Clauses
 from proxy.rewrite.pins import Pin, SetItem, Target, Value
-from proxy.rewrite.render import Read, cast, column_ref, compile_pieces, jsonb_object
+from proxy.rewrite.render import Read, Same, Shown, cast, column_ref, compile_pieces, jsonb_object
 from proxy.rewrite.tokens import SqlText
 from proxy.rules.protected import ProtectedTable
 from proxy.sqlnames import quote_ident, quote_literal_any
@@ -170,6 +170,11 @@ class GuardBuilder:
             return [self.read(row, column)]
         return cast(self.value(self.rows[row][n]), self.table.column_types[column])
 
+    def same(self, row: int, column: str, expr: list[object]) -> list[object]:
+        """`expr` still holds what was read (compared in the domain it was read in)."""
+        sql_type = self.table.column_types[column]
+        return [Same(row, column, sql_type, False), *expr, Same(row, column, sql_type, True)]
+
     def row_pin(self, row: int) -> list[object]:
         out: list[object] = []
         for n, k in enumerate(self.table.key):
@@ -189,8 +194,7 @@ class GuardBuilder:
     # ---- checks
 
     def column_check(self, row: int, column: str) -> list[object]:
-        r = self.read(row, column)
-        plain: list[object] = [self.col(column), " IS NOT DISTINCT FROM ", r]
+        plain = self.same(row, column, [self.col(column)])
         check = plain
         if self.checks.get(column) == "differing":
             new = self.new_value(column)
@@ -199,7 +203,7 @@ class GuardBuilder:
         if column in self.sparse:
             # writing back what was read is not a write: no conflict on that column
             new = self.new_value(column)
-            check = ["(", *new, " IS NOT DISTINCT FROM ", r, " OR ", *check, ")"]  # type: ignore[misc]  # a sparse column has a new value
+            check = ["(", *self.same(row, column, new), " OR ", *check, ")"]  # type: ignore[arg-type]  # a sparse column has a new value
         return check
 
     def row_checks(self, row: int) -> list[object] | None:
@@ -221,7 +225,7 @@ class GuardBuilder:
                     column,
                     [
                         "jsonb_build_array(to_jsonb(",
-                        self.read(row, column),
+                        Shown(row, column, self.table.column_types[column]),
                         "), to_jsonb(",
                         self.col(column),
                         "), ",
@@ -354,8 +358,7 @@ class GuardBuilder:
             out.append(" WHEN ")
             if self.dispatch:
                 out += [*self.row_pin(i), " AND "]
-            out += [*new, " IS NOT DISTINCT FROM ", self.read(i, column), " THEN "]
-            out += [self.read(i, column)]
+            out += [*self.same(i, column, new), " THEN ", self.read(i, column)]
         out += [" ELSE ", self.col(column), " END"]
         return out
 
@@ -368,12 +371,6 @@ class GuardBuilder:
             out.append(" WHEN ")
             if self.dispatch:
                 out += [*self.row_pin(i), " AND "]
-            out += [
-                *new,  # type: ignore[misc]
-                " IS NOT DISTINCT FROM ",
-                self.read(i, column),
-                " THEN ",
-                self.col(column),
-            ]
+            out += [*self.same(i, column, new), " THEN ", self.col(column)]  # type: ignore[arg-type]
         out += [" ELSE ", *original, " END"]
         return Edit(item.value.span[0], item.value.span[1], tuple(out))  # type: ignore[union-attr]

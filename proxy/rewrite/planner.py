@@ -51,7 +51,7 @@ from proxy.rewrite.pins import (
     target_of,
     where_conjuncts,
 )
-from proxy.rewrite.render import RenderedSql, column_ref, fill_extended, fill_simple
+from proxy.rewrite.render import Printed, RenderedSql, column_ref, fill_extended, fill_simple
 from proxy.rewrite.tokens import SqlText
 from proxy.rules.protected import ProtectedTable
 from proxy.sqlnames import quote_ident
@@ -190,7 +190,7 @@ class WritePlan:
     def render_simple(
         self,
         literals: Sequence[str],
-        reads: Sequence[Mapping[str, str | None] | None],
+        reads: Sequence[Mapping[str, str | Printed | None] | None],
         scs: bool = True,
     ) -> str:
         """The statement with literals put back and read values inlined. A pinned row whose
@@ -210,17 +210,19 @@ class WritePlan:
         n_params: int | None = None,
         scs: bool = True,
         mask: tuple[bool, ...] | None = None,
+        kinds: Mapping[tuple[int, str], str] | None = None,
     ) -> RenderedSql:
         """The statement with the pinned rows checked against extra parameters numbered after
-        the client's: bind, for each `extra_params` entry (row, column), the value the session
+        the client's: bind, for each `extra_params` entry (row, column, role), what the session
         read there. Same SQL for every execution with the same `mask` (which pinned rows are
-        checked; default all), so it is prepared once. An all-False mask adds no guard: the
+        checked; default all) and `kinds` (how each read is compared, proxy.rewrite.render),
+        so it is prepared once. An all-False mask adds no guard: the
         write passes as written and only RETURNING grows."""
         literals, n_params = _extended_args(literals, n_params)
         if mask is None:
             mask = (True,) * len(self.pinned_rows)
         first = max(n_params, self._builder.text.max_param) + 1
-        return fill_extended(self._pieces(mask), literals, first)
+        return fill_extended(self._pieces(mask), literals, first, kinds)
 
     def key_texts(
         self, literals: Sequence[str] = (), params: Sequence[str | None] = (), scs: bool = True

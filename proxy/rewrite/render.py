@@ -13,11 +13,18 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, NamedTuple
 
 from proxy.sqlnames import quote_ident, quote_literal, quote_literal_any
+from proxy.values import CANONICAL_SETTINGS
 
 __all__ = [
+    "AS_PRINTED",
+    "BINARY_PRINTED",
+    "BY_VALUE",
     "Lit",
     "Piece",
+    "Printed",
     "Read",
+    "Same",
+    "Shown",
     "RenderedSql",
     "cast",
     "compile_pieces",
@@ -41,14 +48,50 @@ class Read(NamedTuple):
     type: str
 
 
-Piece = "str | Lit | Read"
+class Same(NamedTuple):
+    """Opens (end False) or closes (end True) the test that the expression between the two
+    still holds what the session read in `column` of pinned row `row`: in the domain it was
+    read in (proxy.values: by value for plain types, else as printed)."""
+
+    row: int
+    column: str
+    type: str
+    end: bool
+
+
+class Shown(NamedTuple):
+    """What the session read there, as a conflict reports it (the text it read, for a value
+    compared as printed: parsing it again under other settings could fail)."""
+
+    row: int
+    column: str
+    type: str
+
+
+class Printed(NamedTuple):
+    """A read value compared as printed (simple protocol). canonical False: `text` is what
+    the server printed under `settings` (a text[] literal); True: the exact text form of a
+    binary read, printed on both sides under proxy.values.CANONICAL_SETTINGS."""
+
+    text: str | None
+    settings: str
+    canonical: bool = False
+
+
+# how a read is bound in the extended protocol (fill_extended's `kinds`): by value as read
+# (text or binary) and compared by value; its text and settings, compared as printed; a
+# binary value compared as printed under the canonical settings
+BY_VALUE, AS_PRINTED, BINARY_PRINTED = "value", "printed", "binary"
+
+Piece = "str | Lit | Read | Same | Shown"
 
 
 class RenderedSql(NamedTuple):
     sql: str
-    # one (pinned row index, column) per extra $n parameter, in parameter order: bind the value
-    # the session read in that column of that row
-    extra_params: tuple[tuple[int, str], ...] = ()
+    # one (pinned row index, column, role) per extra $n parameter, in parameter order: bind,
+    # for that column of that row, the value the session read ("value", in its own type and
+    # format), the text it read ("text") or the settings it was read under ("settings")
+    extra_params: tuple[tuple[int, str, str], ...] = ()
 
 
 def compile_pieces(pieces: Iterable[object]) -> tuple[object, ...]:
@@ -68,16 +111,21 @@ def compile_pieces(pieces: Iterable[object]) -> tuple[object, ...]:
     return tuple(out)
 
 
+_TEXT_OPEN = "pg_temp.optimist_text("
+_CANONICAL = "'" + CANONICAL_SETTINGS + "'::text[]"
+
+
 def fill_simple(
     pieces: Sequence[object],
     literals: Sequence[str],
-    reads: Sequence[Mapping[str, str | None] | None],
+    reads: Sequence[Mapping[str, str | Printed | None] | None],
     scs: bool,
 ) -> str:
-    """Literals back in place, read values inlined as CAST('<text>' AS <type>)."""
+    """Literals back in place, read values inlined: CAST('<text>' AS <type>) for a plain
+    value, a Printed one through the pg_temp.optimist_text / optimist_value functions."""
     out: list[str] = []
     append = out.append
-    p: Any  # a str, Lit or Read, told apart by exact type (cheaper than isinstance)
+    p: Any  # a str, Lit, Read, Same or Shown, told apart by exact type (cheaper than isinstance)
     for p in pieces:
         t = type(p)
         if t is str:
@@ -86,37 +134,88 @@ def fill_simple(
             append(literals[p.slot])
         else:
             value = reads[p.row][p.column]
-            append(
-                "CAST(NULL AS " + p.type + ")"
-                if value is None
-                else "CAST(" + quote_literal(value, scs) + " AS " + p.type + ")"
-            )
+            if type(value) is not Printed:
+                if t is Same and not p.end:
+                    continue
+                cast = (
+                    "CAST(NULL AS " + p.type + ")"
+                    if value is None
+                    else "CAST(" + quote_literal(value, scs) + " AS " + p.type + ")"
+                )
+                append(" IS NOT DISTINCT FROM " + cast if t is Same else cast)
+            else:
+                append(_fill_printed(p, t, value, scs))
     return "".join(out)
 
 
+def _fill_printed(p: Any, t: type, value: Printed, scs: bool) -> str:
+    text = "NULL" if value.text is None else quote_literal(value.text, scs)
+    settings = quote_literal(value.settings, scs) + "::text[]"
+    parsed = f"pg_temp.optimist_value({text}, {settings}, NULL::{p.type})"
+    if t is Same:
+        if not p.end:
+            return _TEXT_OPEN
+        if value.canonical:
+            return f", {_CANONICAL}) IS NOT DISTINCT FROM {_TEXT_OPEN}{parsed}, {_CANONICAL})"
+        return f", {settings}) IS NOT DISTINCT FROM CAST({text} AS text)"
+    if t is Shown and not value.canonical:
+        return f"CAST({text} AS text)"
+    return parsed
+
+
 def fill_extended(
-    pieces: Sequence[object], literals: Sequence[str], first_param: int
+    pieces: Sequence[object],
+    literals: Sequence[str],
+    first_param: int,
+    kinds: Mapping[tuple[int, str], str] | None = None,
 ) -> RenderedSql:
-    """Literals back in place, read values as CAST($n AS <type>) parameters numbered from
-    first_param, one per distinct (row, column)."""
+    """Literals back in place, read values as parameters numbered from first_param, one set
+    per distinct (row, column), bound as `kinds` says (default BY_VALUE)."""
     numbers: dict[tuple[int, str], int] = {}
+    params: list[tuple[int, str, str]] = []
     out: list[str] = []
-    p: Any  # a str, Lit or Read, told apart by exact type
+    p: Any  # a str, Lit, Read, Same or Shown, told apart by exact type
     for p in pieces:
         t = type(p)
         if t is str:
             out.append(p)
-        elif t is Lit:
+            continue
+        if t is Lit:
             if p.slot >= len(literals):
                 raise ValueError("the statement has normalized literals: pass them to render")
             out.append(literals[p.slot])
-        else:
-            key = (p.row, p.column)
-            n = numbers.get(key)
-            if n is None:
-                n = numbers[key] = first_param + len(numbers)
-            out.append(f"CAST(${n} AS {p.type})")
-    return RenderedSql("".join(out), tuple(numbers))
+            continue
+        key = (p.row, p.column)
+        kind = kinds.get(key, BY_VALUE) if kinds else BY_VALUE
+        n = numbers.get(key)
+        if n is None:
+            n = numbers[key] = first_param + len(params)
+            if kind == AS_PRINTED:
+                params += [(p.row, p.column, "text"), (p.row, p.column, "settings")]
+            else:
+                params.append((p.row, p.column, "value"))
+        out.append(_fill_param(p, t, kind, n))
+    return RenderedSql("".join(out), tuple(params))
+
+
+def _fill_param(p: Any, t: type, kind: str, n: int) -> str:
+    value = f"CAST(${n} AS {p.type})"
+    if kind == BY_VALUE:
+        if t is Same:
+            return " IS NOT DISTINCT FROM " + value if p.end else ""
+        return value
+    if kind == BINARY_PRINTED:
+        if t is Same:
+            if not p.end:
+                return _TEXT_OPEN
+            return f", {_CANONICAL}) IS NOT DISTINCT FROM {_TEXT_OPEN}{value}, {_CANONICAL})"
+        return value
+    text, settings = f"CAST(${n} AS text)", f"CAST(${n + 1} AS text[])"
+    if t is Same:
+        return f", {settings}) IS NOT DISTINCT FROM {text}" if p.end else _TEXT_OPEN
+    if t is Shown:
+        return text
+    return f"pg_temp.optimist_value({text}, {settings}, NULL::{p.type})"
 
 
 # ------------------------------------------------------------------ SQL fragment helpers

@@ -136,7 +136,7 @@ class Env:
         """Run A's write through the extended protocol; the rows (extra columns included)."""
         plan, literals = self.plan(sql, len(args))
         rendered = plan.render_extended(literals, len(args))
-        extra = [to_python(TYPES[col], reads[row][col]) for row, col in rendered.extra_params]
+        extra = [to_python(TYPES[col], reads[row][col]) for row, col, _ in rendered.extra_params]
         return await self.a.fetch(rendered.sql, *args, *extra)
 
 
@@ -208,6 +208,8 @@ def test_presence_check_is_a_one_time_filter(upstream_dsn):
         ("optimist_modified_audit", "v", 100.0),
         ("optimist_present", "s", 100.0),
         ("optimist_present_audit", "s", 100.0),
+        ("optimist_text", "v", 100.0),
+        ("optimist_value", "v", 100.0),
     ]
 
 
@@ -680,7 +682,7 @@ def test_extended_protocol_with_text_parameters(upstream_dsn):
         env.protect(name=name, **columns(owner="differing"), sparse_update=True)
         plan, literals = env.plan("UPDATE {t} SET owner = $1, balance = $2 WHERE id = $3", 3)
         rendered = plan.render_extended(literals, 3)
-        extra = [reads[col] for _, col in rendered.extra_params]
+        extra = [reads[col] for _, col, _ in rendered.extra_params]
         with psycopg.connect(
             upstream_dsn, autocommit=True, cursor_factory=psycopg.RawCursor
         ) as conn:

@@ -266,7 +266,18 @@ class Wire:
         self.service = service
         self.session = Session(parse_startup(startup_packet()), locking_for=service.locking_for)
         self.session.server_data(AUTH_OK)
-        self.bootstrap_query = self.sent_to_server()
+        first = self.sent_to_server()
+        if b"current_setting(" in first[0][1]:
+            # the printing settings PostgreSQL does not report, asked once per session
+            fields = [m.Field(b"current_setting", 0, 0, 25, -1, -1, 0)] * 3
+            self.session.server_data(
+                m.encode_row_description(fields)
+                + m.encode_data_row([b"1", b"hex", b"C"])
+                + complete(b"SELECT 1")
+                + ready()
+            )
+            first = self.sent_to_server()
+        self.bootstrap_query = first
         self.server(bootstrap_response())
 
     @property

@@ -170,6 +170,14 @@ def catalog_response() -> bytes:
     return out + frame(b"Z", b"I")
 
 
+def settings_response() -> bytes:
+    """The server's answer to the first injected query: the printing settings not reported."""
+    fields = [m.Field(b"current_setting", 0, 0, 25, -1, -1, 0)] * 3
+    out = m.encode_row_description(fields)
+    out += m.encode_data_row([b"1", b"hex", b"C"])
+    return out + frame(b"C", b"SELECT 1\x00") + frame(b"Z", b"I")
+
+
 def new_session(enforcement: LockingService | None) -> Session:
     startup = parse_startup(startup_packet())
     if enforcement is None:
@@ -179,6 +187,9 @@ def new_session(enforcement: LockingService | None) -> Session:
         return s
     s = Session(startup, locking_for=enforcement.locking_for)
     s.server_data(AUTH_OK)
+    s.take_output()
+    assert s.in_flight and s.in_flight[0].hidden  # the settings query went out
+    s.server_data(settings_response())
     s.take_output()
     assert s.in_flight and s.in_flight[0].hidden  # the setup query went out
     s.server_data(catalog_response())

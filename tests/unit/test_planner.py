@@ -127,10 +127,10 @@ def test_extended_params_are_numbered_after_the_clients():
     p, literals = plan("UPDATE accounts SET owner = $1,note = $3 WHERE id = $2")
     assert p.pinned_rows == ((KeyRef("id", param=2),),)
     r = p.render_extended(literals, 3)
-    assert r.extra_params == ((0, "version"),)
+    assert r.extra_params == ((0, "version", "value"),)
     assert "accounts.version IS NOT DISTINCT FROM CAST($4 AS integer)" in r.sql
     # the statement itself says how many params it uses, even if n_params is too small
-    assert p.render_extended(literals, 0).extra_params == ((0, "version"),)
+    assert p.render_extended(literals, 0).extra_params == ((0, "version", "value"),)
     assert "CAST($4 AS integer)" in p.render_extended(literals, 0).sql
     # one signature the enforcer uses, one the brief describes
     assert p.render_extended(3).sql == r.sql
@@ -310,7 +310,11 @@ def test_in_list_checks_each_row_against_its_own_reads():
     assert "WHEN accounts.id = $1" not in partial
     assert "CAST(($1) AS integer)" not in partial
     r = p.render_extended(literals, 1)
-    assert r.extra_params == ((0, "version"), (1, "version"), (2, "version"))
+    assert r.extra_params == (
+        (0, "version", "value"),
+        (1, "version", "value"),
+        (2, "version", "value"),
+    )
     assert "CAST($2 AS integer)" in r.sql and "CAST($4 AS integer)" in r.sql
 
 
@@ -665,7 +669,12 @@ def test_key_array_pins_rows_known_at_execution():
     assert p.array_key == KeyRef("id", param=1) and p.pinned_rows == ()
     r = p.render_extended(literals, 1, True, (True, False, True))
     # the read rows' keys and versions as extra parameters, dispatched by key
-    assert r.extra_params == ((0, "id"), (0, "version"), (2, "id"), (2, "version"))
+    assert tuple(e[:2] for e in r.extra_params) == (
+        (0, "id"),
+        (0, "version"),
+        (2, "id"),
+        (2, "version"),
+    )
     assert "WHEN a.id = CAST($2 AS integer) THEN" in r.sql
     assert "WHERE id = ANY($1::int[]) FOR NO KEY UPDATE" in r.sql
     sql = p.render_simple(literals, [{"id": "4", "version": "7"}])

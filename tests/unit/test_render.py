@@ -63,7 +63,8 @@ def test_fill_extended_numbers_each_read_once():
         Lit(0),
     )
     assert fill_extended(pieces, ["7"], 3) == RenderedSql(
-        "CAST($3 AS integer) CAST($4 AS integer) CAST($3 AS integer) 7", ((0, "v"), (1, "v"))
+        "CAST($3 AS integer) CAST($4 AS integer) CAST($3 AS integer) 7",
+        ((0, "v", "value"), (1, "v", "value")),
     )
 
 
