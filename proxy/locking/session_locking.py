@@ -109,6 +109,9 @@ class SessionLocking:
             return hold
         tables = self.tables
         if tables is None or not tables.by_oid:
+            if tables is not None and _CREATES_TABLE.match(sql):
+                # a CREATE TABLE ... AS completes with a SELECT tag: keep its text at hand
+                return Send((raw,), (QueryEntry([sql], [None]),))
             return None
         generation, guards = self.bootstrap.generation, self.bootstrap.guards
         scs = self.info.standard_conforming_strings

@@ -184,3 +184,17 @@ def test_a_transaction_sees_its_own_ddl_protected(locking):
         with pytest.raises(psycopg.errors.SerializationFailure):
             a.execute("UPDATE late SET note = 'a' WHERE id = 1")
         a.execute("ROLLBACK")
+
+
+def test_create_table_as_is_seen_though_its_tag_says_select(locking):
+    from tests.support.locking import write_rules
+
+    rules = LATE_RULES + "    key: id\n"
+    locking.proxy = locking.factory(rules=write_rules(locking.tmp_path, rules))
+    with connect(locking.dsn) as a, connect(locking.dsn) as b:
+        a.execute("SELECT 1")
+        b.execute(
+            "CREATE TABLE late AS SELECT g AS id, 'n'::text AS note, 1 AS version"
+            " FROM generate_series(1, 2) g"
+        )
+        assert_protected(a, b, 1)
