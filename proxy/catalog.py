@@ -105,12 +105,55 @@ def catalog_query(tables: Iterable[tuple[str, str]]) -> str:
     Names are as the catalog stores them (already folded). Tables that do not exist, views
     and other non-tables simply produce no rows. Columns: see CATALOG_COLUMNS.
     """
+    return _QUERY.format(wanted=_wanted(tables))
+
+
+_FINGERPRINT = """\
+WITH wanted(schema_name, table_name) AS (
+  {wanted}
+), found AS (
+  SELECT c.oid, c.relkind, n.nspname, c.relname
+  FROM wanted w
+  JOIN pg_catalog.pg_namespace n ON n.nspname = w.schema_name
+  JOIN pg_catalog.pg_class c ON c.relnamespace = n.oid AND c.relname = w.table_name
+), parts(part) AS (
+  SELECT f.oid::text || ' ' || f.relkind::text || ' ' || pg_catalog.quote_ident(f.nspname) || '.'
+         || pg_catalog.quote_ident(f.relname) || ' ('
+         || COALESCE((SELECT pg_catalog.string_agg(
+                        a.attnum || ' ' || pg_catalog.quote_ident(a.attname) || ' '
+                        || a.atttypid || ' ' || a.atttypmod || ' ' || a.attnotnull,
+                        ', ' ORDER BY a.attnum)
+                      FROM pg_catalog.pg_attribute a
+                      WHERE a.attrelid = f.oid AND a.attnum > 0 AND NOT a.attisdropped), '')
+         || ') key ' || COALESCE((SELECT pk.conkey::text FROM pg_catalog.pg_constraint pk
+                                  WHERE pk.conrelid = f.oid AND pk.contype = 'p'), '-')
+  FROM found f
+  UNION
+  -- a view over a wanted table: created, replaced, renamed or dropped
+  SELECT 'view ' || v.oid::text || ' ' || v.xmin::text || ' ' || r.xmin::text
+  FROM found f
+  JOIN pg_catalog.pg_depend d ON d.refobjid = f.oid
+   AND d.refclassid = 'pg_catalog.pg_class'::pg_catalog.regclass
+   AND d.classid = 'pg_catalog.pg_rewrite'::pg_catalog.regclass
+  JOIN pg_catalog.pg_rewrite r ON r.oid = d.objid
+  JOIN pg_catalog.pg_class v ON v.oid = r.ev_class
+)
+SELECT pg_catalog.md5(COALESCE(pg_catalog.string_agg(part, E'\\n' ORDER BY part), ''))
+FROM parts"""
+
+
+def _wanted(tables: Iterable[tuple[str, str]]) -> str:
     pairs = sorted(set(tables))
     if pairs:
-        wanted = "VALUES " + ", ".join(f"({sql_literal(s)}, {sql_literal(n)})" for s, n in pairs)
-    else:
-        wanted = "SELECT NULL::text, NULL::text WHERE false"
-    return _QUERY.format(wanted=wanted)
+        return "VALUES " + ", ".join(f"({sql_literal(s)}, {sql_literal(n)})" for s, n in pairs)
+    return "SELECT NULL::text, NULL::text WHERE false"
+
+
+def catalog_fingerprint_query(tables: Iterable[tuple[str, str]]) -> str:
+    """One SELECT of one value that changes whenever what catalog_query() (or the views over
+    the tables) would say changes: which of the named tables exist under which oid, their
+    columns and types, their primary key. Cheap enough to run every few seconds."""
+    return _FINGERPRINT.format(wanted=_wanted(tables))
 
 
 @dataclass(frozen=True)

@@ -88,6 +88,9 @@ class Settings:
     snapshot_rows_per_session: int = 10000
     snapshot_rows_total: int = 1000000
     rewrite_cache_size: int = 10000
+    # seconds between checks that the protected tables' catalog did not change under DDL run
+    # elsewhere (DDL through this proxy is seen at once); 0 turns the check off
+    catalog_check_interval: float = 10.0
     data_dir: str | None = None
     workers: int = 1
     # TLS toward clients: a certificate enables it; client_tls "require" refuses plaintext

@@ -125,6 +125,15 @@ class Metrics:
         self.rewrite_cache = Counter(
             "optimist_rewrite_cache_lookups", "Rewrite cache lookups", ["result"], registry=r
         )
+        self.catalog_refreshes = Counter(
+            "optimist_catalog_refreshes",
+            "Protected tables of a database learned again after its catalog changed, by how "
+            "the change was found (ddl: through this proxy; check: the periodic check)",
+            ["reason"],
+            registry=r,
+        )
+        for reason in ("ddl", "check"):
+            self.catalog_refreshes.labels(reason)
         self._version = None
         self._seen = {"evictions": 0, "hit": 0, "miss": 0}
         self.statement_tally: dict[str, int] = {}
@@ -152,6 +161,9 @@ class Metrics:
 
     def unapplied(self, table: str) -> None:
         self.unapplied_writes.labels(table).inc()
+
+    def catalog_refreshed(self, reason: str) -> None:
+        self.catalog_refreshes.labels(reason).inc()
 
     def client_connected(self) -> None:
         self.client_connections.inc()

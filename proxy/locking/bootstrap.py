@@ -1,6 +1,14 @@
 """What a session needs before it can check a write: the protected tables of its database
-(from the catalog, once per rules generation) and the guard functions on its connection.
-Both come from queries the proxy runs itself, as a job the Session drives."""
+(from the catalog) and the guard functions on its connection. Both come from queries the
+proxy runs itself, as a job the Session drives.
+
+The tables of a database are shared by its sessions (proxy.locking.service.Generation) and
+learned again when the catalog changes: after DDL through this proxy, once its transaction
+has ended (committed or rolled back: learning again is always safe), and when a periodic
+fingerprint check finds the catalog moved under DDL run elsewhere. Only what was learned
+outside a transaction block is shared: a transaction's catalog query sees its snapshot and its
+own uncommitted DDL, so what it learns is that session's alone until the transaction ends.
+"""
 
 from __future__ import annotations
 
@@ -13,6 +21,11 @@ from proxy.locking.snapshots import TransactionLog
 from proxy.session.inflight import InternalQuery, InternalResult, Job
 
 log = logging.getLogger("optimist.locking")
+
+IDLE, FAILED = b"I", b"E"
+# after a catalog query failed, the session goes on with what it knew for this long (the
+# statement it held must run, not ask again forever)
+RETRY_AFTER = 1.0
 
 
 class Bootstrap:
@@ -34,62 +47,156 @@ class Bootstrap:
         # the rules generation in force for this session, and what it protects here
         self.generation: Any = None
         self.tables: Any = None
+        # self.tables were learned inside the current transaction: this session's alone
+        self.private = False
+        # this session completed DDL since it last learned the catalog (its transaction
+        # sees it; nobody else does before it commits)
+        self.own_ddl = False
+        # the current transaction ran DDL: when it ends the database's catalog is stale
+        self.ddl_in_transaction = False
         self.guards = False
         self.guards_failed = False
+        # monotonic time before which a failed catalog query is not tried again
+        self.retry_at = 0.0
 
     def _wants_guards(self, tables: Any) -> bool:
         return (
             not self.guards and not self.guards_failed and (tables is None or bool(tables.by_oid))
         )
 
-    def stale(self) -> bool:
-        """A reload brought a new generation, or the guard functions are missing."""
-        return self.generation is not self.service.generation or (
-            self.tables is not None and self.tables.by_oid and self._wants_guards(self.tables)
-        )
+    def stale(self, status: bytes) -> bool:
+        """Something to learn before the next statement: a reload brought a new generation,
+        the catalog changed, a fingerprint check is due, or the guard functions are missing.
+        Cheap: it runs before every statement."""
+        generation = self.service.generation
+        if self.generation is not generation:
+            return True
+        if self.private:
+            return status == IDLE or self.own_ddl
+        if self.own_ddl or self.tables is None:
+            return True
+        if self.tables is not generation.databases.get(self.database):
+            return True
+        if self.tables.by_oid and self._wants_guards(self.tables):
+            return True
+        due = generation.next_checks.get(self.database)
+        return due is not None and status == IDLE and self.service.clock() >= due
+
+    def ddl_completed(self) -> None:
+        self.own_ddl = True
+        self.ddl_in_transaction = True
+
+    def transaction_ended(self) -> None:
+        """Back to idle after a transaction that ran DDL: every session of the database
+        learns its catalog again."""
+        if self.ddl_in_transaction:
+            self.ddl_in_transaction = False
+            self.own_ddl = False
+            self.service.generation.catalog_changed(self.database, "ddl")
 
     def job(self, status: bytes) -> Job | None:
         """The queries to run now, or None when there is nothing to learn (or nothing can
         run: an aborted transaction; try again after it ends)."""
         generation = self.service.generation
-        tables = generation.databases.get(self.database)
-        parts = []
-        if tables is None:
-            parts.append(generation.setup_sql())
-        want_guards = self._wants_guards(tables)
-        if want_guards:
-            parts.append(conflicts.guard_functions_sql(self.service.settings.conflict_sqlstate))
-        if not parts or status == b"E":
-            if not parts:
-                self.generation, self.tables = generation, tables
+        shared = generation.databases.get(self.database)
+        if status == FAILED:
+            if shared is not None and not self.own_ddl and not self.private:
+                self._adopt(generation, shared, private=False)
             return None
-        if tables is not None:
-            self.generation, self.tables = generation, tables
-        return self._run(generation, tables, want_guards, ";\n".join(parts), status)
+        idle = status == IDLE
+        if self.own_ddl and not idle:
+            learn = True  # its transaction sees its own DDL: learn that, privately
+        elif self.private and not idle and self.generation is generation:
+            learn = False  # learned in this transaction already
+        elif shared is not None:
+            learn = False
+            self._adopt(generation, shared, private=False)
+        else:
+            learn = True  # shared only if learned outside a transaction block
+        if learn and self.service.clock() < self.retry_at:
+            return None
+        want_guards = self._wants_guards(None if learn else self.tables)
+        service = self.service
+        check = (
+            not learn
+            and idle
+            and generation.claim_check(
+                self.database, service.clock(), service.settings.catalog_check_interval
+            )
+        )
+        if not learn and not want_guards and not check and not self.settings_wanted:
+            return None
+        return self._run(generation, learn, idle, want_guards, check, status)
 
-    def _run(self, generation: Any, tables: Any, want_guards: bool, sql: str, status: bytes) -> Job:
+    def _adopt(self, generation: Any, tables: Any, *, private: bool) -> None:
+        self.generation, self.tables, self.private = generation, tables, private
+        if not private:
+            self.own_ddl = False
+
+    def _run(
+        self,
+        generation: Any,
+        learn: bool,
+        share: bool,
+        want_guards: bool,
+        check: bool,
+        status: bytes,
+    ) -> Job:
         if self.settings_wanted and self.settings is not None:
             self.settings_wanted = False
             initial = yield InternalQuery(INITIAL_SQL)
             if not initial.failed and initial.rows:
                 self.settings.learned_initial(_text_rows(initial)[0])
-        result: InternalResult = yield InternalQuery(sql)
-        if tables is None:
-            rows = _text_rows(result)
-            learned = (
-                generation.learn_catalog(self.database, rows)
-                if (rows or not result.failed)
-                else None
-            )
-            if learned is not None:
-                self.generation, self.tables = generation, learned
+        database = self.database
+        epoch = generation.epoch(database)
+        fingerprint = None
+        if check:
+            found = yield InternalQuery(generation.fingerprint_sql())
+            fingerprint = _fingerprint(found)
+            if fingerprint is not None and fingerprint != generation.fingerprints.get(database):
+                if generation.epoch(database) == epoch:  # nobody noticed it first
+                    generation.catalog_changed(database, "check")
+                    epoch = generation.epoch(database)
+                    learn = True
+        parts = []
+        if learn:
+            if share and not check:
+                # before the catalog: DDL committed between the two shows at the next check
+                parts.append(generation.fingerprint_sql())
+            parts.append(generation.setup_sql())
+        if want_guards:
+            parts.append(conflicts.guard_functions_sql(self.service.settings.conflict_sqlstate))
+        if not parts:
+            return
+        result: InternalResult = yield InternalQuery(";\n".join(parts))
+        if learn and share and not check:
+            fingerprint = _fingerprint(result)
+        if learn:
+            rows = [row for row in _text_rows(result) if len(row) > 1]  # not the fingerprint
+            if rows or not result.failed:
+                learned = generation.read_catalog(database, rows)
+                self._adopt(generation, learned, private=not share)
+                self.own_ddl = False
+                if share:
+                    service = self.service
+                    reason = generation.publish(
+                        database,
+                        learned,
+                        epoch,
+                        fingerprint,
+                        service.clock(),
+                        service.settings.catalog_check_interval,
+                    )
+                    if reason is not None:
+                        service.catalog_refreshed(database, reason, learned)
+                # the views fill in the tables in place, shared or not
                 views_sql = learned.views_sql()
                 if views_sql is not None and not result.failed:
                     views = yield InternalQuery(views_sql)
                     if not views.failed:
                         learned.learn_views(_text_rows(views))
-        else:
-            self.generation, self.tables = generation, tables
+            else:
+                self.retry_at = self.service.clock() + RETRY_AFTER
         if want_guards:
             self.guards = not result.failed
             self.guards_failed = result.failed
@@ -109,6 +216,14 @@ class Bootstrap:
 
     def temporary_objects_dropped(self) -> None:
         self.guards = False
+
+
+def _fingerprint(result: InternalResult) -> str | None:
+    """The one-column row of the fingerprint query (the catalog's rows have more)."""
+    found = [row[0] for row in result.rows if len(row) == 1]
+    if len(found) != 1 or found[0] is None:
+        return None
+    return found[0].decode("utf-8", "replace")
 
 
 def _text_rows(result: InternalResult) -> list[list[str | None]]:

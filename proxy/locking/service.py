@@ -6,14 +6,16 @@ statement; statements already planned keep the generation they were planned with
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
+import time
 from collections import deque
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from proxy.catalog import Catalog, catalog_query
+from proxy.catalog import Catalog, catalog_fingerprint_query, catalog_query
 from proxy.catalog_views import SimpleView, simple_views, views_query
 from proxy.config import ConfigError, Settings
 from proxy.locking.session_locking import SessionLocking
@@ -29,6 +31,9 @@ from proxy.session.info import SessionInfo
 log = logging.getLogger("optimist.rules")
 
 RECENT_CONFLICTS = 100
+
+# every DatabaseTables gets its own: plans cached for one never serve another
+_STAMPS = itertools.count(1)
 
 
 @dataclass
@@ -46,6 +51,8 @@ class DatabaseTables:
 
     # what resolving the rules against this database found (SHOW RULES says why)
     problems: list[Any] = field(default_factory=list)
+    # (database, stamp): keys the plans made for these tables in the shared rewrite cache
+    cache_key: tuple[str, int] = ("", 0)
 
     def views_sql(self) -> str | None:
         return views_query(self.by_oid) if self.by_oid else None
@@ -57,10 +64,22 @@ class DatabaseTables:
 
 @dataclass
 class Generation:
-    """One loaded rule set and what it resolved to, per database."""
+    """One loaded rule set and what it resolved to, per database.
+
+    A database's tables are learned from its catalog once, shared by its sessions, and
+    learned again after a change: DDL seen through this proxy, or a periodic check that finds
+    the catalog's fingerprint moved (DDL run elsewhere). Each change bumps the database's
+    epoch; what a query started before a change learned is not shared."""
 
     ruleset: RuleSet
     databases: dict[str, DatabaseTables] = field(default_factory=dict)
+    epochs: dict[str, int] = field(default_factory=dict)
+    # the catalog fingerprint the shared tables were learned under
+    fingerprints: dict[str, str | None] = field(default_factory=dict)
+    # when a session of the database next checks the fingerprint (monotonic clock)
+    next_checks: dict[str, float] = field(default_factory=dict)
+    # why a database's tables are being learned again (counted once they are)
+    refresh_reasons: dict[str, str] = field(default_factory=dict)
 
     @property
     def version(self) -> str:
@@ -69,12 +88,31 @@ class Generation:
     def setup_sql(self) -> str:
         return catalog_query(wanted_tables(self.ruleset))
 
-    def learn_catalog(self, database: str, rows: Iterable[Sequence[str | None]]) -> DatabaseTables:
+    def fingerprint_sql(self) -> str:
+        return catalog_fingerprint_query(wanted_tables(self.ruleset))
+
+    def epoch(self, database: str) -> int:
+        return self.epochs.get(database, 0)
+
+    def catalog_changed(self, database: str, reason: str) -> None:
+        """The database's catalog changed (or may have): its sessions learn it again at their
+        next statement; the first to run its catalog query shares what it learned."""
+        self.epochs[database] = self.epoch(database) + 1
+        self.databases.pop(database, None)
+        self.refresh_reasons.setdefault(database, reason)
+
+    def claim_check(self, database: str, now: float, interval: float) -> bool:
+        """The fingerprint check is due: the caller runs it, the others wait an interval."""
+        due = self.next_checks.get(database)
+        if due is None or now < due or interval <= 0:
+            return False
+        self.next_checks[database] = now + interval
+        return True
+
+    def read_catalog(self, database: str, rows: Iterable[Sequence[str | None]]) -> DatabaseTables:
         catalog = Catalog.from_rows(rows)
         protected, problems = resolve(self.ruleset, catalog)
-        for problem in problems:
-            log.warning("database %s: %s", database, problem)
-        tables = DatabaseTables(
+        return DatabaseTables(
             by_oid=protected,
             by_name={(t.schema, t.name): t for t in protected.values()},
             attnames={
@@ -82,9 +120,30 @@ class Generation:
                 for oid in protected
             },
             problems=problems,
+            cache_key=(database, next(_STAMPS)),
         )
+
+    def publish(
+        self,
+        database: str,
+        tables: DatabaseTables,
+        epoch: int,
+        fingerprint: str | None,
+        now: float,
+        interval: float,
+    ) -> str | None:
+        """Share tables learned outside any transaction block, unless the catalog changed
+        again while they were learned. Returns why they were learned again (None: the first
+        time, or not shared)."""
+        if self.epoch(database) != epoch:
+            return None
+        for problem in tables.problems:
+            log.warning("database %s: %s", database, problem)
         self.databases[database] = tables
-        return tables
+        self.fingerprints[database] = fingerprint
+        if interval > 0:
+            self.next_checks[database] = now + interval
+        return self.refresh_reasons.pop(database, None)
 
     def table_for(
         self, tables: DatabaseTables, schema: str | None, name: str
@@ -117,6 +176,8 @@ class LockingService:
         # why the last reload was refused (None: it was not)
         self.last_reload_error: str | None = None
         self._mtimes = self._source_mtimes()
+        # a monotonic clock, for the periodic catalog checks
+        self.clock = time.monotonic
         if metrics is not None:
             metrics.rules_loaded(ruleset, ok=True)
 
@@ -144,6 +205,16 @@ class LockingService:
             store = SnapshotStore(self.settings.snapshot_rows_per_session, self.budget)
             self.role_stores[key] = store
         return store
+
+    def catalog_refreshed(self, database: str, reason: str, tables: DatabaseTables) -> None:
+        log.info(
+            "database %s: catalog changed (%s), %d protected table(s) learned again",
+            database,
+            "DDL through this proxy" if reason == "ddl" else "found by the periodic check",
+            len(tables.by_oid),
+        )
+        if self.metrics is not None:
+            self.metrics.catalog_refreshed(reason)
 
     # ---------------------------------------------------------------- reload
 

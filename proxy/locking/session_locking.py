@@ -8,6 +8,7 @@ with rollbacks), `reporting` (conflicts and refusals), `prepared` (statements an
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from proxy.locking.bootstrap import Bootstrap
@@ -43,6 +44,22 @@ _BIND_ENTRY = RELAYED[Kind.BIND]
 _SETTING_TAGS = frozenset({b"SET", b"RESET", b"DISCARD"})
 _SET_CONFIG, _SET_CONFIG_UPPER = "set_config", "SET_CONFIG"
 _CAPTURE_PLANS_MAX = 10000
+
+# DDL that may change what the rules protect: the database's catalog is learned again once
+# the statement's transaction has ended (TRUNCATE, indexes, grants change nothing of it)
+_CATALOG_DDL_TAGS = frozenset(
+    f"{verb} {thing}".encode()
+    for verb in ("CREATE", "ALTER", "DROP")
+    for thing in ("TABLE", "VIEW", "SCHEMA", "EXTENSION", "TYPE", "DOMAIN", "RULE")
+) | {b"DROP OWNED", b"IMPORT FOREIGN SCHEMA"}
+_DDL_WORDS = frozenset(tag.split(b" ", 1)[0] for tag in _CATALOG_DDL_TAGS) | {b"SELECT"}
+# CREATE TABLE ... AS completes with a SELECT tag: anchored, a plain SELECT fails at its first
+# letter (SELECT ... INTO, rare, is left to the periodic check: finding it costs a scan)
+_CREATES_TABLE = re.compile(r"\s*create\b", re.IGNORECASE)
+
+
+def _creates_table(word: bytes, text: str) -> bool:
+    return word == b"SELECT" and _CREATES_TABLE.match(text) is not None
 
 
 class SessionLocking:
@@ -82,7 +99,7 @@ class SessionLocking:
         return len(self.knowledge.store)
 
     def _refresh(self) -> Hold | None:
-        if self.bootstrap.stale():
+        if self.bootstrap.stale(self.info.status):
             job = self.bootstrap.job(self.info.status)
             if job is not None:
                 return Hold(job)
@@ -99,6 +116,9 @@ class SessionLocking:
             return hold
         tables = self.tables
         if tables is None or not tables.by_oid:
+            if tables is not None and _CREATES_TABLE.match(sql):
+                # a CREATE TABLE ... AS completes with a SELECT tag: keep its text at hand
+                return Send((raw,), (QueryEntry([sql], [None]),))
             return None
         generation, guards = self.bootstrap.generation, self.bootstrap.guards
         scs = self.info.standard_conforming_strings
@@ -343,6 +363,8 @@ class SessionLocking:
                 self.registry.forget_statements()
             return
         self.transactions.statement_done(word)
+        if word in _DDL_WORDS and (tag in _CATALOG_DDL_TAGS or _creates_table(word, text)):
+            self.bootstrap.ddl_completed()
         if work is not None:
             rows = m.command_rows(tag)
             if work.expected and rows is not None and rows < work.expected:
@@ -356,6 +378,7 @@ class SessionLocking:
     def ready(self, entry: Entry | None, status: bytes) -> None:
         if status == b"I":
             self.settings.ready(isinstance(entry, Completion) and entry.failed)
+            self.bootstrap.transaction_ended()
             self.transactions.idle(isinstance(entry, Completion) and entry.failed)
             self.registry.transaction_ended()
 

@@ -233,11 +233,11 @@ class WriteChecker:
             return tuple(found.values())
 
         return self.service.cache.get(
-            ("written", generation.version, self.info.database, template), protected_written
+            ("written", generation.version, tables.cache_key, template), protected_written
         )
 
     def plan(
-        self, generation: Generation, text: str, table: ProtectedTable
+        self, generation: Generation, tables: DatabaseTables, text: str, table: ProtectedTable
     ) -> tuple[Any, tuple[str, ...]]:
         found = scan(text, self.info.standard_conforming_strings)
         template = found.template
@@ -246,9 +246,9 @@ class WriteChecker:
             overwrites = _MERGE_OVERWRITES.search(template) is not None
             return (Unplanned("merge") if overwrites else NOTHING_TO_CHECK), found.literals
         planner = plan_insert if found.keyword == "INSERT" else plan_write
-        # plans depend on the table as this database has it: key by database too
+        # plans depend on the table as this database has it (learned again after DDL)
         plan = self.service.cache.get(
-            (generation.version, self.info.database, template), lambda: planner(template, table, 0)
+            (generation.version, tables.cache_key, template), lambda: planner(template, table, 0)
         )
         if isinstance(plan, Unplanned) and plan.reason == "no_key_pin":
             if _KEY_ARRAY.search(template):
@@ -270,7 +270,7 @@ class WriteChecker:
             return None
         if not guards:
             return self._unchecked(table, "guards_unavailable")
-        plan, literals = self.plan(generation, stmt, table)
+        plan, literals = self.plan(generation, tables, stmt, table)
         if plan is NOTHING_TO_CHECK:
             self.counts.checked(table)
             return None
@@ -361,7 +361,7 @@ class WriteChecker:
         if tables is not None and tables.by_oid:
             table = self.target(generation, tables, text, unverified)
             if table is not None:
-                plan, literals = self.plan(generation, text, table)
+                plan, literals = self.plan(generation, tables, text, table)
                 if plan is NOTHING_TO_CHECK:
                     creates = table
                 elif isinstance(plan, (WritePlan, InsertPlan)):
