@@ -67,7 +67,10 @@ class ProxyProcess:
         self.module = module or (
             "tests.support.relay" if os.environ.get("OPTIMIST_TEST_PROXY") == "relay" else "proxy"
         )
-        self.metrics_port = free_port(host) if metrics else None
+        self.metrics_port = None
+        while metrics and self.metrics_port in (None, self.port):
+            # the OS may hand the just-released listen port out again: never use it twice
+            self.metrics_port = free_port(host)
         args = [
             "--listen",
             f"{self.host}:{self.port}",
