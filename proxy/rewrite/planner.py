@@ -421,15 +421,7 @@ def _plan_write(template_sql: str, table: ProtectedTable, n_params: int) -> Writ
         checked_columns=checked_columns,
         extra_returning=table.captured_columns,
         client_returning=c.returning >= 0,
-        learned_columns=frozenset(
-            written
-            | set(checked_columns)
-            | (
-                {table.version_column}
-                if table.strategy == "version" and table.version_column
-                else set()
-            )
-        ),
+        learned_columns=_learned_columns(table, written, checked_columns),
         _builder=builder,
         array_key=None if array is None else _key_ref(table.key[0], array),
     )
@@ -466,6 +458,17 @@ def _version_bumps(
     if item.value is None or item.value.kind == "default":
         return Unverified("unsupported", f"{v} written from an expression we cannot name")
     return None, bumped
+
+
+def _learned_columns(
+    table: ProtectedTable, written: frozenset[str], checked: tuple[str, ...]
+) -> frozenset[str]:
+    """What a checked row's RETURNING may teach: the columns written or verified, and the
+    version (bumped after its check passed)."""
+    version = (
+        {table.version_column} if table.strategy == "version" and table.version_column else set()
+    )
+    return frozenset(written | set(checked) | version)
 
 
 def _key_ref(column: str, value: Value) -> KeyRef:
@@ -645,15 +648,7 @@ def _plan_upsert(
         checked_columns=checked_columns,
         extra_returning=table.captured_columns,
         client_returning=c.returning >= 0,
-        learned_columns=frozenset(
-            written
-            | set(checked_columns)
-            | (
-                {table.version_column}
-                if table.strategy == "version" and table.version_column
-                else set()
-            )
-        ),
+        learned_columns=_learned_columns(table, written, checked_columns),
         _builder=builder,
         upsert=True,
     )

@@ -31,8 +31,10 @@ from pathlib import Path
 
 from prometheus_client import CollectorRegistry
 
+from proxy.catalog import CATALOG_COLUMNS
 from proxy.config import Settings
 from proxy.locking import LockingService as Enforcement
+from proxy.locking.settings import INITIAL_SQL
 from proxy.metrics import Metrics
 from proxy.rewrite import lexer
 from proxy.rewrite.planner import plan_write
@@ -165,22 +167,7 @@ def setup_answer(session: Session) -> bytes:
     assert head.hidden, "expected the locking logic's setup query"
     out = b""
     if session.locking.bootstrap.generation is None:
-        fields = [
-            (name, 0, 0, TEXT)
-            for name in (
-                "schema_name",
-                "table_name",
-                "table_oid",
-                "attnum",
-                "column_name",
-                "type_oid",
-                "type_name",
-                "in_primary_key",
-                "comparable",
-                "not_null",
-                "base_type_oid",
-            )
-        ]
+        fields = [(name, 0, 0, TEXT) for name in CATALOG_COLUMNS]
         out += row_description(fields)
         rows = catalog_rows()
         out += b"".join(m.encode_data_row(r) for r in rows)
@@ -203,11 +190,23 @@ def new_session(enforcement: Enforcement | None) -> Session:
     )
     session.server_data(AUTH_OK)
     locking = session.locking
-    if locking is not None:
-        session.server_data(setup_answer(session))
-        if session.in_flight and session.in_flight[0].hidden:
-            # after a new catalog: the simple views over the protected tables (none here)
+    for _ in range(8):  # the locking logic's own queries, answered as PostgreSQL would
+        to_server, _ = session.take_output()
+        if locking is None or not (session.in_flight and session.in_flight[0].hidden):
+            break
+        sql = b"".join(to_server)
+        if INITIAL_SQL.encode() in sql:  # the printing settings PostgreSQL does not report
+            session.server_data(
+                row_description([("current_setting", 0, 0, TEXT)] * 3)
+                + m.encode_data_row([b"1", b"hex", b"C"])
+                + command_complete(b"SELECT 1")
+                + READY
+            )
+        elif b"CREATE" in sql or locking.bootstrap.generation is None:
+            session.server_data(setup_answer(session))
+        else:  # after a new catalog: the simple views over the protected tables (none here)
             session.server_data(row_description([]) + command_complete(b"SELECT 0") + READY)
+    if locking is not None:
         assert locking.tables is not None and locking.bootstrap.guards and not session.busy
     session.take_output()
     return session

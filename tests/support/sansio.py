@@ -9,8 +9,10 @@ import struct
 from collections import Counter
 from pathlib import Path
 
+from proxy.catalog import CATALOG_COLUMNS
 from proxy.config import Settings
 from proxy.locking import LockingService
+from proxy.locking.settings import INITIAL_SQL
 from proxy.rules.loader import load_rules
 from proxy.session import Session
 from proxy.wire import messages as m
@@ -61,20 +63,6 @@ tables:
     version_column: version
     unknown_original: reject
 """
-
-CATALOG_COLUMNS = (
-    "schema_name",
-    "table_name",
-    "table_oid",
-    "attnum",
-    "column_name",
-    "type_oid",
-    "type_name",
-    "in_primary_key",
-    "comparable",
-    "not_null",
-    "base_type_oid",
-)
 
 
 def catalog_rows(names=tuple(TABLES)) -> list[list[str]]:
@@ -267,7 +255,7 @@ class Wire:
         self.session = Session(parse_startup(startup_packet()), locking_for=service.locking_for)
         self.session.server_data(AUTH_OK)
         first = self.sent_to_server()
-        if b"current_setting(" in first[0][1]:
+        if INITIAL_SQL.encode() in first[0][1]:
             # the printing settings PostgreSQL does not report, asked once per session
             fields = [m.Field(b"current_setting", 0, 0, 25, -1, -1, 0)] * 3
             self.session.server_data(

@@ -35,6 +35,7 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
+from proxy.catalog import CATALOG_COLUMNS
 from proxy.config import Settings
 from proxy.locking import LockingService
 from proxy.rules.loader import load_rules
@@ -146,22 +147,7 @@ def enforcement(tmp_path_factory):
 
 def catalog_response() -> bytes:
     """The server's answer to the enforcer's injected setup query (catalog + guard functions)."""
-    fields = [
-        m.Field(name.encode(), 0, 0, 25, -1, -1, 0)
-        for name in (
-            "schema_name",
-            "table_name",
-            "table_oid",
-            "attnum",
-            "column_name",
-            "type_oid",
-            "type_name",
-            "in_primary_key",
-            "comparable",
-            "not_null",
-            "base_type_oid",
-        )
-    ]
+    fields = [m.Field(name.encode(), 0, 0, 25, -1, -1, 0) for name in CATALOG_COLUMNS]
     out = m.encode_row_description(fields)
     for row in CATALOG_ROWS:
         out += m.encode_data_row([v.encode() for v in row])
