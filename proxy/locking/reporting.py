@@ -11,7 +11,6 @@ from dataclasses import dataclass
 from typing import Any
 
 from proxy import conflicts
-from proxy.locking.knowledge import Knowledge
 from proxy.session.info import SessionInfo
 from proxy.wire import messages as m
 
@@ -34,17 +33,15 @@ class ConflictReporter:
     def __init__(
         self,
         info: SessionInfo,
-        knowledge: Knowledge,
         metrics: Any,
         recent: deque[RecentConflict] | None = None,
     ) -> None:
         self.info = info
-        self.knowledge = knowledge
         self.metrics = metrics
         # the process's ring buffer of recent conflicts (LockingService.recent_conflicts)
         self.recent = recent
 
-    def error(self, fields: dict[str, str], tables: Any) -> bytes | None:
+    def error(self, fields: dict[str, str]) -> bytes | None:
         """The client's version of an ErrorResponse, or None to relay it unchanged."""
         if conflicts.is_refusal(fields):
             fields.pop("W", None)  # the DO block that raised it is our plumbing
@@ -52,17 +49,17 @@ class ConflictReporter:
         conflict = conflicts.parse_conflict(fields)
         if conflict is None:
             return None
-        self._report(conflict, tables)
+        self._report(conflict)
         return m.encode_fields(b"E", conflicts.strip_internal_context(fields))
 
-    def notice(self, fields: dict[str, str], tables: Any) -> bytes | None:
+    def notice(self, fields: dict[str, str]) -> bytes | None:
         conflict = conflicts.parse_conflict(fields)
         if conflict is None:
             return None
-        self._report(conflict, tables)
+        self._report(conflict)
         return b""  # an audit finding is for the operators, not the application
 
-    def _report(self, conflict: conflicts.Conflict, tables: Any) -> None:
+    def _report(self, conflict: conflicts.Conflict) -> None:
         if self.metrics is not None:
             self.metrics.conflict(conflict.table, conflict.kind, audit=conflict.audit)
         info = self.info
@@ -95,10 +92,3 @@ class ConflictReporter:
                 }
             },
         )
-
-
-def _json_text(value: object) -> str:
-    """A key value from a conflict's JSON DETAIL as PostgreSQL's text form."""
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    return value if isinstance(value, str) else str(value)

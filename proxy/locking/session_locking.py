@@ -76,9 +76,7 @@ class SessionLocking:
         )
         self.transactions = Transactions(self.knowledge, service.prepared_transactions)
         self.writes = WriteChecker(service, info, self.knowledge, self.registry, self.counts)
-        self.reporter = ConflictReporter(
-            info, self.knowledge, service.metrics, service.recent_conflicts
-        )
+        self.reporter = ConflictReporter(info, service.metrics, service.recent_conflicts)
         # inside an extended-protocol batch (up to Sync): the catalog is not refreshed there
         self._in_batch = False
 
@@ -383,7 +381,7 @@ class SessionLocking:
             self.registry.transaction_ended()
 
     def error(self, entry: Entry | None, fields: dict[str, str]) -> bytes | None:
-        return self.reporter.error(fields, self.tables)
+        return self.reporter.error(fields)
 
     def notice(self, fields: dict[str, str]) -> bytes | None:
-        return self.reporter.notice(fields, self.tables)
+        return self.reporter.notice(fields)
