@@ -327,7 +327,7 @@ class WriteChecker:
             table,
             plan.kind,
             sql,
-            returned_columns(plan, bool(checked_keys)),
+            plan.returned_columns(bool(checked_keys)),
             plan.client_returning,
             checked_keys,
             learned=plan.learned_columns,
@@ -482,7 +482,11 @@ class WriteChecker:
         name, parse = self._hidden_statement(rendered.sql, types + tuple(t for t, _, _ in extra))
         param_formats = [bind.param_format(i) for i in range(n)] + [f for _, f, _ in extra]
         params = list(bind.params) + [d for _, _, d in extra]
-        extras = returned_columns(plan, any(m_ is True for m_ in mask))
+        extras = (
+            plan.returned_columns(any(m_ is True for m_ in mask))
+            if isinstance(plan, WritePlan)
+            else plan.extra_returning
+        )
         result_formats = list(bind.result_formats)
         if len(result_formats) > 1:
             result_formats += [0] * (len(extras) + (1 if table.notify else 0))
@@ -619,17 +623,3 @@ def insert_work(table: ProtectedTable, sql: str, plan: InsertPlan) -> StatementW
     return StatementWork(
         table, "insert", sql, plan.extra_returning, plan.client_returning, learned=learned
     )
-
-
-def returned_columns(plan: WritePlan | InsertPlan, checked: bool) -> tuple[str, ...]:
-    """The columns the checked form adds to RETURNING (guards.GuardBuilder.build leaves
-    them out of an UPDATE that checks no row: there is nothing to learn)."""
-    if (
-        isinstance(plan, WritePlan)
-        and plan.kind == "update"
-        and not plan.upsert
-        and not checked
-        and not plan.table.notify
-    ):
-        return ()
-    return plan.extra_returning

@@ -286,9 +286,7 @@ class GuardBuilder:
                 edits.append(Edit(after_where, after_where, (" (",)))
                 edits.append(Edit(where_end, where_end, (")",)))
             edits.append(Edit(where_end, where_end, tuple(self.guard(rows))))
-        if not rows and self.kind == "update" and not self.upsert and not self.table.notify:
-            # no pinned row checked: nothing for the session to learn (a write is not a
-            # read), so no RETURNING for the proxy to decode and strip
+        if not self.returns(bool(rows)):
             return splice(text, edits)
         overrides = (
             {column: self.sparse_known(column, rows) for column in self.sparse} if guarded else None
@@ -346,6 +344,11 @@ class GuardBuilder:
             out += self.value(v)
         out.append(")")
         return out
+
+    def returns(self, checked: bool) -> bool:
+        """Whether the checked form adds RETURNING items: not to an UPDATE that checks no row
+        (a write is not a read: nothing for the session to learn, decode or strip)."""
+        return checked or self.kind != "update" or self.upsert or bool(self.table.notify)
 
     def sparse_known(self, column: str, rows: list[int]) -> list[object]:
         """What the session knows of a sparse column after the write: the value it read when

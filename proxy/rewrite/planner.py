@@ -28,6 +28,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import sqlglot
 from sqlglot import exp
@@ -204,6 +205,10 @@ class WritePlan:
         )
         return fill_simple(self._pieces(mask), literals, reads, scs)
 
+    def returned_columns(self, checked: bool) -> tuple[str, ...]:
+        """The columns the checked form adds to RETURNING (none when no row is checked)."""
+        return self.extra_returning if self._builder.returns(checked) else ()
+
     def render_extended(
         self,
         literals: Sequence[str] | int = (),
@@ -352,19 +357,8 @@ def _plan_write(template_sql: str, table: ProtectedTable, n_params: int) -> Writ
             version_bump=bumps[1],
             key_array=False,
         )
-        return WritePlan(
-            kind=kind,
-            table=table,
-            pinned_rows=(),
-            written_columns=frozenset(it.column for it in items),
-            set_items={it.column: _set_item_ref(it) for it in items},
-            checked_columns=(),
-            extra_returning=table.captured_columns,
-            client_returning=c.returning >= 0,
-            learned_columns=frozenset(),
-            _builder=builder,
-            unpinned=reason,
-        )
+        # no row's check runs, so its RETURNING (if any) teaches nothing
+        return _write_plan(kind, table, (), items, (), c, builder, learns=False, unpinned=reason)
 
     where = tree.args.get("where")
     if where is None or c.where < 0 or c.where + 1 >= c.where_hi:
@@ -389,7 +383,6 @@ def _plan_write(template_sql: str, table: ProtectedTable, n_params: int) -> Writ
     rows = [[p.values[i] if p.is_in else p.values[0] for p in ordered] for i in range(n_rows)]
     pinned = tuple(tuple(_key_ref(k, v) for k, v in zip(table.key, row)) for row in rows)
     checks, sparse = column_checks(table, kind, items)
-    written = frozenset(it.column for it in items)
     bumps = _version_bumps(table, kind, target, items)
     if isinstance(bumps, Unverified):
         return bumps
@@ -412,17 +405,14 @@ def _plan_write(template_sql: str, table: ProtectedTable, n_params: int) -> Writ
         version_bump=version_bump,
         key_array=array is not None,
     )
-    return WritePlan(
-        kind=kind,
-        table=table,
-        pinned_rows=pinned,
-        written_columns=written,
-        set_items={it.column: _set_item_ref(it) for it in items},
-        checked_columns=checked_columns,
-        extra_returning=table.captured_columns,
-        client_returning=c.returning >= 0,
-        learned_columns=_learned_columns(table, written, checked_columns),
-        _builder=builder,
+    return _write_plan(
+        kind,
+        table,
+        pinned,
+        items,
+        checked_columns,
+        c,
+        builder,
         array_key=None if array is None else _key_ref(table.key[0], array),
     )
 
@@ -458,6 +448,35 @@ def _version_bumps(
     if item.value is None or item.value.kind == "default":
         return Unverified("unsupported", f"{v} written from an expression we cannot name")
     return None, bumped
+
+
+def _write_plan(
+    kind: str,
+    table: ProtectedTable,
+    pinned: tuple[tuple[KeyRef, ...], ...],
+    items: list[SetItem],
+    checked: tuple[str, ...],
+    c: Clauses,
+    builder: GuardBuilder,
+    *,
+    learns: bool = True,
+    **extra: Any,
+) -> WritePlan:
+    """The plan of an UPDATE (or an upsert's DO UPDATE) from what its planning found."""
+    written = frozenset(it.column for it in items)
+    return WritePlan(
+        kind=kind,
+        table=table,
+        pinned_rows=pinned,
+        written_columns=written,
+        set_items={it.column: _set_item_ref(it) for it in items},
+        checked_columns=checked,
+        extra_returning=table.captured_columns,
+        client_returning=c.returning >= 0,
+        learned_columns=_learned_columns(table, written, checked) if learns else frozenset(),
+        _builder=builder,
+        **extra,
+    )
 
 
 def _learned_columns(
@@ -619,7 +638,6 @@ def _plan_upsert(
     if isinstance(bumps, Unverified):
         return None
     checks, _ = column_checks(table, "update", items)
-    written = frozenset(it.column for it in items)
     key_row = [key_values[k] for k in table.key]
     pins = [Pin(k, [key_values[k]], key_values[k].span, False) for k in table.key]
     checked_columns = tuple(col for col in table.columns if col in checks)
@@ -639,16 +657,5 @@ def _plan_upsert(
         version_bump=bumps[1],
         upsert=True,
     )
-    return WritePlan(
-        kind="update",
-        table=table,
-        pinned_rows=(tuple(_key_ref(k, val) for k, val in zip(table.key, key_row)),),
-        written_columns=written,
-        set_items={it.column: _set_item_ref(it) for it in items},
-        checked_columns=checked_columns,
-        extra_returning=table.captured_columns,
-        client_returning=c.returning >= 0,
-        learned_columns=_learned_columns(table, written, checked_columns),
-        _builder=builder,
-        upsert=True,
-    )
+    pinned = (tuple(_key_ref(k, val) for k, val in zip(table.key, key_row)),)
+    return _write_plan("update", table, pinned, items, checked_columns, c, builder, upsert=True)
