@@ -6,19 +6,33 @@ import json
 import time
 from dataclasses import fields
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from proxy.admin.commands import CommandError
 
 if TYPE_CHECKING:
-    from proxy.app import ProxyApp
+    from proxy.config import Settings
+    from proxy.locking import LockingService
+    from proxy.metrics import Metrics
+    from proxy.server import ProxyServer
     from proxy.server.relay import Relay
+
+
+class RunningProxy(Protocol):
+    """What the console needs of the process it runs in (ProxyApp has it), declared here so
+    that the console does not depend on the wiring that creates it."""
+
+    settings: Settings
+    metrics: Metrics
+    server: ProxyServer
+    locking: LockingService | None
+
 
 _STATUS = {b"I": "idle", b"T": "idle in transaction", b"E": "idle in transaction (aborted)"}
 
 
 class ProxyOperations:
-    def __init__(self, app: ProxyApp) -> None:
+    def __init__(self, app: RunningProxy) -> None:
         self.app = app
 
     # ---------------------------------------------------------------- SHOW
