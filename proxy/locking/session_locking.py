@@ -176,6 +176,15 @@ class SessionLocking:
         )
         if checked.parse is None:
             return Send((checked.bind,), (_BIND_ENTRY,))
+        if checked.close is not None:
+            return Send(
+                (checked.close, checked.parse, checked.bind),
+                (
+                    InternalEntry(Kind.CLOSE, surface=True),
+                    InternalEntry(Kind.PARSE, surface=True),
+                    _BIND_ENTRY,
+                ),
+            )
         return Send(
             (checked.parse, checked.bind), (InternalEntry(Kind.PARSE, surface=True), _BIND_ENTRY)
         )
