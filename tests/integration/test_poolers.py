@@ -98,10 +98,23 @@ def install(*args: str) -> subprocess.CompletedProcess:
     )
 
 
-def in_front(proxy_factory, bouncer, tmp_path, db: str, *args: str):
-    rules = write_rules(tmp_path, VERSION_RULES)
+# items: every column checked, `modified_at` (timestamptz) compared as printed, through the
+# optimist_text / optimist_value functions
+RULES = (
+    VERSION_RULES
+    + """  - table: items
+    strategy: columns
+    check: any
+"""
+)
+
+
+def in_front(proxy_factory, bouncer, tmp_path, db: str, *args: str, env=None):
+    rules = write_rules(tmp_path, RULES)
     spread(f"postgresql://postgres@{bouncer.host}:{bouncer.port}/{db}")
-    return proxy_factory(*args, rules=rules, metrics=True, upstream=(bouncer.host, bouncer.port))
+    return proxy_factory(
+        *args, rules=rules, metrics=True, upstream=(bouncer.host, bouncer.port), env=env
+    )
 
 
 def lost_update_attempt(dsn: str, row: int) -> None:
@@ -165,22 +178,37 @@ def test_uninstalled_database_passes_writes_unverified(proxy_factory, bouncer, d
     assert query_direct(direct(pg, db), TEMP_GUARDS) == [(0,)]
 
 
+def stale_write(dsn: str, row: int) -> None:
+    """A reads `row`, B reads and changes it, A writes what it read: a lost update unless
+    refused. Each statement its own transaction, so on whichever server connection."""
+    with client(dsn) as a, client(dsn) as b:
+        a.execute("SELECT * FROM accounts WHERE id = %s", (row,)).fetchall()
+        b.execute("SELECT * FROM accounts WHERE id = %s", (row,)).fetchall()
+        b.execute("UPDATE accounts SET balance = %s WHERE id = %s", (111, row))
+        a.execute("UPDATE accounts SET balance = %s WHERE id = %s", (0, row))
+
+
 def test_installed_guards_check_writes_across_server_connections(
     proxy_factory, bouncer, db, tmp_path, pg
 ):
+    # the race is real through the pooler without optimist: A's stale write is applied
+    through_pooler = f"postgresql://postgres@{bouncer.host}:{bouncer.port}/{db}"
+    stale_write(through_pooler, 3)
+    assert query_direct(direct(pg, db), "SELECT balance FROM accounts WHERE id = 3") == [(0,)]
+
     done = install("--upstream", direct(pg, db))
     assert done.returncode == 0, done.stderr
-    assert "installed the guard functions in schema optimist" in done.stdout
+    assert "guard functions installed in schema optimist" in done.stdout
     p = in_front(proxy_factory, bouncer, tmp_path, db, "--pooler-mode", "transaction")
     dsn = p.dsn_for(db)
 
     # the simple protocol: a stale write is refused, nothing of it applied
-    with pytest.raises(psycopg.errors.SerializationFailure):
-        with client(dsn) as a, client(dsn) as b:
-            assert len(backends(a)) > 1
-            a.execute("SELECT * FROM accounts WHERE id = 1").fetchall()
-            b.execute("SELECT * FROM accounts WHERE id = 1").fetchall()
-            b.execute("UPDATE accounts SET balance = 111 WHERE id = 1")
+    with client(dsn) as a, client(dsn) as b:
+        assert len(backends(a)) > 1
+        a.execute("SELECT * FROM accounts WHERE id = 1").fetchall()
+        b.execute("SELECT * FROM accounts WHERE id = 1").fetchall()
+        b.execute("UPDATE accounts SET balance = 111 WHERE id = 1")
+        with pytest.raises(psycopg.errors.SerializationFailure):
             a.execute("UPDATE accounts SET balance = 0 WHERE id = 1")
     assert query_direct(direct(pg, db), "SELECT balance, version FROM accounts WHERE id = 1") == [
         (111, 2)
@@ -188,15 +216,21 @@ def test_installed_guards_check_writes_across_server_connections(
 
     # the extended protocol: the checked form is prepared at each Bind, on the connection
     # that runs it, so it works on whichever server connection the transaction gets
-    with client(dsn) as a, client(dsn) as b:
-        for n in range(4):
+    with pytest.raises(psycopg.errors.SerializationFailure):
+        stale_write(dsn, 2)
+    assert query_direct(direct(pg, db), "SELECT balance FROM accounts WHERE id = 2") == [(111,)]
+
+    # fresh writes pass, on whatever server connection each lands: no false conflicts,
+    # also for values compared as printed (items.modified_at: timestamptz), read under a
+    # TimeZone PgBouncer keeps per client
+    with client(dsn) as a:
+        a.execute("SET TimeZone = 'Asia/Kolkata'")
+        for n in range(6):
             a.execute("SELECT * FROM accounts WHERE id = %s", (2,)).fetchall()
             a.execute("UPDATE accounts SET balance = %s WHERE id = %s", (200 + n, 2))
-        a.execute("SELECT * FROM accounts WHERE id = %s", (2,)).fetchall()
-        b.execute("SELECT * FROM accounts WHERE id = %s", (2,)).fetchall()
-        b.execute("UPDATE accounts SET balance = %s WHERE id = %s", (222, 2))
-        with pytest.raises(psycopg.errors.SerializationFailure):
-            a.execute("UPDATE accounts SET balance = %s WHERE id = %s", (0, 2))
+            a.execute("SELECT * FROM items WHERE id = 1").fetchall()
+            a.execute("UPDATE items SET qty = %s, modified_at = now() WHERE id = 1", (n,))
+            a.execute(f"UPDATE items SET name = 'mug{n}' WHERE id = 1")
         # and in an explicit transaction, several checked writes on one connection
         a.execute("SELECT * FROM accounts WHERE id IN (1, 2)").fetchall()
         with a.transaction():
@@ -204,25 +238,82 @@ def test_installed_guards_check_writes_across_server_connections(
             a.execute("UPDATE accounts SET balance = %s WHERE id = %s", (2, 2))
     rows = query_direct(direct(pg, db), "SELECT id, balance FROM accounts WHERE id IN (1, 2)")
     assert sorted(rows) == [(1, 1), (2, 2)]
+    assert query_direct(direct(pg, db), "SELECT name, qty FROM items WHERE id = 1") == [("mug5", 5)]
+
+    # a stale write of a printed value is refused too
+    with client(dsn) as a, client(dsn) as b:
+        a.execute("SELECT * FROM items WHERE id = 2").fetchall()
+        b.execute("SELECT * FROM items WHERE id = 2").fetchall()
+        b.execute("UPDATE items SET modified_at = '2024-01-01 00:00+00' WHERE id = 2")
+        with pytest.raises(psycopg.errors.SerializationFailure):
+            a.execute("UPDATE items SET qty = 0 WHERE id = 2")
+    assert query_direct(direct(pg, db), "SELECT qty FROM items WHERE id = 2") == [(5,)]
 
     text = scrape(p.metrics_url)
-    assert sample_sum(text, "optimist_unverified_writes_total", table="public.accounts") == 0
-    assert sample_sum(text, "optimist_checked_writes_total", table="public.accounts") >= 9
+    for table in ("public.accounts", "public.items"):
+        assert sample_sum(text, "optimist_unverified_writes_total", table=table) == 0
+    assert sample_sum(text, "optimist_checked_writes_total", table="public.accounts") >= 10
+    assert sample_sum(text, "optimist_checked_writes_total", table="public.items") >= 12
     # the installed functions did the checking: none was created in pg_temp
     assert query_direct(direct(pg, db), TEMP_GUARDS) == [(0,)]
     assert "using the guard functions installed in schema optimist" in p.stderr_text()
 
 
-def test_install_versions_and_uninstall(proxy_factory, bouncer, db, tmp_path, pg):
+def test_install_is_idempotent_versioned_and_picked_up_without_a_restart(
+    proxy_factory, bouncer, db, tmp_path, pg
+):
     # functions of another conflict SQLSTATE are not this proxy's: detected, reported
     done = install("--upstream", direct(pg, db), "--conflict-sqlstate", "40P01")
     assert done.returncode == 0, done.stderr
-    p = in_front(proxy_factory, bouncer, tmp_path, db, "--pooler-mode", "transaction")
+    # an older release's function of another signature: an upgrade drops it
+    with connect(direct(pg, db)) as c:
+        c.execute(
+            "CREATE FUNCTION optimist.optimist_modified(text) RETURNS boolean"
+            " LANGUAGE sql AS 'SELECT true'"
+        )
+    p = in_front(
+        proxy_factory,
+        bouncer,
+        tmp_path,
+        db,
+        "--pooler-mode",
+        "transaction",
+        env={"OPTIMIST_CATALOG_CHECK_INTERVAL": "0.5"},
+    )
     with client(p.dsn_for(db)) as c:
         c.execute("SELECT * FROM accounts WHERE id = 1").fetchall()
         c.execute("UPDATE accounts SET balance = 1 WHERE id = 1")
     assert "this proxy needs" in p.stderr_text()
     assert "run `optimist install` again" in p.stderr_text()
+
+    done = install("--upstream", direct(pg, db))
+    assert done.returncode == 0, done.stderr
+    assert "replaced version" in done.stdout
+    assert "dropped optimist.optimist_modified(text)" in done.stdout
+    again = install("--upstream", direct(pg, db))
+    assert again.returncode == 0 and "unchanged" in again.stdout, again
+    functions = query_direct(
+        direct(pg, db),
+        "SELECT count(*), count(DISTINCT obj_description(p.oid, 'pg_proc')) FROM pg_proc p"
+        " JOIN pg_namespace n ON n.oid = p.pronamespace WHERE n.nspname = 'optimist'",
+    )
+    assert functions == [(6, 1)]
+
+    # the running proxy notices the install at its next catalog check: writes are checked
+    def checked_once() -> bool:
+        with client(p.dsn_for(db)) as c:
+            c.execute("SELECT * FROM accounts WHERE id = 1").fetchall()
+            c.execute("UPDATE accounts SET balance = 2 WHERE id = 1")
+        return (
+            sample_sum(
+                scrape(p.metrics_url), "optimist_checked_writes_total", table="public.accounts"
+            )
+            > 0
+        )
+
+    wait_until(checked_once, what="the installed functions in use")
+    with pytest.raises(psycopg.errors.SerializationFailure):
+        stale_write(p.dsn_for(db), 3)
 
     done = install("--upstream", direct(pg, db), "--uninstall")
     assert done.returncode == 0, done.stderr
@@ -234,6 +325,51 @@ def test_install_versions_and_uninstall(proxy_factory, bouncer, db, tmp_path, pg
     assert refused.returncode == 1
     assert len(refused.stderr.strip().splitlines()) == 1
     assert refused.stderr.startswith("optimist install: cannot install in schema optimist")
+    assert "Traceback" not in refused.stderr
+
+
+def test_install_needs_create_on_the_database_or_on_the_schema(db, pg):
+    with connect(direct(pg, db)) as c:
+        c.execute("DROP ROLE IF EXISTS installer")
+        c.execute("CREATE ROLE installer LOGIN")
+        c.execute("REVOKE CREATE ON DATABASE " + db + " FROM PUBLIC")
+    as_installer = direct(pg, db).replace("postgres@", "installer@")
+
+    refused = install("--upstream", as_installer)
+    assert refused.returncode == 1, refused
+    (line,) = refused.stderr.strip().splitlines()
+    assert line.startswith("optimist install: cannot install: role installer may not create")
+    assert f"GRANT CREATE ON DATABASE {db} TO installer" in line
+    assert query_direct(
+        direct(pg, db), "SELECT count(*) FROM pg_namespace WHERE nspname = 'optimist'"
+    ) == [(0,)]
+
+    # a schema someone else created, with CREATE granted on it: that is enough
+    with connect(direct(pg, db)) as c:
+        c.execute("CREATE SCHEMA guards")
+    refused = install("--upstream", as_installer, "--schema", "guards")
+    assert refused.returncode == 1
+    (line,) = refused.stderr.strip().splitlines()
+    assert "GRANT CREATE ON SCHEMA guards TO installer" in line
+    with connect(direct(pg, db)) as c:
+        c.execute("GRANT CREATE, USAGE ON SCHEMA guards TO installer")
+        c.execute("GRANT USAGE ON SCHEMA guards TO PUBLIC")
+    done = install("--upstream", as_installer, "--schema", "guards")
+    assert done.returncode == 0, done.stderr
+    assert "schema guards is not installer's" in done.stdout
+    owners = query_direct(
+        direct(pg, db),
+        "SELECT DISTINCT pg_get_userbyid(p.proowner) FROM pg_proc p"
+        " JOIN pg_namespace n ON n.oid = p.pronamespace WHERE n.nspname = 'guards'",
+    )
+    assert owners == [("installer",)]
+    # removing keeps the schema that is not the installer's
+    done = install("--upstream", as_installer, "--schema", "guards", "--uninstall")
+    assert done.returncode == 0 and "schema guards kept" in done.stdout, done
+    with connect(direct(pg, db)) as c:
+        c.execute("DROP SCHEMA guards")
+        c.execute("DROP OWNED BY installer")
+        c.execute("DROP ROLE installer")
 
 
 # --------------------------------------------------------------------------- behind
