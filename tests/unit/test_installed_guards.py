@@ -249,3 +249,21 @@ def test_extended_checked_writes_are_prepared_at_each_bind_behind_a_pooler(tmp_p
 def test_rows_of_the_installed_query_do_not_reach_the_catalog():
     mixed = [["fp"], ["optimist guard function", "optimist_text", "c"], *catalog_rows()]
     assert installed.function_rows(mixed) == [["optimist guard function", "optimist_text", "c"]]
+
+
+def test_behind_a_transaction_pooler_a_session_set_makes_the_setting_unknown():
+    """A session-level SET lands on one server connection; the next transaction may run on
+    another, still printing under the old value: reads after it are not compared by guess
+    (settings_unknown) rather than falsely refused."""
+    from proxy.locking.settings import SessionSettings
+    from proxy.session.info import SessionInfo
+
+    for pooled, after_set in ((False, "3"), (True, None)):
+        settings = SessionSettings(SessionInfo("alice", "shop"), pooled=pooled)
+        settings.learned_initial(["1", "hex", "C"])
+        settings.statement("SET extra_float_digits = 3", in_transaction=False)
+        settings.ready(failed=False)
+        assert settings.tracked["extra_float_digits"] == after_set
+        assert ("extra_float_digits" in settings.current().unknown) is (after_set is None)
+        settings.statement("RESET extra_float_digits", in_transaction=False)
+        assert settings.tracked["extra_float_digits"] == "1"
