@@ -80,6 +80,17 @@ def build_parser() -> argparse.ArgumentParser:
         "--data-dir", metavar="DIR", help="data directory of the embedded PostgreSQL"
     )
     serve.add_argument(
+        "--pooler-mode",
+        choices=["session", "transaction"],
+        help="transaction: a transaction pooler is between optimist and PostgreSQL (guards "
+        "only from `optimist install`; see README, Poolers) (default session)",
+    )
+    serve.add_argument(
+        "--guard-schema",
+        metavar="NAME",
+        help="schema of guard functions installed by `optimist install` (default optimist)",
+    )
+    serve.add_argument(
         "--workers",
         type=int,
         metavar="N",
@@ -200,6 +211,34 @@ def build_parser() -> argparse.ArgumentParser:
     )
     explain.add_argument("sql", help="one SQL statement, quoted")
 
+    install = sub.add_parser(
+        "install",
+        help="create the guard functions in a schema of their own (for transaction poolers)",
+        description="Create (or replace) the guard functions in --schema of the --upstream "
+        "database, executable by every role. Needs a role that may create the schema. "
+        "Proxies use them instead of per-connection pg_temp functions.",
+    )
+    install.add_argument("--config", metavar="FILE", help="TOML file with settings")
+    install.add_argument(
+        "--upstream",
+        metavar="URL",
+        help="the database (postgresql://user@host:port/db)",
+    )
+    install.add_argument(
+        "--schema",
+        dest="guard_schema",
+        metavar="NAME",
+        help="schema to create them in (default optimist)",
+    )
+    install.add_argument(
+        "--conflict-sqlstate",
+        metavar="CODE",
+        help="SQLSTATE of conflict errors, as the proxies use (default 40001)",
+    )
+    install.add_argument(
+        "--uninstall", action="store_true", help="drop the functions and the schema instead"
+    )
+
     for name, what in (
         ("status", "show a running proxy's rules, sessions and write counts (its console)"),
         ("reload", "make a running proxy reload its rule files (its console's RELOAD)"),
@@ -248,6 +287,14 @@ def main(argv: list[str] | None = None) -> int:
         code, lines = check(settings.rules, settings.upstream)
         for line in lines:
             print(line)
+        return code
+    if args.command == "install":
+        from proxy.install import install
+
+        code, line = install(
+            settings.upstream, settings.guard_schema, settings.conflict_sqlstate, args.uninstall
+        )
+        print(line, file=sys.stderr if code else sys.stdout)
         return code
     if args.command in ("status", "reload"):
         from proxy.admin import client

@@ -85,6 +85,12 @@ class Settings:
     log_format: str = "text"
     drain_timeout: float = 30.0
     conflict_sqlstate: str = "40001"
+    # "transaction": a transaction pooler sits between optimist and PostgreSQL, so nothing
+    # lives on a server connection beyond one transaction (no pg_temp guards, the checked
+    # form of an extended-protocol write prepared at each Bind)
+    pooler_mode: str = "session"
+    # where `optimist install` puts the guard functions; used instead of pg_temp when there
+    guard_schema: str = "optimist"
     snapshot_rows_per_session: int = 10000
     snapshot_rows_total: int = 1000000
     rewrite_cache_size: int = 10000
@@ -170,6 +176,10 @@ def load_settings(cli: dict, environ=os.environ) -> Settings:
             setattr(settings, name, _coerce(name, value))
     if settings.log_format not in ("text", "json"):
         raise ConfigError("log_format must be 'text' or 'json'")
+    if settings.pooler_mode not in ("session", "transaction"):
+        raise ConfigError("pooler_mode must be 'session' or 'transaction'")
+    if not settings.guard_schema or settings.guard_schema == "pg_temp":
+        raise ConfigError("guard_schema must name a schema of its own (not pg_temp)")
     if settings.client_tls not in ("disable", "allow", "require"):
         raise ConfigError("client_tls must be disable, allow or require")
     if settings.client_tls == "require" and not settings.tls_cert:

@@ -1,6 +1,8 @@
 """The server-side guard functions, and recognising the conflicts they raise.
 
-A guarded write calls two temporary functions (see docs/ARCHITECTURE.md):
+A guarded write calls two of these functions (see docs/ARCHITECTURE.md), created per server
+connection in pg_temp, or installed once in a schema of their own by `optimist install`
+(proxy.guards_installed; named ``<schema>.optimist_...`` then):
 
 * ``pg_temp.optimist_present(existing jsonb[], wanted jsonb[], info text) -> boolean`` STABLE:
   ``existing`` holds the keys of the pinned rows that still exist (its InitPlan locked them),
@@ -29,13 +31,14 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from proxy.sqlnames import quote_literal_any
+from proxy.sqlnames import quote_ident, quote_literal_any
 
 __all__ = [
     "AUDIT_MARKER",
     "CONFLICT_MESSAGE_PREFIX",
     "Conflict",
     "guard_functions_sql",
+    "guard_schema_sql",
     "parse_conflict",
     "strip_internal_context",
 ]
@@ -60,7 +63,7 @@ _KEY_TEXT = (
 )
 
 _MODIFIED = """
-CREATE OR REPLACE FUNCTION pg_temp.%(name)s(info text, state jsonb) RETURNS boolean
+CREATE OR REPLACE FUNCTION %(schema)s.%(name)s(info text, state jsonb) RETURNS boolean
 LANGUAGE plpgsql VOLATILE %(set)s AS $optimist$
 DECLARE
   i jsonb := info::jsonb;
@@ -90,7 +93,7 @@ $optimist$;
 """
 
 _PRESENT = """
-CREATE OR REPLACE FUNCTION pg_temp.%(name)s(existing jsonb[], wanted jsonb[], info text)
+CREATE OR REPLACE FUNCTION %(schema)s.%(name)s(existing jsonb[], wanted jsonb[], info text)
 RETURNS boolean LANGUAGE plpgsql STABLE %(set)s AS $optimist$
 DECLARE
   i jsonb;
@@ -131,7 +134,7 @@ _SETTINGS_OFF = """
 # the text form of a value under the given settings (num_nulls: a row of NULLs is a value)
 _TEXT = (
     """
-CREATE OR REPLACE FUNCTION pg_temp.optimist_text(v anyelement, settings text[])
+CREATE OR REPLACE FUNCTION %(schema)s.optimist_text(v anyelement, settings text[])
 RETURNS text LANGUAGE plpgsql VOLATILE AS $optimist$
 DECLARE
   saved text[] := '{}';
@@ -155,7 +158,7 @@ $optimist$;
 # a text read back as a value of typ's type under the settings it was printed under
 _VALUE = (
     """
-CREATE OR REPLACE FUNCTION pg_temp.optimist_value(t text, settings text[], typ anyelement)
+CREATE OR REPLACE FUNCTION %(schema)s.optimist_value(t text, settings text[], typ anyelement)
 RETURNS anyelement LANGUAGE plpgsql VOLATILE AS $optimist$
 DECLARE
   saved text[] := '{}';
@@ -186,13 +189,22 @@ _RAISE_AUDIT = (
 )
 
 
-def guard_functions_sql(sqlstate: str = "40001") -> str:
-    """One simple-query string (re)creating the guard functions in pg_temp."""
+def guard_schema_sql(schema: str) -> str:
+    """The schema as written before a guard function's name (pg_temp, or the one `optimist
+    install` created)."""
+    return "pg_temp" if schema == "pg_temp" else quote_ident(schema)
+
+
+def guard_functions_sql(sqlstate: str = "40001", schema: str = "pg_temp") -> str:
+    """One simple-query string (re)creating the guard functions in `schema`: pg_temp, per
+    server connection, or another one, installed once by `optimist install`."""
     if not _SQLSTATE.match(sqlstate):
         raise ValueError(f"not a SQLSTATE: {sqlstate!r}")
+    where = {"schema": guard_schema_sql(schema)}
     parts = []
     for audit in (False, True):
         common = {
+            **where,
             "set": "SET client_min_messages = notice" if audit else "",
             "prefix": f"'{AUDIT_MARKER}'" if audit else "''",
             "raise": _RAISE_AUDIT if audit else _RAISE_ENFORCE % {"sqlstate": sqlstate},
@@ -214,8 +226,8 @@ def guard_functions_sql(sqlstate: str = "40001") -> str:
                 "key_text_missing": _KEY_TEXT % "missing",
             }
         )
-    parts.append(_TEXT % {})
-    parts.append(_VALUE % {})
+    parts.append(_TEXT % where)
+    parts.append(_VALUE % where)
     return "".join(parts).strip()
 
 

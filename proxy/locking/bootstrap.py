@@ -16,6 +16,8 @@ import logging
 from typing import Any
 
 from proxy import conflicts
+from proxy.catalog import CATALOG_COLUMNS
+from proxy.locking import installed as installed_guards
 from proxy.locking.settings import INITIAL_SQL, SessionSettings
 from proxy.locking.snapshots import TransactionLog
 from proxy.session.inflight import InternalQuery, InternalResult, Job
@@ -54,14 +56,39 @@ class Bootstrap:
         self.own_ddl = False
         # the current transaction ran DDL: when it ends the database's catalog is stale
         self.ddl_in_transaction = False
-        self.guards = False
+        # this connection has the guard functions in pg_temp (created, not rolled back or
+        # discarded), or creating them failed (or cannot work: behind a transaction pooler)
+        self.temp_guards = False
         self.guards_failed = False
         # monotonic time before which a failed catalog query is not tried again
         self.retry_at = 0.0
 
+    @property
+    def guards(self) -> bool:
+        """The guard functions the plans of self.tables call are there: installed in their
+        schema (proxy.locking.installed), or created in this connection's pg_temp."""
+        if self.tables is not None and self.tables.guard_schema != "pg_temp":
+            return True
+        return self.temp_guards
+
+    @property
+    def pooled(self) -> bool:
+        """A transaction pooler is between the proxy and PostgreSQL: nothing created on a
+        server connection outlives the transaction (pg_temp functions would be on one
+        server connection only, and another session's could answer)."""
+        return bool(self.service.settings.pooler_mode == "transaction")
+
     def _wants_guards(self, tables: Any) -> bool:
-        return (
-            not self.guards and not self.guards_failed and (tables is None or bool(tables.by_oid))
+        """pg_temp functions to create (tables None: not known yet, so in case)."""
+        if self.temp_guards or self.guards_failed or self.pooled:
+            return False
+        return tables is None or (bool(tables.by_oid) and tables.guard_schema == "pg_temp")
+
+    def fingerprint_sql(self, generation: Any) -> str:
+        """The catalog's fingerprint, and what is installed in the guard schema: installing
+        (or removing) the functions is noticed at the next check like DDL."""
+        return installed_guards.fingerprint_sql(
+            generation.fingerprint_sql(), self.service.settings.guard_schema
         )
 
     def stale(self, status: bytes) -> bool:
@@ -151,7 +178,7 @@ class Bootstrap:
         epoch = generation.epoch(database)
         fingerprint = None
         if check:
-            found = yield InternalQuery(generation.fingerprint_sql())
+            found = yield InternalQuery(self.fingerprint_sql(generation))
             fingerprint = _fingerprint(found)
             if fingerprint is not None and fingerprint != generation.fingerprints.get(database):
                 if generation.epoch(database) == epoch:  # nobody noticed it first
@@ -162,7 +189,9 @@ class Bootstrap:
         if learn:
             if share and not check:
                 # before the catalog: DDL committed between the two shows at the next check
-                parts.append(generation.fingerprint_sql())
+                parts.append(self.fingerprint_sql(generation))
+            # which guard functions are installed decides where the plans call them
+            parts.append(installed_guards.installed_query(self.service.settings.guard_schema))
             parts.append(generation.setup_sql())
         if want_guards:
             parts.append(conflicts.guard_functions_sql(self.service.settings.conflict_sqlstate))
@@ -172,9 +201,11 @@ class Bootstrap:
         if learn and share and not check:
             fingerprint = _fingerprint(result)
         if learn:
-            rows = [row for row in _text_rows(result) if len(row) > 1]  # not the fingerprint
+            every = _text_rows(result)
+            # not the fingerprint nor the installed functions
+            rows = [row for row in every if len(row) == len(CATALOG_COLUMNS)]
             if rows or not result.failed:
-                learned = generation.read_catalog(database, rows)
+                learned = generation.read_catalog(database, rows, self._guard_schema(every))
                 self._adopt(generation, learned, private=not share)
                 self.own_ddl = False
                 if share:
@@ -198,7 +229,7 @@ class Bootstrap:
             else:
                 self.retry_at = self.service.clock() + RETRY_AFTER
         if want_guards:
-            self.guards = not result.failed
+            self.temp_guards = not result.failed
             self.guards_failed = result.failed
             if result.failed:
                 log.warning(
@@ -211,11 +242,38 @@ class Bootstrap:
                 # created inside the client's transaction: a rollback takes them away
                 self.txlog.on_rollback(self._guards_lost)
 
+    def _guard_schema(self, rows: list[list[str | None]]) -> str:
+        """Where the plans of the tables learned from `rows` call the guard functions: the
+        installed schema when they are there in this proxy's version, else pg_temp."""
+        settings = self.service.settings
+        schema: str = settings.guard_schema
+        found = installed_guards.judge_installed(rows, schema, settings.conflict_sqlstate)
+        if found.usable:
+            log.info(
+                "database %s: using the guard functions installed in schema %s (version %s)",
+                self.database,
+                schema,
+                found.version,
+            )
+            return schema
+        if found.problem is not None:
+            log.warning("database %s: %s", self.database, found.problem)
+        if self.pooled:
+            log.warning(
+                "database %s: no usable guard functions in schema %s and pooler_mode is "
+                "transaction: writes of protected tables pass unverified (guards_unavailable) "
+                "until `optimist install --upstream URL --schema %s` is run",
+                self.database,
+                schema,
+                schema,
+            )
+        return "pg_temp"
+
     def _guards_lost(self) -> None:
-        self.guards = False
+        self.temp_guards = False
 
     def temporary_objects_dropped(self) -> None:
-        self.guards = False
+        self.temp_guards = False
 
 
 def _fingerprint(result: InternalResult) -> str | None:

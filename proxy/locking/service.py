@@ -12,7 +12,7 @@ import os
 import time
 from collections import deque
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from proxy.catalog import Catalog, catalog_fingerprint_query, catalog_query
@@ -53,6 +53,9 @@ class DatabaseTables:
     problems: list[Any] = field(default_factory=list)
     # (database, stamp): keys the plans made for these tables in the shared rewrite cache
     cache_key: tuple[str, int] = ("", 0)
+    # where their writes' guard functions are: pg_temp (each session creates its own) or the
+    # schema `optimist install` put them in (the plans name it: a change means new tables)
+    guard_schema: str = "pg_temp"
 
     def views_sql(self) -> str | None:
         return views_query(self.by_oid) if self.by_oid else None
@@ -109,9 +112,15 @@ class Generation:
         self.next_checks[database] = now + interval
         return True
 
-    def read_catalog(self, database: str, rows: Iterable[Sequence[str | None]]) -> DatabaseTables:
+    def read_catalog(
+        self, database: str, rows: Iterable[Sequence[str | None]], guard_schema: str = "pg_temp"
+    ) -> DatabaseTables:
+        """The tables as the catalog rows describe them; their writes call the guard functions
+        of `guard_schema` (pg_temp, or the schema `optimist install` put them in)."""
         catalog = Catalog.from_rows(rows)
         protected, problems = resolve(self.ruleset, catalog)
+        if guard_schema != "pg_temp":
+            protected = {oid: replace(t, guard_schema=guard_schema) for oid, t in protected.items()}
         return DatabaseTables(
             by_oid=protected,
             by_name={(t.schema, t.name): t for t in protected.values()},
@@ -121,6 +130,7 @@ class Generation:
             },
             problems=problems,
             cache_key=(database, next(_STAMPS)),
+            guard_schema=guard_schema,
         )
 
     def publish(

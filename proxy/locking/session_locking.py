@@ -70,7 +70,7 @@ class SessionLocking:
         store = SnapshotStore(service.settings.snapshot_rows_per_session, service.budget)
         self.knowledge = Knowledge(store, lambda: service.role_store(info.database, info.user))
         self.registry = PreparedRegistry()
-        self.settings = SessionSettings(info)
+        self.settings = SessionSettings(info, pooled=service.settings.pooler_mode == "transaction")
         self.bootstrap = Bootstrap(
             service, info.database, info.user, self.knowledge.txlog, self.settings
         )
@@ -176,6 +176,15 @@ class SessionLocking:
         )
         if checked.parse is None:
             return Send((checked.bind,), (_BIND_ENTRY,))
+        if checked.close is not None:
+            return Send(
+                (checked.close, checked.parse, checked.bind),
+                (
+                    InternalEntry(Kind.CLOSE, surface=True),
+                    InternalEntry(Kind.PARSE, surface=True),
+                    _BIND_ENTRY,
+                ),
+            )
         return Send(
             (checked.parse, checked.bind), (InternalEntry(Kind.PARSE, surface=True), _BIND_ENTRY)
         )

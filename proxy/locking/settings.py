@@ -11,7 +11,9 @@ under it are counted unverified, `settings_unknown`, never compared by guess):
 * a SET inside a transaction block, or SET LOCAL: a rollback (to a savepoint) may undo it;
 * set_config() anywhere in a statement.
 
-A later plain SET or RESET outside a transaction makes the setting known again.
+A later plain SET or RESET outside a transaction makes the setting known again. Behind a
+transaction pooler (pooled) a session-level SET lands on one server connection only (the
+next transaction may run on another): it makes the setting unknown too, RESET known again.
 """
 
 from __future__ import annotations
@@ -35,8 +37,9 @@ _MENTIONS = re.compile("|".join(TRACKED_SETTINGS) + r"|\ball\b|discard", re.I)
 
 
 class SessionSettings:
-    def __init__(self, info: SessionInfo) -> None:
+    def __init__(self, info: SessionInfo, *, pooled: bool = False) -> None:
         self.info = info
+        self.pooled = pooled
         # tracked setting -> its value, None while unknown (all unknown until bootstrap)
         self.tracked: dict[str, str | None] = dict.fromkeys(TRACKED_SETTINGS)
         self.initial: dict[str, str | None] = dict(self.tracked)
@@ -100,6 +103,8 @@ class SessionSettings:
         value = found.group(5)
         if found.group(6) or value.lower() == "default":
             self._set(name, self.initial[name])
+        elif self.pooled:
+            self._set(name, None)
         else:
             self._set(name, _setting_value(value))
 

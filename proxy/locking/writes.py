@@ -99,6 +99,13 @@ class CheckedBind:
     parse: bytes | None  # the hidden statement's Parse, when it must be prepared first
     bind: bytes
     work: StatementWork | None
+    # a Close of the hidden statement before its Parse: behind a transaction pooler it is
+    # prepared at each Bind, under one name a previous one may have left on the connection
+    close: bytes | None = None
+
+
+# the hidden statement's name behind a transaction pooler (prepared again at each Bind)
+TRANSACTION_STATEMENT = b"optimist_tx"
 
 
 class WriteChecker:
@@ -479,7 +486,9 @@ class WriteChecker:
             for row, column, role in rendered.extra_params
         ]
         types = tuple(info.param_types) + (0,) * (n - len(info.param_types))
-        name, parse = self._hidden_statement(rendered.sql, types + tuple(t for t, _, _ in extra))
+        name, parse, close = self._hidden_statement(
+            rendered.sql, types + tuple(t for t, _, _ in extra)
+        )
         param_formats = [bind.param_format(i) for i in range(n)] + [f for _, f, _ in extra]
         params = list(bind.params) + [d for _, _, d in extra]
         extras = (
@@ -509,7 +518,7 @@ class WriteChecker:
             ),
         )
         out = m.Bind(bind.portal, name, param_formats, params, result_formats)
-        return CheckedBind(parse, out.encode(), work)
+        return CheckedBind(parse, out.encode(), work, close)
 
     def refused_bind(
         self,
@@ -521,15 +530,24 @@ class WriteChecker:
         """Bind the client's portal to the refusal statement: its Execute raises the refusal
         in the server's own error flow, as the simple protocol's does."""
         sql = conflicts.reject_sql(table, reason, setting)
-        name, parse = self._hidden_statement(sql, ())
-        return CheckedBind(parse, m.Bind(bind.portal, name, [], [], []).encode(), None)
+        name, parse, close = self._hidden_statement(sql, ())
+        return CheckedBind(parse, m.Bind(bind.portal, name, [], [], []).encode(), None, close)
 
-    def _hidden_statement(self, sql: str, types: tuple[int, ...]) -> tuple[bytes, bytes | None]:
+    def _hidden_statement(
+        self, sql: str, types: tuple[int, ...]
+    ) -> tuple[bytes, bytes | None, bytes | None]:
+        """(name, its Parse or None when prepared already, a Close to send before the Parse)."""
+        if self.service.settings.pooler_mode == "transaction":
+            # a statement prepared once would live on one server connection only: prepare it
+            # right before its Bind (one batch up to Sync, so one server connection)
+            encoded = sql.encode(self.info.encoding, "surrogateescape")
+            fresh = m.Parse(TRANSACTION_STATEMENT, encoded, types).encode()
+            return TRANSACTION_STATEMENT, fresh, m.encode_close(b"S", TRANSACTION_STATEMENT)
         name, new = self.registry.hidden_name((sql, types))
         if not new:
-            return name, None
+            return name, None, None
         parse = m.Parse(name, sql.encode(self.info.encoding, "surrogateescape"), types)
-        return name, parse.encode()
+        return name, parse.encode(), None
 
     def _array_elements(
         self, ref: KeyRef, literals: Sequence[str], bind: m.Bind | None

@@ -7,6 +7,7 @@ import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from proxy.conflicts import guard_schema_sql
 from proxy.rewrite.clauses import Clauses
 from proxy.rewrite.pins import Pin, SetItem, Target, Value
 from proxy.rewrite.render import Read, Same, Shown, cast, column_ref, compile_pieces, jsonb_object
@@ -122,8 +123,10 @@ class GuardBuilder:
         guarded = table.mode in ("enforce", "audit")
         self.guarded = guarded
         suffix = "_audit" if table.mode == "audit" else ""
-        self.f_modified = "pg_temp.optimist_modified" + suffix
-        self.f_present = "pg_temp.optimist_present" + suffix
+        # the schema of the guard functions, as written before their names (render's too)
+        self.functions = guard_schema_sql(table.guard_schema)
+        self.f_modified = self.functions + ".optimist_modified" + suffix
+        self.f_present = self.functions + ".optimist_present" + suffix
         self.info = quote_literal_any(
             json.dumps(
                 {

@@ -203,7 +203,7 @@ class WritePlan:
             and all(c in reads[i] for c in self.checked_columns)  # type: ignore[operator]
             for i in range(n_rows)
         )
-        return fill_simple(self._pieces(mask), literals, reads, scs)
+        return fill_simple(self._pieces(mask), literals, reads, scs, self._builder.functions)
 
     def returned_columns(self, checked: bool) -> tuple[str, ...]:
         """The columns the checked form adds to RETURNING (none when no row is checked)."""
@@ -227,7 +227,8 @@ class WritePlan:
         if mask is None:
             mask = (True,) * len(self.pinned_rows)
         first = max(n_params, self._builder.text.max_param) + 1
-        return fill_extended(self._pieces(mask), literals, first, kinds)
+        functions = self._builder.functions
+        return fill_extended(self._pieces(mask), literals, first, kinds, functions)
 
     def key_texts(
         self, literals: Sequence[str] = (), params: Sequence[str | None] = (), scs: bool = True

@@ -111,7 +111,6 @@ def compile_pieces(pieces: Iterable[object]) -> tuple[object, ...]:
     return tuple(out)
 
 
-_TEXT_OPEN = "pg_temp.optimist_text("
 _CANONICAL = "'" + CANONICAL_SETTINGS + "'::text[]"
 
 
@@ -120,9 +119,11 @@ def fill_simple(
     literals: Sequence[str],
     reads: Sequence[Mapping[str, str | Printed | None] | None],
     scs: bool,
+    functions: str = "pg_temp",
 ) -> str:
     """Literals back in place, read values inlined: CAST('<text>' AS <type>) for a plain
-    value, a Printed one through the pg_temp.optimist_text / optimist_value functions."""
+    value, a Printed one through the optimist_text / optimist_value guard functions of the
+    schema `functions` (already quoted: proxy.conflicts.guard_schema_sql)."""
     out: list[str] = []
     append = out.append
     p: Any  # a str, Lit, Read, Same or Shown, told apart by exact type (cheaper than isinstance)
@@ -144,19 +145,20 @@ def fill_simple(
                 )
                 append(" IS NOT DISTINCT FROM " + cast if t is Same else cast)
             else:
-                append(_fill_printed(p, t, value, scs))
+                append(_fill_printed(p, t, value, scs, functions))
     return "".join(out)
 
 
-def _fill_printed(p: Any, t: type, value: Printed, scs: bool) -> str:
+def _fill_printed(p: Any, t: type, value: Printed, scs: bool, functions: str) -> str:
     text = "NULL" if value.text is None else quote_literal(value.text, scs)
     settings = quote_literal(value.settings, scs) + "::text[]"
-    parsed = f"pg_temp.optimist_value({text}, {settings}, NULL::{p.type})"
+    parsed = f"{functions}.optimist_value({text}, {settings}, NULL::{p.type})"
+    text_open = functions + ".optimist_text("
     if t is Same:
         if not p.end:
-            return _TEXT_OPEN
+            return text_open
         if value.canonical:
-            return f", {_CANONICAL}) IS NOT DISTINCT FROM {_TEXT_OPEN}{parsed}, {_CANONICAL})"
+            return f", {_CANONICAL}) IS NOT DISTINCT FROM {text_open}{parsed}, {_CANONICAL})"
         return f", {settings}) IS NOT DISTINCT FROM CAST({text} AS text)"
     if t is Shown and not value.canonical:
         return f"CAST({text} AS text)"
@@ -168,6 +170,7 @@ def fill_extended(
     literals: Sequence[str],
     first_param: int,
     kinds: Mapping[tuple[int, str], str] | None = None,
+    functions: str = "pg_temp",
 ) -> RenderedSql:
     """Literals back in place, read values as parameters numbered from first_param, one set
     per distinct (row, column), bound as `kinds` says (default BY_VALUE)."""
@@ -194,12 +197,13 @@ def fill_extended(
                 params += [(p.row, p.column, "text"), (p.row, p.column, "settings")]
             else:
                 params.append((p.row, p.column, "value"))
-        out.append(_fill_param(p, t, kind, n))
+        out.append(_fill_param(p, t, kind, n, functions))
     return RenderedSql("".join(out), tuple(params))
 
 
-def _fill_param(p: Any, t: type, kind: str, n: int) -> str:
+def _fill_param(p: Any, t: type, kind: str, n: int, functions: str) -> str:
     value = f"CAST(${n} AS {p.type})"
+    text_open = functions + ".optimist_text("
     if kind == BY_VALUE:
         if t is Same:
             return " IS NOT DISTINCT FROM " + value if p.end else ""
@@ -207,15 +211,15 @@ def _fill_param(p: Any, t: type, kind: str, n: int) -> str:
     if kind == BINARY_PRINTED:
         if t is Same:
             if not p.end:
-                return _TEXT_OPEN
-            return f", {_CANONICAL}) IS NOT DISTINCT FROM {_TEXT_OPEN}{value}, {_CANONICAL})"
+                return text_open
+            return f", {_CANONICAL}) IS NOT DISTINCT FROM {text_open}{value}, {_CANONICAL})"
         return value
     text, settings = f"CAST(${n} AS text)", f"CAST(${n + 1} AS text[])"
     if t is Same:
-        return f", {settings}) IS NOT DISTINCT FROM {text}" if p.end else _TEXT_OPEN
+        return f", {settings}) IS NOT DISTINCT FROM {text}" if p.end else text_open
     if t is Shown:
         return text
-    return f"pg_temp.optimist_value({text}, {settings}, NULL::{p.type})"
+    return f"{functions}.optimist_value({text}, {settings}, NULL::{p.type})"
 
 
 # ------------------------------------------------------------------ SQL fragment helpers

@@ -42,6 +42,9 @@ class ProtectedTable:
     unverified: Literal["allow", "reject"] = "allow"
     scope: Literal["session", "user"] = "session"
     notify: str | None = None
+    # where this database's guard functions are: pg_temp (per server connection), or the
+    # schema `optimist install` put them in (proxy.locking.installed)
+    guard_schema: str = "pg_temp"
 
     @property
     def qualified_name(self) -> str:

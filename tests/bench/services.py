@@ -191,7 +191,7 @@ class Optimist(Managed):
 
 
 class PgBouncer(Managed):
-    """PgBouncer in session mode, trust auth with an auth_file, on a free loopback port.
+    """PgBouncer (session mode unless told; the tests use transaction mode), trust auth with an auth_file, on a free loopback port.
 
     PgBouncer refuses to run as root: when root, it runs as the embedded server's system user,
     which owns the config directory."""
@@ -200,7 +200,14 @@ class PgBouncer(Managed):
     stop_signal = signal.SIGINT  # "safe shutdown": the benchmark is over, clients are gone
 
     def __init__(
-        self, upstream_port: int, workdir: Path, *, user: str = "postgres", pool_size: int = 20
+        self,
+        upstream_port: int,
+        workdir: Path,
+        *,
+        user: str = "postgres",
+        pool_size: int = 20,
+        pool_mode: str = "session",
+        round_robin: bool = False,
     ) -> None:
         self.host = "127.0.0.1"
         self.port = free_port(self.host)
@@ -216,7 +223,8 @@ listen_port = {self.port}
 unix_socket_dir =
 auth_type = trust
 auth_file = {workdir / 'userlist.txt'}
-pool_mode = session
+pool_mode = {pool_mode}
+server_round_robin = {int(round_robin)}
 max_client_conn = 200
 default_pool_size = {pool_size}
 server_reset_query = DISCARD ALL
