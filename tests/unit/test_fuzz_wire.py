@@ -137,7 +137,10 @@ AUTH_OK = (
 def make_enforcement(tmp_path_factory) -> LockingService:
     path = tmp_path_factory.mktemp("fuzz-rules") / "rules.yaml"
     path.write_text(RULES)
-    return LockingService(Settings(rules=[str(path)]), load_rules([str(path)]), metrics=None)
+    # no periodic catalog check: it depends on the wall clock, so a slow run would send an
+    # extra hidden query in some examples and not in their replay (hypothesis: Flaky)
+    settings = Settings(rules=[str(path)], catalog_check_interval=float("inf"))
+    return LockingService(settings, load_rules([str(path)]), metrics=None)
 
 
 @pytest.fixture(scope="module")
