@@ -107,7 +107,7 @@ class Knowledge:
             for i, c in enumerate(work.extras[:nkey])
         )
         store = self.store_for(table)
-        if work.kind == "delete":
+        if work.kind == "delete" or work.forgets:
             store.forget((table.oid, key), self.txlog)
             return
         learned = work.learned

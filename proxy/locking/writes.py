@@ -63,6 +63,7 @@ class StatementWork:
         "formats",
         "added",
         "learned",
+        "forgets",
     )
 
     def __init__(
@@ -75,6 +76,7 @@ class StatementWork:
         keys: Sequence[RowKey] = (),
         formats: tuple[int, ...] | None = None,
         learned: frozenset[str] | None = None,
+        forgets: bool = False,
     ) -> None:
         self.table = table
         self.kind = kind
@@ -90,6 +92,9 @@ class StatementWork:
         # the columns a checked row's RETURNING refreshes (None: all, for the session's own
         # INSERT); `keys`: the rows whose check ran, the only ones it may refresh
         self.learned = learned
+        # the rows it returns were changed unchecked, their version bumped by the proxy (an
+        # unverified upsert): what the session read of them is stale, so it is forgotten
+        self.forgets = forgets
 
 
 @dataclass(frozen=True, slots=True)
@@ -507,6 +512,7 @@ class WriteChecker:
                 if isinstance(plan, WritePlan)
                 else (frozenset() if plan.on_conflict == "update" else None)
             ),
+            forgets=isinstance(plan, InsertPlan) and plan.on_conflict == "update",
         )
         out = m.Bind(bind.portal, name, param_formats, params, result_formats)
         return CheckedBind(parse, out.encode(), work)
@@ -621,5 +627,11 @@ def insert_work(table: ProtectedTable, sql: str, plan: InsertPlan) -> StatementW
     # an upsert's DO UPDATE may return an existing row the session never read: learn nothing
     learned: frozenset[str] | None = frozenset() if plan.on_conflict == "update" else None
     return StatementWork(
-        table, "insert", sql, plan.extra_returning, plan.client_returning, learned=learned
+        table,
+        "insert",
+        sql,
+        plan.extra_returning,
+        plan.client_returning,
+        learned=learned,
+        forgets=plan.on_conflict == "update",
     )

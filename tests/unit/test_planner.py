@@ -685,3 +685,31 @@ def test_key_array_of_a_composite_key_is_unverified():
     t = table(key=("region", "id"), columns=("region", "id", "owner", "version"))
     p, _ = plan("UPDATE accounts SET owner = 'x' WHERE region = 'eu' AND id = ANY('{1,2}')", t)
     assert isinstance(p, WritePlan) and p.unpinned == "key_array" and not p.pinned_rows
+
+
+def test_an_unverified_upsert_still_bumps_the_version():
+    """Several rows, ON CONSTRAINT, a SELECT source: no row can be checked, but the DO UPDATE
+    bumps the version so another session's checked write sees the change."""
+    for sql, bumped in (
+        (
+            "INSERT INTO accounts VALUES (1, 'x'), (2, 'y') ON CONFLICT (id) "
+            "DO UPDATE SET owner = 'y'",
+            "SET owner = 'y', version = accounts.version + 1 RETURNING accounts.id,",
+        ),
+        (
+            "INSERT INTO accounts AS a SELECT 1, 'x' ON CONFLICT ON CONSTRAINT accounts_pkey "
+            "DO UPDATE SET owner = 'y', version = excluded.version WHERE a.owner <> 'q' "
+            "RETURNING *",
+            "version = GREATEST((excluded.version), a.version + 1) WHERE a.owner <> 'q' "
+            "RETURNING *, a.id, a.version",
+        ),
+    ):
+        template, literals = normalize(sql)
+        p = plan_insert(template, VERSIONED)
+        assert isinstance(p, InsertPlan) and p.on_conflict == "update"
+        assert bumped in p.render_simple(literals), sql
+    template, literals = normalize(
+        "INSERT INTO accounts VALUES (1, 'x'), (2, 'y') ON CONFLICT (id) DO UPDATE SET owner = 'y'"
+    )
+    p = plan_insert(template, columns_table())  # no version: nothing to bump
+    assert isinstance(p, InsertPlan) and "owner = 'y' RETURNING" in p.render_simple(literals)
