@@ -71,6 +71,7 @@ __all__ = [
 
 REASONS = frozenset(
     {
+        "merge",
         "no_key_pin",
         "key_array",
         "where_current_of",
@@ -176,6 +177,9 @@ class WritePlan:
     # INSERT ... ON CONFLICT (<key>) DO UPDATE: the pinned row is the inserted key's; a row
     # absent is inserted (no presence check), a row never read is unverified `upsert`
     upsert: bool = False
+    # no RETURNING can say what the write did (MERGE before PostgreSQL 17): the pinned rows
+    # are forgotten once it completes, never left at a version the proxy's bump moved on
+    forget_pinned: bool = False
     _compiled: dict[tuple[bool, ...], tuple[object, ...]] = field(
         default_factory=dict, repr=False, compare=False
     )

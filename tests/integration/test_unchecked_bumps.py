@@ -36,6 +36,20 @@ UNCHECKED = {
         True,
         "upsert",
     ),
+    "merge-table-source": (
+        "MERGE INTO counters c USING (VALUES (1)) v(id) ON c.id = v.id "
+        "WHEN MATCHED THEN UPDATE SET n = c.n + 10",
+        None,
+        None,
+        "merge",
+    ),
+    "merge-table-source-bound": (
+        "MERGE INTO counters c USING (SELECT %s::int AS id) v ON c.id = v.id "
+        "WHEN MATCHED AND c.n < 0 THEN DELETE WHEN MATCHED THEN UPDATE SET n = c.n + 10",
+        (1,),
+        True,
+        "merge",
+    ),
 }
 
 
