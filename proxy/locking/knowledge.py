@@ -64,6 +64,13 @@ class Knowledge:
         """Several rows answered one key pin: what was read of that key cannot be trusted."""
         self.store_for(table).forget((table.oid, key), self.txlog)
 
+    def forget_rows(self, table: ProtectedTable, keys: Sequence[RowKey]) -> None:
+        """Rows its own write changed in a way it cannot learn: what it read is stale (undone
+        by a rollback, like anything the transaction's writes taught)."""
+        store = self.store_for(table)
+        for key in keys:
+            store.forget((table.oid, key), self.txlog)
+
     def read_rows(
         self,
         table: ProtectedTable,
@@ -107,7 +114,7 @@ class Knowledge:
             for i, c in enumerate(work.extras[:nkey])
         )
         store = self.store_for(table)
-        if work.kind == "delete":
+        if work.kind == "delete" or work.forgets:
             store.forget((table.oid, key), self.txlog)
             return
         learned = work.learned

@@ -373,6 +373,8 @@ class SessionLocking:
         if word in _DDL_WORDS and (tag in _CATALOG_DDL_TAGS or _creates_table(word, text)):
             self.bootstrap.ddl_completed()
         if work is not None:
+            if work.forget_keys:
+                self.knowledge.forget_rows(work.table, work.forget_keys)
             rows = m.command_rows(tag)
             if work.expected and rows is not None and rows < work.expected:
                 # nothing was raised, so every pinned row existed and matched: a trigger or a

@@ -18,6 +18,7 @@ from proxy.locking.knowledge import Knowledge, RowKey
 from proxy.locking.prepared import PreparedRegistry, PreparedStatement, WriteTarget
 from proxy.rewrite import lexer
 from proxy.rewrite.lexer import _skip_noise
+from proxy.rewrite.merge import plan_merge
 from proxy.rewrite.planner import (
     InsertPlan,
     KeyRef,
@@ -63,6 +64,8 @@ class StatementWork:
         "formats",
         "added",
         "learned",
+        "forgets",
+        "forget_keys",
     )
 
     def __init__(
@@ -75,6 +78,7 @@ class StatementWork:
         keys: Sequence[RowKey] = (),
         formats: tuple[int, ...] | None = None,
         learned: frozenset[str] | None = None,
+        forgets: bool = False,
     ) -> None:
         self.table = table
         self.kind = kind
@@ -90,6 +94,12 @@ class StatementWork:
         # the columns a checked row's RETURNING refreshes (None: all, for the session's own
         # INSERT); `keys`: the rows whose check ran, the only ones it may refresh
         self.learned = learned
+        # the rows it returns were changed unchecked, their version bumped by the proxy (an
+        # unverified upsert): what the session read of them is stale, so it is forgotten
+        self.forgets = forgets
+        # rows forgotten once the statement completes (a write that returns nothing to learn
+        # from, such as a MERGE: see WritePlan.forget_pinned)
+        self.forget_keys: Sequence[RowKey] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -248,11 +258,9 @@ class WriteChecker:
     ) -> tuple[Any, tuple[str, ...]]:
         found = scan(text, self.info.standard_conforming_strings)
         template = found.template
-        if found.keyword == "MERGE":
-            # MERGE has no place for a guard; one that only inserts overwrites nothing
-            overwrites = _MERGE_OVERWRITES.search(template) is not None
-            return (Unplanned("merge") if overwrites else NOTHING_TO_CHECK), found.literals
-        planner = plan_insert if found.keyword == "INSERT" else plan_write
+        if found.keyword == "MERGE" and _MERGE_OVERWRITES.search(template) is None:
+            return NOTHING_TO_CHECK, found.literals  # a MERGE that only inserts overwrites nothing
+        planner = {"INSERT": plan_insert, "MERGE": plan_merge}.get(found.keyword, plan_write)
         # plans depend on the table as this database has it (learned again after DDL)
         plan = self.service.cache.get(
             (generation.version, tables.cache_key, template), lambda: planner(template, table, 0)
@@ -330,7 +338,7 @@ class WriteChecker:
         # rows not read pass unchecked (counted), and stay unknown: a write is not a read
         sql = plan.render_simple(literals, texts, scs)
         checked_keys = [k for k, t in zip(keys, texts) if t is not None]
-        return StatementWork(
+        work = StatementWork(
             table,
             plan.kind,
             sql,
@@ -339,6 +347,7 @@ class WriteChecker:
             checked_keys,
             learned=plan.learned_columns,
         )
+        return _forgetting(work, plan, keys)
 
     def _unchecked(
         self, table: ProtectedTable, reason: str, kind: str = "update"
@@ -516,7 +525,10 @@ class WriteChecker:
                 if isinstance(plan, WritePlan)
                 else (frozenset() if plan.on_conflict == "update" else None)
             ),
+            forgets=isinstance(plan, InsertPlan) and plan.on_conflict == "update",
         )
+        if isinstance(plan, WritePlan):
+            _forgetting(work, plan, keys)
         out = m.Bind(bind.portal, name, param_formats, params, result_formats)
         return CheckedBind(parse, out.encode(), work, close)
 
@@ -635,9 +647,25 @@ _KEY_ARRAY = re.compile(r"=\s*(?:any|some)\s*\(", re.I)
 _SQL_PREPARED = re.compile(r"\s*(prepare|execute|deallocate)(?![\w$])", re.I)
 
 
+def _forgetting(work: StatementWork, plan: WritePlan, keys: Sequence[RowKey]) -> StatementWork:
+    """A write no RETURNING can teach about (WritePlan.forget_pinned): forget its pinned rows
+    once it completes; it may apply to fewer rows than pinned without anything amiss (a MERGE
+    whose WHEN conditions do not hold), so that is not counted unapplied."""
+    if plan.forget_pinned:
+        work.forget_keys = keys
+        work.expected = 0
+    return work
+
+
 def insert_work(table: ProtectedTable, sql: str, plan: InsertPlan) -> StatementWork:
     # an upsert's DO UPDATE may return an existing row the session never read: learn nothing
     learned: frozenset[str] | None = frozenset() if plan.on_conflict == "update" else None
     return StatementWork(
-        table, "insert", sql, plan.extra_returning, plan.client_returning, learned=learned
+        table,
+        "insert",
+        sql,
+        plan.extra_returning,
+        plan.client_returning,
+        learned=learned,
+        forgets=plan.on_conflict == "update",
     )

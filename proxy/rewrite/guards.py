@@ -15,7 +15,7 @@ from proxy.rewrite.tokens import SqlText
 from proxy.rules.protected import ProtectedTable
 from proxy.sqlnames import quote_ident, quote_literal_any
 
-__all__ = ["Edit", "GuardBuilder", "returning_edit", "splice"]
+__all__ = ["Edit", "GuardBuilder", "bump_edits", "returning_edit", "splice"]
 
 
 @dataclass(frozen=True)
@@ -75,6 +75,33 @@ def returning_edit(
     if table is not None and table.notify:
         pieces.append(", " + _notify_expr(table, qualifier, op))
     return Edit(text.end, text.end, tuple(pieces))
+
+
+def bump_edits(
+    text: SqlText,
+    c: Clauses,
+    items: dict[str, SetItem],
+    bump: str | None,
+    version_bump: str | None,
+    table: ProtectedTable,
+) -> list[Edit]:
+    """The version bump of one SET list: `, v = q.v + 1` after its items, or, when the client
+    writes the version itself, its value wrapped as GREATEST(<its value>, <the bump>)."""
+    edits = []
+    if bump is not None:
+        end = text.span(c.set_lo, c.set_hi)[1]
+        edits.append(Edit(end, end, (bump,)))
+    if version_bump is not None and table.version_column is not None:
+        value = items[table.version_column].value
+        assert value is not None
+        edits.append(
+            Edit(
+                value.span[0],
+                value.span[1],
+                ("GREATEST((", *text.pieces(*value.span), "), ", version_bump, ")"),
+            )
+        )
+    return edits
 
 
 class GuardBuilder:
@@ -257,22 +284,7 @@ class GuardBuilder:
         if guarded:
             for column in self.sparse:
                 edits.append(self.sparse_edit(column, rows))
-        if self.bump is not None:
-            edits.append(
-                Edit(
-                    text.span(c.set_lo, c.set_hi)[1], text.span(c.set_lo, c.set_hi)[1], (self.bump,)
-                )
-            )
-        if self.version_bump is not None and self.table.version_column is not None:
-            item = self.items[self.table.version_column]
-            assert item.value is not None
-            edits.append(
-                Edit(
-                    item.value.span[0],
-                    item.value.span[1],
-                    ("GREATEST((", *self.value(item.value), "), ", self.version_bump, ")"),
-                )
-            )
+        edits += bump_edits(text, c, self.items, self.bump, self.version_bump, self.table)
         if guarded and self.upsert:
             check = self.row_checks(0)
             if check is not None and c.where >= 0:

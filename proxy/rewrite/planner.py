@@ -36,7 +36,7 @@ from sqlglot.errors import ParseError, TokenError
 from sqlglot.tokens import TokenType
 
 from proxy.rewrite.clauses import Clauses, find_clauses
-from proxy.rewrite.guards import GuardBuilder, returning_edit, splice
+from proxy.rewrite.guards import Edit, GuardBuilder, bump_edits, returning_edit, splice
 from proxy.rewrite.lexer import literal_text
 from proxy.rewrite.pins import (
     Pin,
@@ -71,6 +71,7 @@ __all__ = [
 
 REASONS = frozenset(
     {
+        "merge",
         "no_key_pin",
         "key_array",
         "where_current_of",
@@ -176,6 +177,9 @@ class WritePlan:
     # INSERT ... ON CONFLICT (<key>) DO UPDATE: the pinned row is the inserted key's; a row
     # absent is inserted (no presence check), a row never read is unverified `upsert`
     upsert: bool = False
+    # no RETURNING can say what the write did (MERGE before PostgreSQL 17): the pinned rows
+    # are forgotten once it completes, never left at a version the proxy's bump moved on
+    forget_pinned: bool = False
     _compiled: dict[tuple[bool, ...], tuple[object, ...]] = field(
         default_factory=dict, repr=False, compare=False
     )
@@ -540,9 +544,12 @@ def _plan_insert(template_sql: str, table: ProtectedTable) -> InsertPlan | Write
             upsert = _plan_upsert(tree, conflict, text, table, target)
             if upsert is not None:
                 return upsert
-    pieces = splice(
-        text, [returning_edit(text, c, target.qualifier, table.captured_columns, table, "insert")]
-    )
+    # the bump first: at the text's end it goes before the RETURNING added there
+    edits = []
+    if conflict is not None and on_conflict == "update":
+        edits = _unverified_upsert_bump(conflict, text, table, target)
+    edits.append(returning_edit(text, c, target.qualifier, table.captured_columns, table, "insert"))
+    pieces = splice(text, edits)
     return InsertPlan(
         table=table,
         extra_returning=table.captured_columns,
@@ -599,29 +606,8 @@ def _plan_upsert(
     chunks = text.split(v + 2, close, TokenType.COMMA)
     if len(chunks) != len(row.expressions) or any(a >= b for a, b in chunks):
         return None
-    do = next((i for i, t in top if i > close and t.text.upper() == "DO"), None)
-    if (
-        do is None
-        or do + 2 >= n
-        or toks[do + 1].token_type != TokenType.UPDATE
-        or toks[do + 2].token_type != TokenType.SET
-    ):
-        return None
-    c = Clauses(main=0, set_lo=do + 3)
-    for i, t in top:
-        if i <= do + 2:
-            continue
-        if t.token_type == TokenType.WHERE and c.where < 0:
-            c.where = i
-        elif t.token_type == TokenType.RETURNING:
-            c.returning = i
-            break
-    c.set_hi = next(x for x in (c.where, c.returning, n) if x >= 0)
-    if c.where >= 0:
-        c.where_hi = c.returning if c.returning >= 0 else n
-        if c.where + 1 >= c.where_hi:
-            return None
-    if c.set_lo >= c.set_hi:
+    c = _do_update(text, close)
+    if c is None:
         return None
     key_values: dict[str, Value] = {}
     for name, node, (a, b) in zip(names, row.expressions, chunks):
@@ -660,3 +646,53 @@ def _plan_upsert(
     )
     pinned = (tuple(_key_ref(k, val) for k, val in zip(table.key, key_row)),)
     return _write_plan("update", table, pinned, items, checked_columns, c, builder, upsert=True)
+
+
+def _do_update(text: SqlText, after: int = 0) -> Clauses | None:
+    """Where the DO UPDATE of `ON CONFLICT ... DO UPDATE SET` has its SET items, WHERE and
+    RETURNING (top-level tokens after `after`); None when they cannot be located."""
+    toks, n = text.toks, len(text.toks)
+    top = list(text.top(0, n, 0))
+    do = next((i for i, t in top if i > after and t.text.upper() == "DO"), None)
+    if (
+        do is None
+        or do + 2 >= n
+        or toks[do + 1].token_type != TokenType.UPDATE
+        or toks[do + 2].token_type != TokenType.SET
+    ):
+        return None
+    c = Clauses(main=0, set_lo=do + 3)
+    for i, t in top:
+        if i <= do + 2:
+            continue
+        if t.token_type == TokenType.WHERE and c.where < 0:
+            c.where = i
+        elif t.token_type == TokenType.RETURNING:
+            c.returning = i
+            break
+    c.set_hi = next(x for x in (c.where, c.returning, n) if x >= 0)
+    if c.where >= 0:
+        c.where_hi = c.returning if c.returning >= 0 else n
+        if c.where + 1 >= c.where_hi:
+            return None
+    if c.set_lo >= c.set_hi:
+        return None
+    return c
+
+
+def _unverified_upsert_bump(
+    conflict: exp.Expression, text: SqlText, table: ProtectedTable, target: Target
+) -> list[Edit]:
+    """An upsert that cannot be checked still bumps the version in its DO UPDATE, as a bulk
+    UPDATE does: relayed as written it would change a row and leave its version, and another
+    session's checked write would then overwrite that change unseen."""
+    c = _do_update(text)
+    if c is None:
+        return []
+    items = set_items(conflict, text, c)  # type: ignore[arg-type]  # has the SET expressions
+    if items is None:
+        return []
+    bumps = _version_bumps(table, "update", target, items)
+    if isinstance(bumps, Unverified):
+        return []
+    return bump_edits(text, c, {it.column: it for it in items}, bumps[0], bumps[1], table)

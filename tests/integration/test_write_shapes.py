@@ -65,6 +65,11 @@ SHAPES = [
         (A, "merge"),
     ),
     (
+        "MERGE INTO accounts a USING (SELECT 1) s ON a.id = 3 "
+        "WHEN MATCHED THEN UPDATE SET owner = 'm' WHEN NOT MATCHED THEN INSERT VALUES (3, 'M', 0)",
+        (A, "checked"),  # the ON pins the key: row 3 is checked (and then forgotten)
+    ),
+    (
         "MERGE INTO accounts a USING (VALUES (20)) v(id) ON a.id = v.id "
         "WHEN NOT MATCHED THEN INSERT VALUES (v.id, 'M', 0, 1)",
         (A, "checked"),

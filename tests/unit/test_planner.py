@@ -685,3 +685,66 @@ def test_key_array_of_a_composite_key_is_unverified():
     t = table(key=("region", "id"), columns=("region", "id", "owner", "version"))
     p, _ = plan("UPDATE accounts SET owner = 'x' WHERE region = 'eu' AND id = ANY('{1,2}')", t)
     assert isinstance(p, WritePlan) and p.unpinned == "key_array" and not p.pinned_rows
+
+
+def test_an_unverified_upsert_still_bumps_the_version():
+    """Several rows, ON CONSTRAINT, a SELECT source: no row can be checked, but the DO UPDATE
+    bumps the version so another session's checked write sees the change."""
+    for sql, bumped in (
+        (
+            "INSERT INTO accounts VALUES (1, 'x'), (2, 'y') ON CONFLICT (id) "
+            "DO UPDATE SET owner = 'y'",
+            "SET owner = 'y', version = accounts.version + 1 RETURNING accounts.id,",
+        ),
+        (
+            "INSERT INTO accounts AS a SELECT 1, 'x' ON CONFLICT ON CONSTRAINT accounts_pkey "
+            "DO UPDATE SET owner = 'y', version = excluded.version WHERE a.owner <> 'q' "
+            "RETURNING *",
+            "version = GREATEST((excluded.version), a.version + 1) WHERE a.owner <> 'q' "
+            "RETURNING *, a.id, a.version",
+        ),
+    ):
+        template, literals = normalize(sql)
+        p = plan_insert(template, VERSIONED)
+        assert isinstance(p, InsertPlan) and p.on_conflict == "update"
+        assert bumped in p.render_simple(literals), sql
+    template, literals = normalize(
+        "INSERT INTO accounts VALUES (1, 'x'), (2, 'y') ON CONFLICT (id) DO UPDATE SET owner = 'y'"
+    )
+    p = plan_insert(template, columns_table())  # no version: nothing to bump
+    assert isinstance(p, InsertPlan) and "owner = 'y' RETURNING" in p.render_simple(literals)
+
+
+def test_merge_pinning_the_key_is_checked_and_others_only_bump():
+    from proxy.rewrite.merge import plan_merge
+
+    template, literals = normalize(
+        "MERGE INTO accounts a USING (SELECT 1) s ON a.id = $1 "
+        "WHEN MATCHED AND a.owner = 'x' THEN DELETE WHEN MATCHED THEN UPDATE SET owner = 'y' "
+        "WHEN NOT MATCHED THEN INSERT (id, owner) VALUES ($1, 'y')"
+    )
+    p = plan_merge(template, VERSIONED, 1)
+    assert isinstance(p, WritePlan) and p.forget_pinned and not p.unpinned
+    assert p.pinned_rows == ((KeyRef("id", param=1),),) and p.returned_columns(True) == ()
+    sql = p.render_simple(literals, [{"version": "4"}])
+    # the guard is a first clause of its own; the client's clauses follow as written
+    assert sql.startswith(
+        "MERGE INTO accounts a USING (SELECT 1) s ON a.id = $1 WHEN MATCHED AND NOT ((a.version"
+    )
+    assert ") THEN DO NOTHING WHEN MATCHED AND a.owner = 'x' THEN DELETE WHEN MATCHED THEN " in sql
+    assert "UPDATE SET owner = 'y', version = a.version + 1 WHEN NOT MATCHED THEN" in sql
+    unread = p.render_simple(literals, [None])
+    assert "DO NOTHING" not in unread and "version = a.version + 1" in unread
+    for sql in (
+        "MERGE INTO accounts a USING (VALUES (1)) v(id) ON a.id = v.id "
+        "WHEN MATCHED THEN UPDATE SET owner = 'm'",
+        "MERGE INTO accounts a USING (SELECT 1) s ON a.id IN (1, 2) "
+        "WHEN MATCHED THEN UPDATE SET owner = 'm'",
+        "MERGE INTO accounts a USING other s ON a.id = 1 "
+        "WHEN MATCHED THEN UPDATE SET owner = 'm' WHEN NOT MATCHED BY SOURCE THEN DELETE",
+    ):
+        p = plan_merge(normalize(sql)[0], VERSIONED)
+        assert isinstance(p, WritePlan) and p.unpinned == "merge" and not p.pinned_rows, sql
+        assert "version = a.version + 1" in p.render_simple(normalize(sql)[1], [])
+    p = plan_merge(normalize(sql)[0], columns_table())  # nothing to bump, nothing to check
+    assert isinstance(p, Unverified) and p.reason == "merge"
