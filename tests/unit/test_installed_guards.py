@@ -13,6 +13,7 @@ from proxy import conflicts
 from proxy.config import Settings
 from proxy.locking import installed
 from proxy.locking.service import Generation, LockingService
+from proxy.rewrite.merge import plan_merge
 from proxy.rewrite.planner import WritePlan, plan_insert, plan_write
 from proxy.rewrite.render import AS_PRINTED, BINARY_PRINTED, Printed
 from proxy.rules.loader import load_rules
@@ -116,6 +117,7 @@ STATEMENTS = [
     "UPDATE items SET name = 'x' WHERE id = ANY('{1,2}')",
     "INSERT INTO items VALUES (1, 'x', now(), 1) ON CONFLICT (id) DO UPDATE SET name = 'y'",
     "UPDATE items SET name = $1 WHERE id = $2",
+    "MERGE INTO items t USING (SELECT 1) s ON t.id = 1 WHEN MATCHED THEN UPDATE SET name = 'x'",
 ]
 
 
@@ -130,7 +132,7 @@ def rendered(table) -> list[str]:
         "ratio": Printed("0.5", SETTINGS, canonical=True),
     }
     for sql in STATEMENTS:
-        planner = plan_insert if sql.startswith("INSERT") else plan_write
+        planner = {"INSERT": plan_insert, "MERGE": plan_merge}.get(sql.split()[0], plan_write)
         plan = planner(sql, table, 2)
         assert isinstance(plan, WritePlan), (sql, plan)
         reads = [read, read] if plan.array_key is not None else [read] * len(plan.pinned_rows)
