@@ -79,7 +79,7 @@ def sql_prepare_parts(stmt: str, scs: bool = True) -> SqlPrepare | None:
     types: tuple[str, ...] = ()
     if stmt[toks[i].start : toks[i].end] == "(":
         found = _list(stmt, toks, i)
-        if found is None or any(not t for t in found[0]):
+        if found is None or not found[0] or any(not t for t in found[0]):
             return None
         types, i = tuple(found[0]), found[1]
     if (

@@ -124,3 +124,125 @@ def test_fresh_execute_passes_and_learns(dbs, shape):
     assert row == (None if shape == "delete" else (20, 3))
     writes = 1 if shape == "delete" else 2
     assert _moved(before, write_counts(proxy.metrics_url)) == {(C, "checked"): writes}
+
+
+def test_execute_whose_key_is_an_expression_runs_unchecked_counted_sql_prepare(dbs):
+    proxy, dsn, direct = dbs
+    with psycopg.connect(dsn, autocommit=True) as a, psycopg.connect(dsn, autocommit=True) as b:
+        a.execute("PREPARE p AS UPDATE counters SET n = n + 10 WHERE id = $1")
+        a.execute("SELECT * FROM counters").fetchall()
+        b.execute("SELECT * FROM counters WHERE id = 1").fetchall()
+        b.execute("UPDATE counters SET n = 7 WHERE id = 1")
+        before = write_counts(proxy.metrics_url)
+        a.execute("EXECUTE p(0 + 1)")  # the server's to evaluate: not checked, but counted
+        assert _moved(before, write_counts(proxy.metrics_url)) == {(C, "sql_prepare"): 1}
+        before = write_counts(proxy.metrics_url)
+        a.execute("EXECUTE p(3)")  # a row a read: checked
+        a.execute("SELECT * FROM counters WHERE id = 1").fetchall()  # a sees 17 now
+        a.execute("EXECUTE p(1)")  # fresh again: checked, passes
+        assert _moved(before, write_counts(proxy.metrics_url)) == {(C, "checked"): 2}
+        before = write_counts(proxy.metrics_url)
+        b.execute("PREPARE q AS UPDATE counters SET n = n + 1 WHERE id = $1")
+        b.execute("EXECUTE q(4)")  # b never read row 4
+        assert _moved(before, write_counts(proxy.metrics_url)) == {(C, "not_read"): 1}
+        # the unchecked EXECUTE still bumped the version: a's read of row 4 is stale now
+        with pytest.raises(psycopg.errors.SerializationFailure):
+            a.execute("EXECUTE p(4)")
+    assert _n(direct, 1) == 27 and _n(direct, 4) == 1
+
+
+def test_prepared_statement_life_cycle(dbs):
+    """PREPARE survives a rollback (it is not transactional); a PREPARE that fails leaves the
+    server's statement; DEALLOCATE, DISCARD ALL and a name reused for another body are
+    followed; PREPARE and EXECUTE may share one query."""
+    proxy, dsn, direct = dbs
+    with psycopg.connect(dsn, autocommit=True) as a, psycopg.connect(dsn, autocommit=True) as b:
+        a.execute("BEGIN")
+        a.execute("PREPARE p AS UPDATE counters SET n = n + 10 WHERE id = $1")
+        a.execute("ROLLBACK")
+        a.execute("SELECT * FROM counters").fetchall()
+        with pytest.raises(psycopg.errors.DuplicatePreparedStatement):
+            a.execute("PREPARE p AS SELECT $1::int")  # p stays the UPDATE
+        b.execute("SELECT * FROM counters WHERE id = 1").fetchall()
+        b.execute("UPDATE counters SET n = 7 WHERE id = 1")
+        before = write_counts(proxy.metrics_url)
+        with pytest.raises(psycopg.errors.SerializationFailure):
+            a.execute("EXECUTE p(1)")
+        assert _moved(before, write_counts(proxy.metrics_url)) == {(C, "checked"): 1}
+
+        a.execute("DEALLOCATE p")
+        a.execute("PREPARE p AS SELECT n FROM counters WHERE id = $1")  # a read now
+        before = write_counts(proxy.metrics_url)
+        assert a.execute("EXECUTE p(1)").fetchall() == [(7,)]
+        assert _moved(before, write_counts(proxy.metrics_url)) == {}
+
+        # one query: a new PREPARE of the name, then its EXECUTE
+        a.execute(
+            "DEALLOCATE p; PREPARE p AS UPDATE counters SET n = n + 1 WHERE id = $1; EXECUTE p(2)"
+        )
+        assert _moved(before, write_counts(proxy.metrics_url)) == {(C, "checked"): 1}
+
+        a.execute("DISCARD ALL")  # every statement gone, the proxy's hidden ones too
+        a.execute("SELECT * FROM counters WHERE id = 2").fetchall()
+        a.execute("PREPARE p AS UPDATE counters SET n = n + 1 WHERE id = $1")
+        before = write_counts(proxy.metrics_url)
+        a.execute("EXECUTE p(2)")
+        b.execute("SELECT * FROM counters WHERE id = 2").fetchall()
+        b.execute("UPDATE counters SET n = 50 WHERE id = 2")
+        with pytest.raises(psycopg.errors.SerializationFailure):
+            a.execute("EXECUTE p(2)")
+        assert _moved(before, write_counts(proxy.metrics_url)) == {(C, "checked"): 3}
+    assert _n(direct, 1) == 7 and _n(direct, 2) == 50
+
+
+WRITER = """
+CREATE FUNCTION writer_fn() RETURNS void LANGUAGE sql
+  AS 'UPDATE counters SET n = 99, version = version + 1 WHERE id = 1';
+"""
+
+
+@pytest.fixture
+def writer_dbs(pg, sql_proxy):
+    db = make_database(pg.dsn, SCHEMA + WRITER)
+    return sql_proxy, sql_proxy.dsn_for(db), pg.dsn.rsplit("/", 1)[0] + "/" + db
+
+
+def _after_server_code(a) -> None:
+    """a read row 1, then in a transaction that rolls back called a function that wrote it
+    and read it again: that second read saw values that never existed."""
+    a.execute("SELECT * FROM counters WHERE id = 1").fetchall()
+    a.execute("BEGIN")
+    a.execute("SELECT writer_fn()")
+    assert a.execute("SELECT n, version FROM counters WHERE id = 1").fetchone() == (99, 2)
+    a.execute("ROLLBACK")
+
+
+def test_reads_after_server_code_are_undone_with_its_rollback_no_lost_update(writer_dbs):
+    proxy, dsn, direct = writer_dbs
+
+    def race(url: str) -> None:
+        with psycopg.connect(url, autocommit=True) as a, psycopg.connect(url, autocommit=True) as b:
+            _after_server_code(a)
+            b.execute("SELECT * FROM counters WHERE id = 1").fetchall()
+            b.execute("UPDATE counters SET n = 8, version = 2 WHERE id = 1")  # version 2 again
+            a.execute("UPDATE counters SET n = 1 WHERE id = 1")
+
+    race(direct)
+    assert _n(direct) == 1  # directly: b's 8 lost
+    with psycopg.connect(direct, autocommit=True) as c:
+        c.execute("UPDATE counters SET n = 0, version = 1 WHERE id = 1")
+    # through the proxy a still knows version 1 (its read before the transaction), not the
+    # version 2 it saw inside it: b's version 2 is a change a never saw
+    with pytest.raises(psycopg.errors.SerializationFailure):
+        race(dsn)
+    assert _n(direct) == 8
+
+
+def test_reads_after_server_code_are_undone_with_its_rollback_no_false_conflict(writer_dbs):
+    proxy, dsn, direct = writer_dbs
+    with psycopg.connect(dsn, autocommit=True) as a:
+        _after_server_code(a)
+        before = write_counts(proxy.metrics_url)
+        a.execute("UPDATE counters SET n = 5 WHERE id = 1")  # nobody changed the row
+        assert _moved(before, write_counts(proxy.metrics_url)) == {(C, "checked"): 1}
+    assert _n(direct) == 5
