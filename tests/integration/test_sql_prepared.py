@@ -23,6 +23,9 @@ tables:
     version_column: version
   - table: pairs
     version_column: v
+  - table: items
+    strategy: columns
+    check: any
 """
 
 C = "public.counters"
@@ -246,3 +249,26 @@ def test_reads_after_server_code_are_undone_with_its_rollback_no_false_conflict(
         a.execute("UPDATE counters SET n = 5 WHERE id = 1")  # nobody changed the row
         assert _moved(before, write_counts(proxy.metrics_url)) == {(C, "checked"): 1}
     assert _n(direct) == 5
+
+
+@pytest.mark.parametrize("read", ["text", "binary"])
+def test_execute_checks_values_compared_as_printed(dbs, read):
+    """A timestamptz is compared as printed (rules/README.md, "How read values are
+    compared"): read as text, under the read's settings; read in binary, under the canonical
+    ones. Both reach the hidden statement as EXECUTE arguments."""
+    proxy, dsn, direct = dbs
+    with psycopg.connect(dsn, autocommit=True) as a, psycopg.connect(dsn, autocommit=True) as b:
+        a.execute("PREPARE p AS UPDATE items SET qty = qty + 1 WHERE id = $1")
+        a.execute("SET TimeZone = 'Asia/Tokyo'")
+        a.execute("SELECT * FROM items WHERE id IN (1, 2)", binary=read == "binary").fetchall()
+        a.execute("SET TimeZone = 'UTC'")  # a setting changed since the read: no conflict
+        before = write_counts(proxy.metrics_url)
+        a.execute("EXECUTE p(1)")
+        b.execute("SELECT * FROM items WHERE id = 2").fetchall()
+        b.execute("UPDATE items SET modified_at = '2001-01-01' WHERE id = 2")
+        with pytest.raises(psycopg.errors.SerializationFailure) as err:
+            a.execute("EXECUTE p(2)")
+        assert "modified_at" in (err.value.diag.message_detail or "")
+        assert _moved(before, write_counts(proxy.metrics_url)) == {("public.items", "checked"): 3}
+    with psycopg.connect(direct) as c:
+        assert c.execute("SELECT qty FROM items ORDER BY id").fetchall() == [(11,), (5,)]
