@@ -301,7 +301,8 @@ _REFUSED_BECAUSE = {
     "upsert": "INSERT ... ON CONFLICT DO UPDATE is not checked",
     "merge": "MERGE ... WHEN MATCHED is not checked",
     "with_clause": "the write is inside a WITH clause, where no check can go",
-    "sql_prepare": "a write prepared with SQL PREPARE is not checked at EXECUTE",
+    "sql_prepare": "an SQL EXECUTE of a prepared write is checked only when its key "
+    "argument is a literal, in a simple query",
     "server_code": "DO, CALL and non-builtin functions run server-side code optimist cannot see into",
     "where_current_of": "WHERE CURRENT OF is not checked",
     "parse_error": "optimist cannot parse the statement",

@@ -7,7 +7,7 @@
 | its own checked UPDATE of a row it had read | refreshed for the columns it wrote or verified, and the version bumped after its check passed; other columns stay as last read |
 | its own UPDATE of a row it never read | nothing: a write is not a read |
 | its own DELETE | forgotten |
-| ROLLBACK (or ROLLBACK TO SAVEPOINT) | what its own writes taught is undone (back to what it knew before); what it read stays seen, unless read after its own writes in that transaction (it may have seen its own uncommitted changes) |
+| ROLLBACK (or ROLLBACK TO SAVEPOINT) | what its own writes taught is undone (back to what it knew before); what it read stays seen, unless read after its own writes (or server-side code: a function may write) in that transaction (it may have seen its own uncommitted changes) |
 | PREPARE TRANSACTION | kept pending until COMMIT PREPARED (kept) or ROLLBACK PREPARED (undone), from any session |
 """
 

@@ -20,6 +20,24 @@ class WriteTarget:
     literals: tuple[str, ...]
 
 
+@dataclass(frozen=True, slots=True)
+class SqlPrepared:
+    """A statement prepared with SQL PREPARE that writes a protected table."""
+
+    # writes that can never be checked: (table or None, reason), counted at each EXECUTE
+    unverified: tuple[tuple[ProtectedTable | None, str], ...]
+    # the checked write, planned with its key pinned by $n (None: never checkable)
+    target: WriteTarget | None = None
+    types: tuple[str, ...] = ()  # the declared parameter types, as written
+    n_params: int = 0
+
+    def hits(self) -> tuple[tuple[ProtectedTable | None, str], ...]:
+        """What an EXECUTE of it counts when it cannot be checked."""
+        if self.target is None:
+            return self.unverified
+        return ((self.target.table, "sql_prepare"), *self.unverified)
+
+
 @dataclass(slots=True)
 class PreparedStatement:
     text: str
@@ -58,8 +76,20 @@ class PreparedRegistry:
         # (sql, parameter types) -> name of the proxy's own prepared statement
         self._hidden: dict[tuple[str, tuple[int, ...]], bytes] = {}
         self._counter = 0
-        # SQL-level PREPARE name -> the unverified writes each EXECUTE name makes
-        self.sql_prepared: dict[str, tuple[tuple[ProtectedTable | None, str], ...]] = {}
+        # SQL-level PREPARE name -> what each EXECUTE of it writes (once the PREPARE has
+        # completed: one that fails, e.g. on a name in use, leaves the server's statement)
+        self.sql_prepared: dict[str, SqlPrepared] = {}
+        # PREPAREs sent but not completed yet: an EXECUTE in the same request runs them
+        self.sql_pending: dict[str, SqlPrepared | None] = {}
+
+    def sql_statement(self, name: str) -> SqlPrepared | None:
+        if name in self.sql_pending:
+            return self.sql_pending[name]
+        return self.sql_prepared.get(name)
+
+    def sql_hits(self, name: str) -> tuple[tuple[ProtectedTable | None, str], ...]:
+        found = self.sql_statement(name)
+        return () if found is None else found.hits()
 
     def parsed(self, name: bytes, statement: PreparedStatement) -> None:
         previous = self.statements.get(name)
@@ -94,6 +124,12 @@ class PreparedRegistry:
         self._hidden.clear()
         self.statements.clear()
         self.sql_prepared.clear()
+        self.sql_pending.clear()
+
+    def request_done(self) -> None:
+        """ReadyForQuery: every PREPARE sent so far has completed or failed."""
+        if self.sql_pending:
+            self.sql_pending.clear()
 
     def transaction_ended(self) -> None:
         if self.portals:

@@ -23,6 +23,7 @@ from proxy.locking.snapshots import SnapshotStore
 from proxy.locking.transactions import TRANSACTION_TAGS, SessionReset, Transactions
 from proxy.locking.writes import Unchecked, WriteChecker
 from proxy.rewrite import lexer
+from proxy.rewrite.server_code import may_run_server_code
 from proxy.session.actions import Hold, Send
 from proxy.session.inflight import (
     RELAYED,
@@ -126,8 +127,14 @@ class SessionLocking:
         entry = QueryEntry(stmts, works)
         if not any(w is not None for w in works):
             return Send((raw,), (entry,))
+        encoding = self.info.encoding
         text = ";\n".join(w.sql if w is not None else s for s, w in zip(stmts, works))
-        return Send((m.encode_query(text.encode(self.info.encoding, "surrogateescape")),), (entry,))
+        query = m.encode_query(text.encode(encoding, "surrogateescape"))
+        setups = [w.setup for w in works if w is not None and w.setup is not None]
+        if setups:  # hidden SQL statements the checked forms execute: prepared first, unseen
+            setup = m.encode_query(";\n".join(setups).encode(encoding, "surrogateescape"))
+            return Send((setup, query), (InternalEntry(Kind.QUERY, surface=True), entry))
+        return Send((query,), (entry,))
 
     def parse(self, parse: m.Parse) -> Hold | None:
         if not self._in_batch:
@@ -360,6 +367,8 @@ class SessionLocking:
             work, text = None, ""  # a CommandComplete where none belongs: the server's problem
         if word in _SETTING_TAGS or _SET_CONFIG in text or _SET_CONFIG_UPPER in text:
             self.settings.statement(text, self.info.status != b"I" or self.knowledge.txlog.open)
+        if tag == b"PREPARE":
+            self.writes.sql_prepare_done(self.bootstrap.generation, self.tables, text)
         if word in TRANSACTION_TAGS:
             reset = self.transactions.completed(
                 tag, word, text, self.info.status, self.info.standard_conforming_strings
@@ -369,7 +378,14 @@ class SessionLocking:
             if reset & SessionReset.PREPARED_STATEMENTS:
                 self.registry.forget_statements()
             return
-        self.transactions.statement_done(word)
+        knowledge = self.knowledge
+        self.transactions.statement_done(
+            word,
+            word == b"SELECT"
+            and not knowledge.wrote
+            and may_run_server_code(text)
+            and self.writes.server_code(text),
+        )
         if word in _DDL_WORDS and (tag in _CATALOG_DDL_TAGS or _creates_table(word, text)):
             self.bootstrap.ddl_completed()
         if work is not None:
@@ -385,6 +401,7 @@ class SessionLocking:
             entry.strip = 0
 
     def ready(self, entry: Entry | None, status: bytes) -> None:
+        self.registry.request_done()
         if status == b"I":
             self.settings.ready(isinstance(entry, Completion) and entry.failed)
             self.bootstrap.transaction_ended()

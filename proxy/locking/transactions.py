@@ -28,7 +28,7 @@ TRANSACTION_TAGS = frozenset(
     }
 )
 # tags of statements that write nothing: reads after them still see only committed rows
-# (a SELECT calling a function that writes is the exception we cannot see)
+# (unless they ran server-side code: a SELECT calling a function may write)
 _READ_ONLY_TAGS = frozenset(
     {
         b"SELECT",
@@ -98,9 +98,10 @@ class Transactions:
         self.txlog = knowledge.txlog
         self.prepared = prepared
 
-    def statement_done(self, word: bytes) -> None:
-        """Any other statement completed: note whether the transaction has written."""
-        if word not in _READ_ONLY_TAGS:
+    def statement_done(self, word: bytes, server_code: bool = False) -> None:
+        """Any other statement completed: note whether the transaction has written. A
+        statement that ran server-side code (`SELECT transfer(1, 2)`) may have written."""
+        if server_code or word not in _READ_ONLY_TAGS:
             self.knowledge.wrote = True
 
     def completed(

@@ -15,7 +15,7 @@ from proxy.arrays import binary_array_elements, text_array_elements
 from proxy.locking.compare import Uncomparable, extended_kind, extended_param, simple_form
 from proxy.locking.counting import Unverified, WriteCounts
 from proxy.locking.knowledge import Knowledge, RowKey
-from proxy.locking.prepared import PreparedRegistry, PreparedStatement, WriteTarget
+from proxy.locking.prepared import PreparedRegistry, PreparedStatement, SqlPrepared, WriteTarget
 from proxy.rewrite import lexer
 from proxy.rewrite.lexer import _skip_noise
 from proxy.rewrite.merge import plan_merge
@@ -28,13 +28,20 @@ from proxy.rewrite.planner import (
     written_tables,
 )
 from proxy.rewrite.planner import Unverified as Unplanned
-from proxy.rewrite.render import Printed
+from proxy.rewrite.render import AS_PRINTED, BINARY_PRINTED, BY_VALUE, Printed
 from proxy.rewrite.scan import scan
 from proxy.rewrite.server_code import may_run_server_code, runs_server_code
-from proxy.rewrite.sql_prepared import sql_prepare_body, sql_prepared_name
+from proxy.rewrite.sql_prepared import (
+    SqlPrepare,
+    literal_argument,
+    sql_execute_parts,
+    sql_prepare_parts,
+    sql_prepared_name,
+)
 from proxy.rules.protected import ProtectedTable
 from proxy.session.info import SessionInfo
-from proxy.values import ReadValue, normalize_key, normalize_text_key
+from proxy.sqlnames import quote_literal
+from proxy.values import CANONICAL_SETTINGS, ReadValue, normalize_key, normalize_text_key
 from proxy.wire import messages as m
 
 if TYPE_CHECKING:
@@ -66,6 +73,7 @@ class StatementWork:
         "learned",
         "forgets",
         "forget_keys",
+        "setup",
     )
 
     def __init__(
@@ -100,6 +108,8 @@ class StatementWork:
         # rows forgotten once the statement completes (a write that returns nothing to learn
         # from, such as a MERGE: see WritePlan.forget_pinned)
         self.forget_keys: Sequence[RowKey] = ()
+        # SQL to run first, in a query of its own (the PREPARE of a hidden SQL statement)
+        self.setup: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -151,7 +161,7 @@ class WriteChecker:
             named = _SQL_PREPARED.match(text) or _SQL_PREPARED.match(_skip_noise(text))
             if named is not None:
                 return None, self._sql_prepared(generation, tables, text, named.group(1).upper())
-        if may_run_server_code(text) and self._server_code(text):
+        if may_run_server_code(text) and self.server_code(text):
             hits += ((None, "server_code"),)
         return table, hits
 
@@ -172,7 +182,8 @@ class WriteChecker:
                 unverified.append(hit)
         return table
 
-    def _server_code(self, text: str) -> bool:
+    def server_code(self, text: str) -> bool:
+        """Whether the statement runs code the proxy cannot see into (cached by template)."""
         scs = self.info.standard_conforming_strings
         found = scan(text, scs)
         return self.service.cache.get(
@@ -183,33 +194,196 @@ class WriteChecker:
     def _sql_prepared(
         self, generation: Any, tables: Any, text: str, keyword: str
     ) -> tuple[Unverified, ...]:
-        """SQL-level PREPARE / EXECUTE / DEALLOCATE: a prepared write runs at EXECUTE, where
-        its parameters are only expressions of the EXECUTE: counted there (`sql_prepare`)."""
+        """SQL-level PREPARE / EXECUTE / DEALLOCATE: a prepared write runs at EXECUTE, counted
+        there (checked by `sql_execute`, else `sql_prepare`)."""
         scs = self.info.standard_conforming_strings
-        prepared = self.registry.sql_prepared
+        registry = self.registry
         if keyword == "EXECUTE":
             name = sql_prepared_name(text, scs)
-            return prepared.get(name, ()) if name is not None else ()
+            return registry.sql_hits(name) if name is not None else ()
         if keyword == "DEALLOCATE":
             name = sql_prepared_name(text, scs)
             if name is None or name == "all":
-                prepared.clear()
+                registry.sql_prepared.clear()
+                registry.sql_pending.clear()
             else:
-                prepared.pop(name, None)
+                registry.sql_prepared.pop(name, None)
+                registry.sql_pending[name] = None
             return ()
-        found = sql_prepare_body(text, scs)
-        if found is not None:
-            name, body = found
-            table, hits = self.examine(generation, tables, body)
-            inner = [(t, "sql_prepare" if t is not None else reason) for t, reason in hits]
-            if table is not None:
-                inner.insert(0, (table, "sql_prepare"))
-            if inner:
-                unique = {(t.oid if t is not None else None, r): (t, r) for t, r in inner}
-                prepared[name] = tuple(unique.values())
-            else:
-                prepared.pop(name, None)
+        found = sql_prepare_parts(text, scs)
+        if found is not None:  # known to the EXECUTEs of this request, kept once completed
+            registry.sql_pending[found.name] = self._sql_statement(generation, tables, found)
         return ()  # PREPARE itself writes nothing
+
+    def _sql_statement(self, generation: Any, tables: Any, found: SqlPrepare) -> SqlPrepared | None:
+        """A PREPAREd body planned as a write with its key pinned by $n, as a Parse is."""
+        table, hits = self.examine(generation, tables, found.body)
+        inner = [(t, "sql_prepare" if t is not None else reason) for t, reason in hits]
+        target = None
+        if table is not None:
+            plan, literals = self.plan(generation, tables, found.body, table)
+            if isinstance(plan, WritePlan) or (
+                isinstance(plan, InsertPlan) and plan.on_conflict != "update"
+            ):
+                target = WriteTarget(table, plan, literals)
+            else:
+                inner.insert(0, (table, "sql_prepare"))
+        if not inner and target is None:
+            return None
+        unique = {(t.oid if t is not None else None, r): (t, r) for t, r in inner}
+        return SqlPrepared(tuple(unique.values()), target, found.types, found.n_params)
+
+    def sql_prepare_done(self, generation: Any, tables: Any, text: str) -> None:
+        """A PREPARE completed: its statement now exists on the server (PREPARE is not
+        transactional: a rollback keeps it)."""
+        found = sql_prepare_parts(text, self.info.standard_conforming_strings)
+        if found is None:
+            return
+        statement = None
+        if tables is not None and tables.by_oid:
+            statement = self._sql_statement(generation, tables, found)
+        if statement is None:
+            self.registry.sql_prepared.pop(found.name, None)
+        else:
+            self.registry.sql_prepared[found.name] = statement
+
+    def sql_execute(
+        self, generation: Any, tables: Any, guards: bool, stmt: str
+    ) -> StatementWork | None | bool:
+        """`EXECUTE p(args)` of a write prepared with SQL PREPARE, in a simple query: run as
+        `EXECUTE optimist_N(args, <read values>)`, a hidden SQL statement of the checked form
+        (prepared first, once per form). Each EXECUTE runs a checked form, whose rows not
+        read pass unchecked (counted), as a Bind of a Parse does; False: not such an EXECUTE
+        (counted as `sql_prepare` by `simple`)."""
+        scs = self.info.standard_conforming_strings
+        parts = sql_execute_parts(stmt, scs)
+        statement = self.registry.sql_statement(parts.name) if parts is not None else None
+        if parts is None or statement is None or statement.target is None:
+            return False
+        if len(parts.args) != statement.n_params or self.info.status == b"E":
+            return False  # the server refuses it as written
+        if self.service.settings.pooler_mode == "transaction":
+            # the hidden statement would be prepared on one pooled server connection and run
+            # on another (as the client's own PREPARE is): counted `sql_prepare`, run as written
+            return False
+        for hit in statement.unverified:
+            self.counts.unverified_hit(hit)
+        refused = self.refusal(tables, statement.unverified, stmt)
+        if refused is not None:
+            return refusal_work(refused[0], "refused", refused[1], "unverified")
+        table, plan = statement.target.table, statement.target.plan
+        if not guards:
+            return self._unchecked(table, "guards_unavailable")
+        literals, args = statement.target.literals, parts.args
+        forms: list[dict[str, str | Printed | None] | None] = []
+        keys: list[RowKey] = []
+        missing = RowReasons()
+        if isinstance(plan, InsertPlan):
+            self.counts.checked(table)  # a new row overwrites nothing
+            mask: tuple[bool, ...] = ()
+            rendered = plan.render_extended(literals, len(args), scs)
+        else:
+            elements: list[str] = []
+            try:
+                keys, elements = self._execute_keys(table, plan, literals, args)
+            except Unchecked as exc:
+                missing.reasons.append(exc.reason)  # no row checked; the version still bumped
+            reads = self.knowledge.read_rows(table, keys, plan.checked_columns, missing)
+            for row in reads:
+                try:
+                    forms.append(
+                        None
+                        if row is None
+                        else {c: simple_form(v, self.info.encoding) for c, v in row.items()}
+                    )
+                except Uncomparable as exc:
+                    missing.unverified(table, exc.reason)
+                    forms.append(None)
+            if plan.array_key is not None:  # each read row's key hole: its element
+                for form, element in zip(forms, elements):
+                    if form is not None:
+                        form[table.key[0]] = element
+            mask = tuple(f is not None for f in forms)
+            if not keys and plan.array_key is None:
+                mask = (False,) * len(plan.pinned_rows)
+            kinds = {
+                (i, c): _execute_kind(v)
+                for i, form in enumerate(forms)
+                for c, v in (form or {}).items()
+            }
+            if missing.reasons:
+                refusal = self._unchecked(table, _reason(plan, missing), plan.kind)
+                if refusal is not None:
+                    return refusal
+            else:
+                self.counts.checked(table)
+            rendered = plan.render_extended(literals, len(args), scs, mask, kinds)
+        extra = [
+            _execute_value(
+                forms[row][column],  # type: ignore[index]  # a checked row has its reads
+                role,
+                table.column_types[column],
+                scs,
+                table.guard_schema,
+            )
+            for row, column, role in rendered.extra_params
+        ]
+        declared = "(" + ", ".join(statement.types) + ")" if statement.types else ""
+        prepare = f" AS {rendered.sql}"
+        name, new = self.registry.hidden_name((f"PREPARE{declared}{prepare}", ()))
+        hidden = name.decode()
+        all_args = ", ".join((*args, *extra))
+        sql = f"EXECUTE {hidden}({all_args})" if all_args else f"EXECUTE {hidden}"
+        setup = f"PREPARE {hidden}{declared}{prepare}" if new else None
+        if isinstance(plan, InsertPlan):
+            work = insert_work(table, sql, plan)
+        else:
+            checked_keys = [k for k, ok in zip(keys, mask) if ok]
+            work = StatementWork(
+                table,
+                plan.kind,
+                sql,
+                plan.returned_columns(bool(checked_keys)),
+                plan.client_returning,
+                checked_keys,
+                learned=plan.learned_columns,
+            )
+        work.setup = setup
+        return work
+
+    def _execute_keys(
+        self, table: ProtectedTable, plan: WritePlan, literals: Sequence[str], args: Sequence[str]
+    ) -> tuple[list[RowKey], list[str]]:
+        """The rows an EXECUTE pins (and, for `= ANY(<array>)`, their elements): a $n key takes the EXECUTE's argument, known when it is a
+        literal (any other expression, `sql_prepare`: its value is the server's)."""
+        scs = self.info.standard_conforming_strings
+
+        def text_of(ref: KeyRef) -> str | None:
+            if ref.param is None:
+                return ref.value_text(literals, (), scs)
+            value = literal_argument(args[ref.param - 1], scs) if ref.param <= len(args) else None
+            if value is None:
+                raise Unchecked("sql_prepare")
+            return value
+
+        if plan.array_key is not None:
+            text = text_of(plan.array_key)
+            elements = None if text is None else text_array_elements(text)
+            if elements is None or len(elements) > _MAX_ARRAY_KEYS:
+                raise Unchecked("key_array")
+            oid = table.column_type_oids[table.key[0]]
+            texts = [e for e in elements if e is not None]
+            return [(normalize_text_key(oid, e),) for e in texts], texts
+        keys = []
+        for row in plan.pinned_rows:
+            key = []
+            for ref in row:
+                text = text_of(ref)
+                if text is None:
+                    raise Unchecked("no_key_pin")
+                key.append(normalize_text_key(table.column_type_oids[ref.column], text))
+            keys.append(tuple(key))
+        return keys, []
 
     def refusal(
         self, tables: Any, hits: Sequence[Unverified], text: str
@@ -276,6 +450,10 @@ class WriteChecker:
         """The checked form of one statement of a simple Query, or None to run it as written.
         Each write of a protected table is counted once: checked, or unverified{reason}."""
         table, hits = self.examine(generation, tables, stmt)
+        if hits and hits[0][1] == "sql_prepare" and table is None:
+            work = self.sql_execute(generation, tables, guards, stmt)
+            if work is not False:
+                return work  # type: ignore[return-value]  # a StatementWork or None
         for hit in hits:
             self.counts.unverified_hit(hit)
         refused = self.refusal(tables, hits, stmt)
@@ -409,7 +587,7 @@ class WriteChecker:
             self.counts.checked(info.creates)
         hits = info.unverified
         if info.executes is not None:
-            hits += self.registry.sql_prepared.get(info.executes, ())
+            hits += self.registry.sql_hits(info.executes)
         for hit in hits:
             self.counts.unverified_hit(hit)
         refused = self.refusal(tables, hits, info.text)
@@ -655,6 +833,33 @@ def _forgetting(work: StatementWork, plan: WritePlan, keys: Sequence[RowKey]) ->
         work.forget_keys = keys
         work.expected = 0
     return work
+
+
+def _execute_kind(value: str | Printed | None) -> str:
+    """How an EXECUTE argument carries a read (render.fill_extended's kinds)."""
+    if type(value) is not Printed:
+        return BY_VALUE
+    return BINARY_PRINTED if value.canonical else AS_PRINTED
+
+
+def _execute_value(
+    value: str | Printed | None, role: str, sql_type: str, scs: bool, schema: str
+) -> str:
+    """A read value as an EXECUTE argument for the extra parameter of `role` (see
+    render.RenderedSql): the simple protocol's literal forms (render.fill_simple)."""
+    if type(value) is not Printed:
+        return "NULL" if value is None else quote_literal(value, scs)  # type: ignore[arg-type]  # a str
+    if role == "settings":
+        return quote_literal(value.settings, scs)
+    text = "NULL" if value.text is None else quote_literal(value.text, scs)
+    if role == "text":
+        return text
+    # a binary read's exact text, parsed under the canonical settings it was printed in
+    function = conflicts.guard_schema_sql(schema) + ".optimist_value"
+    return f"{function}({text}, {_CANONICAL_ARRAY}, NULL::{sql_type})"
+
+
+_CANONICAL_ARRAY = "'" + CANONICAL_SETTINGS + "'::text[]"
 
 
 def insert_work(table: ProtectedTable, sql: str, plan: InsertPlan) -> StatementWork:

@@ -83,7 +83,11 @@ SHAPES = [
     ("SELECT bump_accounts()", ("*", "server_code")),
     ("SELECT now(), count(*), coalesce(max(owner), 'x') FROM accounts", None),
     ("PREPARE pw(int) AS UPDATE accounts SET owner = 'p' WHERE id = $1", None),
-    ("EXECUTE pw(1)", (A, "sql_prepare")),
+    # a simple EXECUTE with a literal key is checked; the extended protocol's Parse of an
+    # EXECUTE (its key a parameter of the outer statement) and an expression key are not
+    ("EXECUTE pw(1)", {"simple": (A, "checked"), "extended": (A, "sql_prepare")}),
+    ("EXECUTE pw(0 + 1)", (A, "sql_prepare")),
+    ("EXECUTE pw(99)", {"simple": (A, "not_read"), "extended": (A, "sql_prepare")}),
     ("DEALLOCATE pw", None),
     ("EXECUTE pw(1)", "error"),  # deallocated: the server says so, nothing is counted
 ]
@@ -122,7 +126,8 @@ def test_every_shape_counts_exactly_once(shapes, protocol):
     proxy, dsn, _ = shapes
     with psycopg.connect(dsn, autocommit=True) as conn:
         execute(conn, "SELECT * FROM accounts", protocol).fetchall()
-        for sql, series in SHAPES:
+        for sql, shape_series in SHAPES:
+            series = shape_series[protocol] if isinstance(shape_series, dict) else shape_series
             before = write_counts(proxy.metrics_url)
             if series == "error":
                 with pytest.raises(psycopg.Error):
@@ -159,7 +164,9 @@ STRICT_SHAPES = {
     ),
     "do_block": ("DO $$ BEGIN UPDATE counters SET n = n + 10 WHERE id = 1; END $$", "server_code"),
     "function": ("SELECT set_counter(1, 10)", "server_code"),
-    "sql_prepare": ("EXECUTE bump(1)", "sql_prepare"),
+    # a key the proxy cannot know (`EXECUTE bump(1)` is checked: tests/integration/
+    # test_sql_prepared.py)
+    "sql_prepare": ("EXECUTE bump(0 + 1)", "sql_prepare"),
 }
 
 
@@ -209,3 +216,21 @@ def test_strict_table_lets_checked_and_harmless_statements_through(shapes):
             b.execute("UPDATE counters SET n = 3 WHERE id = 2")
     with psycopg.connect(direct) as c:
         assert c.execute("SELECT n FROM counters WHERE id = 2").fetchone()[0] == 2
+
+
+def test_strict_table_checks_a_literal_sql_execute_and_refuses_the_others(shapes):
+    proxy, dsn, direct = shapes
+    with psycopg.connect(dsn, autocommit=True) as a, psycopg.connect(dsn, autocommit=True) as b:
+        a.execute("PREPARE bump(int) AS UPDATE counters SET n = n + 10 WHERE id = $1")
+        a.execute("SELECT * FROM counters WHERE id IN (1, 2)").fetchall()
+        a.execute("EXECUTE bump(2)")  # read, fresh: checked, allowed
+        b.execute("SELECT * FROM counters WHERE id = 1").fetchall()
+        b.execute("UPDATE counters SET n = 7 WHERE id = 1")
+        with pytest.raises(psycopg.errors.SerializationFailure):
+            a.execute("EXECUTE bump(1)")  # checked: the conflict, not a refusal
+        for unverifiable in ("EXECUTE bump(3)", "EXECUTE bump(0 + 2)"):  # not read / unknown
+            with pytest.raises(psycopg.errors.ObjectNotInPrerequisiteState):
+                a.execute(unverifiable)
+    with psycopg.connect(direct) as c:
+        rows = c.execute("SELECT n FROM counters WHERE id IN (1, 2, 3) ORDER BY id").fetchall()
+    assert rows == [(7,), (10,), (0,)]
