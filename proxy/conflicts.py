@@ -69,7 +69,31 @@ DECLARE
   v jsonb;
   msg text;
   detail text;
+  own text := state ->> 'own';
+  top bigint;
+  x bigint;
 BEGIN
+  -- the session's own side effect (a trigger of its own write): the row version is its own
+  -- transaction's, and the proxy vouches that the row held what was read before that
+  -- transaction changed it (proxy.locking.side_effects)
+  IF own = 'locked' OR (own = 'read'
+                        AND current_setting('transaction_isolation') <> 'read committed') THEN
+    top := pg_current_xact_id_if_assigned()::text::bigint;
+    x := (state ->> 'xmin')::bigint;
+    IF top IS NOT NULL AND x > 2 THEN
+      -- xmin is 32 bits: the full id nearest the top-level one (a subtransaction's is later)
+      x := x + ((top >> 32) << 32);
+      IF x > top + 2147483648 THEN
+        x := x - 4294967296;
+      ELSIF x < top - 2147483648 THEN
+        x := x + 4294967296;
+      END IF;
+      -- a row version the statement sees whose xmin is in progress is this transaction's
+      IF x > 0 AND pg_xact_status(x::text::xid8) = 'in progress' THEN
+        RETURN true;
+      END IF;
+    END IF;
+  END IF;
   FOR col, v IN SELECT * FROM jsonb_each(state -> 'columns') LOOP
     -- report the columns whose check failed (v -> 3); without that flag, those another
     -- session changed (read vs current)
