@@ -9,6 +9,7 @@
 | its own DELETE | forgotten |
 | ROLLBACK (or ROLLBACK TO SAVEPOINT) | what its own writes taught is undone (back to what it knew before); what it read stays seen, unless read after its own writes in that transaction (it may have seen its own uncommitted changes) |
 | PREPARE TRANSACTION | kept pending until COMMIT PREPARED (kept) or ROLLBACK PREPARED (undone), from any session |
+| its own transaction changed the row (a trigger) | kept; a change under an own row version is excused when the values were read in this REPEATABLE READ / SERIALIZABLE transaction or learned from its own checked write in it (proxy.locking.side_effects); under READ COMMITTED a read alone proves nothing: still a conflict |
 """
 
 from __future__ import annotations
