@@ -10,9 +10,10 @@ A guarded write calls two temporary functions (see docs/ARCHITECTURE.md):
 * ``pg_temp.optimist_modified(info text, state jsonb) -> boolean`` VOLATILE (default cost: a
   huge COST would trigger JIT compilation): only reached through ``<checks> OR ...`` when a
   pinned row's checked values differ from what was read. ``state`` is
-  ``{"key": {...}, "columns": {col: [read, current, attempted, check passed]}}``. Raises
-  ``modified`` listing the columns whose check failed (so, whose current value differs from
-  the read one).
+  ``{"key": {...}, "columns": {col: [read, current, attempted, check passed]}, "own": ..,
+  "xmin": ..}``. Raises ``modified`` listing the columns whose check failed (so, whose current
+  value differs from the read one), unless the row version is the session's own transaction's
+  and ``own`` says the proxy vouches for what was read (proxy.locking.side_effects).
 
 ``info`` is a JSON text literal
 ``{"table": "schema.name", "schema": .., "name": .., "key": [key columns], "op": ..}``.
