@@ -222,7 +222,7 @@ def test_property_written_back_unchanged_never_conflicts(
     loc = values_locking
     read, write = modes
     # a money value printed with € under a LATIN1 client_encoding cannot reach the client:
-    # PostgreSQL refuses the read (22P04), and the RETURNING items a checked write adds (to
+    # PostgreSQL refuses the read (22P05), and the RETURNING items a checked write adds (to
     # learn the row) the same way, a known gap (the write itself would pass without them)
     assume(
         name != "money"
