@@ -12,9 +12,10 @@ connection in pg_temp, or installed once in a schema of their own by `optimist i
 * ``pg_temp.optimist_modified(info text, state jsonb) -> boolean`` VOLATILE (default cost: a
   huge COST would trigger JIT compilation): only reached through ``<checks> OR ...`` when a
   pinned row's checked values differ from what was read. ``state`` is
-  ``{"key": {...}, "columns": {col: [read, current, attempted, check passed]}}``. Raises
-  ``modified`` listing the columns whose check failed (so, whose current value differs from
-  the read one).
+  ``{"key": {...}, "columns": {col: [read, current, attempted, check passed]}, "own": ..,
+  "xmin": ..}``. Raises ``modified`` listing the columns whose check failed (so, whose current
+  value differs from the read one), unless the row version is the session's own transaction's
+  and ``own`` says the proxy vouches for what was read (proxy.locking.side_effects).
 
 ``info`` is a JSON text literal
 ``{"table": "schema.name", "schema": .., "name": .., "key": [key columns], "op": ..}``.
@@ -72,7 +73,31 @@ DECLARE
   v jsonb;
   msg text;
   detail text;
+  own text := state ->> 'own';
+  top bigint;
+  x bigint;
 BEGIN
+  -- the session's own side effect (a trigger of its own write): the row version is its own
+  -- transaction's, and the proxy vouches that the row held what was read before that
+  -- transaction changed it (proxy.locking.side_effects)
+  IF own = 'locked' OR (own = 'read'
+                        AND current_setting('transaction_isolation') <> 'read committed') THEN
+    top := pg_current_xact_id_if_assigned()::text::bigint;
+    x := (state ->> 'xmin')::bigint;
+    IF top IS NOT NULL AND x > 2 THEN
+      -- xmin is 32 bits: the full id nearest the top-level one (a subtransaction's is later)
+      x := x + ((top >> 32) << 32);
+      IF x > top + 2147483648 THEN
+        x := x - 4294967296;
+      ELSIF x < top - 2147483648 THEN
+        x := x + 4294967296;
+      END IF;
+      -- a row version the statement sees whose xmin is in progress is this transaction's
+      IF x > 0 AND pg_xact_status(x::text::xid8) = 'in progress' THEN
+        RETURN true;
+      END IF;
+    END IF;
+  END IF;
   FOR col, v IN SELECT * FROM jsonb_each(state -> 'columns') LOOP
     -- report the columns whose check failed (v -> 3); without that flag, those another
     -- session changed (read vs current)

@@ -9,6 +9,7 @@
 | its own DELETE | forgotten |
 | ROLLBACK (or ROLLBACK TO SAVEPOINT) | what its own writes taught is undone (back to what it knew before); what it read stays seen, unless read after its own writes (or server-side code: a function may write) in that transaction (it may have seen its own uncommitted changes) |
 | PREPARE TRANSACTION | kept pending until COMMIT PREPARED (kept) or ROLLBACK PREPARED (undone), from any session |
+| its own transaction changed the row (a trigger) | kept; a change under an own row version is excused when the values were read in this REPEATABLE READ / SERIALIZABLE transaction or learned from its own checked write in it (proxy.locking.side_effects); under READ COMMITTED a read alone proves nothing: still a conflict |
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from typing import Any
 
 from proxy.locking.capture import CapturePlan, capture_row
 from proxy.locking.counting import UnverifiedSink
+from proxy.locking.side_effects import LOCKED, READ, OwnChanges
 from proxy.locking.snapshots import SnapshotStore, TransactionLog
 from proxy.rules.protected import ProtectedTable
 from proxy.values import ReadSettings, ReadValue, normalize_key
@@ -34,6 +36,8 @@ class Knowledge:
         # the open transaction has written: what it reads now may be its own uncommitted
         # changes, so those reads are undone with it
         self.wrote = False
+        # which snapshot values this transaction read or learned (proxy.locking.side_effects)
+        self.own = OwnChanges()
 
     def store_for(self, table: ProtectedTable) -> SnapshotStore:
         if table.scope == "user":
@@ -55,10 +59,14 @@ class Knowledge:
         txlog = self.txlog if self.wrote else None
         for table, key, row in capture_row(plan, values, encoding, settings):
             self.store_for(table).put((table.oid, key), row, txlog)
+            if table.scope != "user":
+                self.own.mark((table.oid, key), row, READ)
 
     def capture_pinned(self, table: ProtectedTable, key: RowKey, row: dict[str, ReadValue]) -> None:
         """A row read without its key, which its statement pinned (proxy.locking.pinned)."""
         self.store_for(table).put((table.oid, key), row, self.txlog if self.wrote else None)
+        if table.scope != "user":
+            self.own.mark((table.oid, key), row, READ)
 
     def forget_pinned(self, table: ProtectedTable, key: RowKey) -> None:
         """Several rows answered one key pin: what was read of that key cannot be trusted."""
@@ -128,3 +136,10 @@ class Knowledge:
         if learned is not None and store.get((table.oid, key)) is None:
             return  # evicted since it was read: a write does not bring it back
         store.put((table.oid, key), row, self.txlog)
+        if table.scope != "user":
+            self.own.mark((table.oid, key), row, LOCKED)  # its own write holds the row's lock
+
+    def own_flag(self, table: ProtectedTable, key: RowKey, columns: Sequence[str]) -> str | None:
+        """What this transaction vouches for the read values of `columns` of the row when its
+        own transaction changed it (proxy.locking.side_effects)."""
+        return self.own.flag((table.oid, key), columns)

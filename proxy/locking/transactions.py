@@ -110,6 +110,10 @@ class Transactions:
         """A statement with a transaction tag completed. `text`: its SQL (for savepoint
         names); `status`: the transaction status before it."""
         txlog = self.txlog
+        if word in (b"BEGIN", b"START", b"COMMIT", b"ROLLBACK") or tag == b"PREPARE TRANSACTION":
+            # a transaction ends or starts (or a savepoint's row locks are released): what
+            # this one read or locked no longer excuses its own changes (side_effects.py)
+            self.knowledge.own.transaction_ended()
         if word in (b"BEGIN", b"START"):
             txlog.begin()
         elif tag == b"PREPARE TRANSACTION":
@@ -158,3 +162,4 @@ class Transactions:
             else:
                 self.txlog.commit()
         self.knowledge.wrote = False
+        self.knowledge.own.transaction_ended()

@@ -28,7 +28,7 @@ from proxy.rewrite.planner import (
     written_tables,
 )
 from proxy.rewrite.planner import Unverified as Unplanned
-from proxy.rewrite.render import AS_PRINTED, BINARY_PRINTED, BY_VALUE, Printed
+from proxy.rewrite.render import AS_PRINTED, BINARY_PRINTED, BY_VALUE, OWN_CHANGES, Printed
 from proxy.rewrite.scan import scan
 from proxy.rewrite.server_code import may_run_server_code, runs_server_code
 from proxy.rewrite.sql_prepared import (
@@ -507,6 +507,10 @@ class WriteChecker:
                 texts.append(None)
             if elements and texts[-1] is not None:
                 texts[-1][table.key[0]] = elements[i]  # the key's hole
+            if texts[-1] is not None:  # what the session vouches for if the row is its own
+                texts[-1][OWN_CHANGES] = self.knowledge.own_flag(
+                    table, keys[i], plan.checked_columns
+                )
         if missing.reasons:
             refusal = self._unchecked(table, _reason(plan, missing), plan.kind)
             if refusal is not None:
@@ -615,6 +619,7 @@ class WriteChecker:
         reads: list[dict[str, ReadValue] | None]
         mask: tuple[str] | tuple[bool, ...]  # ("insert",), or which pinned rows were read
         kinds: dict[tuple[int, str], str] = {}  # how each read is compared (render.BY_VALUE...)
+        own_flags: tuple[str | None, ...] = ()
         if isinstance(plan, InsertPlan):
             keys: list[RowKey] = []
             reads, mask = [], ("insert",)
@@ -650,6 +655,16 @@ class WriteChecker:
                     missing.unverified(table, exc.reason)
                     reads[i] = None
             mask = tuple(r is not None for r in reads)
+            # what the session vouches for if a row version is its own: part of the form, a
+            # literal (proxy.rewrite.render.Own), and of its shape below
+            own = tuple(
+                None if r is None else self.knowledge.own_flag(table, k, plan.checked_columns)
+                for r, k in zip(reads, keys)
+            )
+            for i, flag in enumerate(own):
+                if flag is not None:
+                    kinds[(i, OWN_CHANGES)] = flag
+                    own_flags = own
             if missing.reasons:
                 refusal = self.unchecked_bind(table, _reason(plan, missing), bind)
                 if refusal is not None:
@@ -657,7 +672,9 @@ class WriteChecker:
             else:
                 self.counts.checked(table)
         # the form depends on which rows are checked and how each read is compared
-        shape = (n, mask, tuple(kinds.values())) if kinds else (n, mask)
+        shape: tuple[object, ...] = (n, mask, tuple(kinds.values())) if kinds else (n, mask)
+        if own_flags:
+            shape += (own_flags,)
         rendered = info.rendered.get(shape)
         if rendered is None:
             if len(info.rendered) >= _RENDERED_FORMS:  # arrays of every length: stay bounded

@@ -10,7 +10,16 @@ from dataclasses import dataclass
 from proxy.conflicts import guard_schema_sql
 from proxy.rewrite.clauses import Clauses
 from proxy.rewrite.pins import Pin, SetItem, Target, Value
-from proxy.rewrite.render import Read, Same, Shown, cast, column_ref, compile_pieces, jsonb_object
+from proxy.rewrite.render import (
+    Own,
+    Read,
+    Same,
+    Shown,
+    cast,
+    column_ref,
+    compile_pieces,
+    jsonb_object,
+)
 from proxy.rewrite.tokens import SqlText
 from proxy.rules.protected import ProtectedTable
 from proxy.sqlnames import quote_ident, quote_literal_any
@@ -267,7 +276,13 @@ class GuardBuilder:
                 )
             )
         state = jsonb_object(
-            [("key", self.key_json_current()), ("columns", jsonb_object(state_columns))]
+            [
+                ("key", self.key_json_current()),
+                ("columns", jsonb_object(state_columns)),
+                # the session's own side effects: excused by the function (proxy.conflicts)
+                ("own", [Own(row)]),
+                ("xmin", [self.col("xmin"), "::text"]),
+            ]
         )
         return ["(", *out, " OR ", self.f_modified, "(", self.info, ", ", *state, "))"]
 

@@ -20,6 +20,8 @@ __all__ = [
     "BINARY_PRINTED",
     "BY_VALUE",
     "Lit",
+    "OWN_CHANGES",
+    "Own",
     "Piece",
     "Printed",
     "Read",
@@ -66,6 +68,23 @@ class Shown(NamedTuple):
     row: int
     column: str
     type: str
+
+
+class Own(NamedTuple):
+    """What the session vouches for pinned row `row` if its row version is the session's own
+    transaction's (proxy.locking.side_effects): a text literal, NULL for nothing. Simple
+    protocol: reads[row][OWN_CHANGES]; extended: kinds[(row, OWN_CHANGES)], so that it is
+    part of the prepared form, never a parameter."""
+
+    row: int
+
+
+# the pseudo column of a row's reads (simple) or kinds (extended) that holds the Own flag
+OWN_CHANGES = "\x00own"
+
+
+def _own_literal(flag: object) -> str:
+    return "NULL::text" if flag is None else "'" + str(flag) + "'::text"  # read | locked
 
 
 class Printed(NamedTuple):
@@ -133,6 +152,8 @@ def fill_simple(
             append(p)
         elif t is Lit:
             append(literals[p.slot])
+        elif t is Own:
+            append(_own_literal(reads[p.row].get(OWN_CHANGES)))
         else:
             value = reads[p.row][p.column]
             if type(value) is not Printed:
@@ -187,6 +208,9 @@ def fill_extended(
             if p.slot >= len(literals):
                 raise ValueError("the statement has normalized literals: pass them to render")
             out.append(literals[p.slot])
+            continue
+        if t is Own:
+            out.append(_own_literal(kinds.get((p.row, OWN_CHANGES)) if kinds else None))
             continue
         key = (p.row, p.column)
         kind = kinds.get(key, BY_VALUE) if kinds else BY_VALUE
