@@ -116,6 +116,10 @@ def bump_edits(
 class GuardBuilder:
     """Everything needed to assemble the guarded statement for one set of read rows."""
 
+    # whether the guard may excuse a row version of the session's own transaction (its own
+    # trigger's change: proxy.locking.side_effects), which needs the row's xmin
+    excuses_own_changes = True
+
     def __init__(
         self,
         *,
@@ -275,15 +279,11 @@ class GuardBuilder:
                     ],
                 )
             )
-        state = jsonb_object(
-            [
-                ("key", self.key_json_current()),
-                ("columns", jsonb_object(state_columns)),
-                # the session's own side effects: excused by the function (proxy.conflicts)
-                ("own", [Own(row)]),
-                ("xmin", [self.col("xmin"), "::text"]),
-            ]
-        )
+        pairs = [("key", self.key_json_current()), ("columns", jsonb_object(state_columns))]
+        if self.excuses_own_changes:
+            # the session's own side effects: excused by the function (proxy.conflicts)
+            pairs += [("own", [Own(row)]), ("xmin", [self.col("xmin"), "::text"])]
+        state = jsonb_object(pairs)
         return ["(", *out, " OR ", self.f_modified, "(", self.info, ", ", *state, "))"]
 
     def key_json_current(self) -> list[object]:

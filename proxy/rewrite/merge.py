@@ -62,6 +62,9 @@ _Action = tuple[Clauses, list[SetItem], str | None, str | None]
 class MergeGuardBuilder(GuardBuilder):
     """The checked MERGE for one mask (whether the pinned row was read)."""
 
+    # a WHEN condition may not name a system column (xmin): no side-effect excuse in a MERGE
+    excuses_own_changes = False
+
     def __init__(
         self,
         *,
