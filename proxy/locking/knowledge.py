@@ -7,6 +7,7 @@
 | its own checked UPDATE of a row it had read | refreshed for the columns it wrote or verified, and the version bumped after its check passed; other columns stay as last read |
 | its own UPDATE of a row it never read | nothing: a write is not a read |
 | its own DELETE | forgotten |
+| its own MERGE, unverified upsert, or bulk write (which rows: unknown) | forgotten (the pinned or returned rows; every row of the table for a bulk write), undone by ROLLBACK |
 | ROLLBACK (or ROLLBACK TO SAVEPOINT) | what its own writes taught is undone (back to what it knew before); what it read stays seen, unless read after its own writes (or server-side code: a function may write) in that transaction (it may have seen its own uncommitted changes) |
 | PREPARE TRANSACTION | kept pending until COMMIT PREPARED (kept) or ROLLBACK PREPARED (undone), from any session |
 | its own transaction changed the row (a trigger) | kept; a change under an own row version is excused when the values were read in this REPEATABLE READ / SERIALIZABLE transaction or learned from its own checked write in it (proxy.locking.side_effects); under READ COMMITTED a read alone proves nothing: still a conflict |
@@ -71,6 +72,13 @@ class Knowledge:
     def forget_pinned(self, table: ProtectedTable, key: RowKey) -> None:
         """Several rows answered one key pin: what was read of that key cannot be trusted."""
         self.store_for(table).forget((table.oid, key), self.txlog)
+
+    def forget_table(self, table: ProtectedTable) -> None:
+        """Its own write changed rows of the table it cannot name (a bulk UPDATE, an unpinned
+        MERGE, whose version the proxy bumped): every row it read of it may be stale."""
+        store = self.store_for(table)
+        for key in [k for k in store.rows if k[0] == table.oid]:
+            store.forget(key, self.txlog)
 
     def forget_rows(self, table: ProtectedTable, keys: Sequence[RowKey]) -> None:
         """Rows its own write changed in a way it cannot learn: what it read is stale (undone

@@ -73,6 +73,7 @@ class StatementWork:
         "learned",
         "forgets",
         "forget_keys",
+        "forget_table",
         "setup",
     )
 
@@ -108,6 +109,9 @@ class StatementWork:
         # rows forgotten once the statement completes (a write that returns nothing to learn
         # from, such as a MERGE: see WritePlan.forget_pinned)
         self.forget_keys: Sequence[RowKey] = ()
+        # rows it changed are unknown (a bulk write): all the session read of the table is
+        # forgotten once it completes, never left at a version the proxy's bump moved on
+        self.forget_table = False
         # SQL to run first, in a query of its own (the PREPARE of a hidden SQL statement)
         self.setup: str | None = None
 
@@ -284,10 +288,12 @@ class WriteChecker:
             rendered = plan.render_extended(literals, len(args), scs)
         else:
             elements: list[str] = []
+            key_unknown = False
             try:
                 keys, elements = self._execute_keys(table, plan, literals, args)
             except Unchecked as exc:
                 missing.reasons.append(exc.reason)  # no row checked; the version still bumped
+                key_unknown = True
             reads = self.knowledge.read_rows(table, keys, plan.checked_columns, missing)
             for row in reads:
                 try:
@@ -348,6 +354,9 @@ class WriteChecker:
                 checked_keys,
                 learned=plan.learned_columns,
             )
+            _forgetting(work, plan, keys)
+            if key_unknown:  # it bumps a row it cannot name: what was read of it may be stale
+                work.forget_table = True
         work.setup = setup
         return work
 
@@ -849,6 +858,8 @@ def _forgetting(work: StatementWork, plan: WritePlan, keys: Sequence[RowKey]) ->
     if plan.forget_pinned:
         work.forget_keys = keys
         work.expected = 0
+    if plan.unpinned is not None:
+        work.forget_table = True
     return work
 
 
