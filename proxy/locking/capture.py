@@ -66,6 +66,13 @@ def plan_capture(
 ) -> CapturePlan | KeylessCapture | None:
     """fields: RowDescription fields; protected: table oid -> table; attnames: oid -> attnum ->
     name; views: simple views over protected tables (a view's columns are its base table's)."""
+    # the common case, a result of tables without rules: one OID lookup per column, nothing built
+    for f in fields:
+        oid = f.table_oid
+        if oid and (oid in protected or (views and oid in views)):
+            break
+    else:
+        return None
     # per relation the result names (a table or a view): base table oid, column -> (pos, type)
     by_source: dict[int, tuple[int, dict[str, tuple[int, int]]]] = {}
     ambiguous: set[int] = set()

@@ -259,8 +259,12 @@ class Session:
     ) -> Send | Hold | None:
         """Decode the message and ask the locking logic what to do with it."""
         if mtype == b"Q":
-            sql = m.decode_query(buf[start:end]).decode(self.info.encoding, "surrogateescape")
-            return locking.query(sql, bytes(buf[start - 5 : end]))
+            # one copy: the raw message, its text sliced from it (up to the first NUL)
+            raw = bytes(buf[start - 5 : end])
+            nul = raw.find(b"\x00", 5)
+            if nul < 0:
+                raise ProtocolViolation("unterminated string in message")
+            return locking.query(raw[5:nul].decode(self.info.encoding, "surrogateescape"), raw)
         if mtype == b"B":
             return locking.bind(m.decode_bind(buf[start:end]), bytes(buf[start - 5 : end]))
         if mtype == b"E":

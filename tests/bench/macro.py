@@ -29,6 +29,7 @@ from pathlib import Path
 
 from tests.bench.pgbench import RunResult, background_busy, run_pgbench
 from tests.bench.services import Services, dsn, environment, install_signal_handlers, psql
+from tests.bench.targets import evaluate, format_targets, micro_targets
 
 DB = "bench"
 
@@ -49,69 +50,119 @@ COLUMNS_RULES = "version: 1\ntables:\n" + "".join(
     f"  - table: {t}\n    strategy: columns\n    check: changed\n" for t in TABLES
 )
 
+# The form save: a 20-column row (id + 10 int + 9 text) read whole and written back whole with
+# one column changed (\gset: pgbench keeps the read values in variables; -M simple inlines
+# them, also inside the quotes). Under the columns rule with sparse_update the proxy drops the
+# 18 unchanged columns and checks the changed one.
+FORM_INTS = tuple(f"n{i:02}" for i in range(1, 11))
+FORM_TEXTS = tuple(f"t{i:02}" for i in range(1, 10))
+FORM_ROWS_PER_SCALE = 10000
+FORM_TABLE = (
+    "CREATE TABLE bench_form (id int PRIMARY KEY, "
+    + ", ".join(f"{c} int NOT NULL" for c in FORM_INTS)
+    + ", "
+    + ", ".join(f"{c} text NOT NULL" for c in FORM_TEXTS)
+    + ")"
+)
+
+
+def form_fill(scale: int) -> str:
+    return (
+        "INSERT INTO bench_form SELECT g, "
+        + ", ".join(f"g % {1000 + i}" for i in range(len(FORM_INTS)))
+        + ", "
+        + ", ".join(f"'value-{c}-' || g" for c in FORM_TEXTS)
+        + f" FROM generate_series(1, {FORM_ROWS_PER_SCALE * scale}) g"
+    )
+
+
+FORM_SAVE = (
+    f"\\set id random(1, {FORM_ROWS_PER_SCALE} * :scale)\n"
+    "\\set v random(1, 1000000)\n"
+    f"SELECT id, {', '.join(FORM_INTS + FORM_TEXTS)} FROM bench_form WHERE id = :id \\gset\n"
+    "UPDATE bench_form SET n01 = :v, "
+    + ", ".join([f"{c} = :{c}" for c in FORM_INTS[1:]] + [f"{c} = ':{c}'" for c in FORM_TEXTS])
+    + " WHERE id = :id;\n"
+)
+
+# Rules for a table the select-only workloads never touch: the realistic deployment, where the
+# relay still looks at every RowDescription (and the form save's own rule).
+FORM_RULES = (
+    "version: 1\ntables:\n  - table: bench_form\n    strategy: columns\n"
+    "    check: changed\n    sparse_update: true\n"
+)
+
 
 @dataclass(frozen=True)
 class Workload:
     name: str
     args: tuple[str, ...]
-    # target label -> which optimist process ("norules", "version", "columns"); direct and
-    # pgbouncer are always there
+    # target label -> which optimist process ("norules", "version", "columns", "form"); direct
+    # and pgbouncer are always there
     optimists: tuple[tuple[str, str], ...]
     writes: bool
     description: str
+    default: bool = True  # part of a run without --workloads
 
+
+def _select(mode: str) -> Workload:
+    return Workload(
+        f"select-{mode}",
+        ("-S", "-M", mode),
+        (("optimist", "norules"), ("optimist-otherrules", "form")),
+        False,
+        f"pgbench -S -M {mode}; optimist without rules, and with rules for another table only",
+    )
+
+
+RETRY = ("--max-tries=10", "--failures-detailed")
 
 WORKLOADS = {
     w.name: w
     for w in (
-        Workload(
-            "select-simple",
-            ("-S", "-M", "simple"),
-            (("optimist", "norules"),),
-            False,
-            "pgbench -S -M simple; optimist without rules",
-        ),
-        Workload(
-            "select-extended",
-            ("-S", "-M", "extended"),
-            (("optimist", "norules"),),
-            False,
-            "pgbench -S -M extended; optimist without rules",
-        ),
-        Workload(
-            "select-prepared",
-            ("-S", "-M", "prepared"),
-            (("optimist", "norules"),),
-            False,
-            "pgbench -S -M prepared; optimist without rules",
-        ),
+        _select("simple"),
+        _select("extended"),
+        _select("prepared"),
         Workload(
             "tpcb-version",
-            ("-b", "tpcb-like", "-M", "simple", "--max-tries=10", "--failures-detailed"),
-            (("optimist", "version"),),
+            ("-b", "tpcb-like", "-M", "simple", *RETRY),
+            (("optimist", "version"), ("optimist-norules", "norules")),
             True,
             "built-in TPC-B-like script (-M simple); optimist with strategy: version rules "
-            "on accounts, tellers, branches",
+            "on accounts, tellers, branches, and without rules",
         ),
         Workload(
             "tpcb-columns",
-            ("-b", "tpcb-like", "-M", "simple", "--max-tries=10", "--failures-detailed"),
-            (("optimist", "columns"),),
+            ("-b", "tpcb-like", "-M", "simple", *RETRY),
+            (("optimist", "columns"), ("optimist-norules", "norules")),
             True,
             "built-in TPC-B-like script (-M simple); optimist with strategy: columns, "
-            "check: changed rules on accounts, tellers, branches",
+            "check: changed rules on accounts, tellers, branches, and without rules",
+            default=False,  # no target of its own; run it by name
         ),
         Workload(
             "read-write-back",
-            ("-f", "{script}", "-M", "simple", "--max-tries=10", "--failures-detailed"),
+            ("-f", "{script}", "-M", "simple", *RETRY),
             (("optimist", "version"), ("optimist-norules", "norules")),
             True,
             "SELECT aid, abalance, version ... ; UPDATE ... SET abalance = abalance + 1 "
             "(-M simple); optimist with the version rule (every write checked) and "
             "without rules",
         ),
+        Workload(
+            "form-save",
+            ("-f", "{form}", "-M", "simple", *RETRY),
+            (("optimist", "form"), ("optimist-norules", "norules")),
+            True,
+            "SELECT all 20 columns of a bench_form row; UPDATE every column back, one changed "
+            "(-M simple); optimist with a columns rule (check: changed, sparse_update) and "
+            "without rules",
+        ),
     )
 }
+DEFAULT_WORKLOADS = [name for name, w in WORKLOADS.items() if w.default]
+# where the --workers N process runs as one more target (optimist without rules)
+WORKERS_WORKLOADS = ("select-extended",)
 
 
 # ------------------------------------------------------------------ statistics
@@ -277,6 +328,8 @@ def prepare_database(pg, scale: int) -> None:
         raise RuntimeError(f"pgbench -i failed:\n{res.stderr}")
     for table in TABLES:
         psql(url, f"ALTER TABLE {table} ADD COLUMN version int NOT NULL DEFAULT 1")
+    psql(url, FORM_TABLE)
+    psql(url, form_fill(scale))
     psql(url, "VACUUM ANALYZE")
 
 
@@ -285,16 +338,17 @@ def reset_for_writes(url: str) -> None:
     psql(url, "VACUUM pgbench_branches")
     psql(url, "VACUUM pgbench_tellers")
     psql(url, "TRUNCATE pgbench_history")
+    psql(url, "VACUUM bench_form")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m tests.bench", description=__doc__.split("\n\n")[0])
     p.add_argument("--rounds", type=int, help="measured rounds per workload (default 3; quick 1)")
-    p.add_argument("--duration", type=float, help="seconds per measured run (default 7; quick 3)")
+    p.add_argument("--duration", type=float, help="seconds per measured run (default 6; quick 2)")
     p.add_argument(
         "--warmup",
         type=float,
-        help="seconds of the warm-up run per target (default 2; quick 1; 0: none)",
+        help="seconds of the warm-up run per target (default 1; 0: none; whole seconds)",
     )
     p.add_argument("--clients", type=int, default=8, help="pgbench -c (default 8)")
     p.add_argument("--jobs", type=int, default=2, help="pgbench -j (default 2)")
@@ -304,9 +358,25 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         nargs="+",
         choices=list(WORKLOADS),
         metavar="W",
-        help="some of: " + ", ".join(WORKLOADS) + " (default: all)",
+        help="some of: " + ", ".join(WORKLOADS) + " (default: all but tpcb-columns)",
     )
-    p.add_argument("--quick", action="store_true", help="1 round of 3 s, scale 1: < 2 minutes")
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=2,
+        metavar="N",
+        help="also run optimist without rules as `serve --workers N` on "
+        + ", ".join(WORKERS_WORKLOADS)
+        + " (target optimist-wN, compared with the one-process optimist; default 2; 0 or 1: no)",
+    )
+    p.add_argument(
+        "--no-micro",
+        action="store_true",
+        help="skip the in-process hot-path targets (idle session, cached rewrite, recognition)",
+    )
+    p.add_argument(
+        "--quick", action="store_true", help="1 round of 2 s, warm-up 1 s, scale 1: ~2 minutes"
+    )
     p.add_argument("--json", metavar="PATH", help="also write the results as JSON here")
     p.add_argument(
         "--baseline",
@@ -321,10 +391,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args = p.parse_args(argv)
     quick = args.quick
     args.rounds = args.rounds or (1 if quick else 3)
-    args.duration = args.duration or (3.0 if quick else 7.0)
-    args.warmup = args.warmup if args.warmup is not None else (1.0 if quick else 2.0)
+    args.duration = args.duration or (2.0 if quick else 6.0)
+    args.warmup = args.warmup if args.warmup is not None else 1.0
     args.scale = args.scale or (1 if quick else 10)
-    args.workloads = args.workloads or list(WORKLOADS)
+    args.workloads = args.workloads or list(DEFAULT_WORKLOADS)
+    # pgbench -T takes whole seconds
+    args.duration = float(max(1, round(args.duration)))
+    args.warmup = float(max(0, round(args.warmup)))
     if args.rounds < 1 or args.duration < 1 or args.clients < 1 or args.jobs < 1:
         p.error("rounds, duration, clients and jobs must be positive")
     return args
@@ -357,13 +430,24 @@ def main(argv: list[str] | None = None) -> int:
             rules_dir.mkdir()
             (rules_dir / "version.yaml").write_text(VERSION_RULES)
             (rules_dir / "columns.yaml").write_text(COLUMNS_RULES)
+            (rules_dir / "form.yaml").write_text(FORM_RULES)
             script = services.workdir / "read-write-back.sql"
             script.write_text(READ_WRITE_BACK)
+            form_script = services.workdir / "form-save.sql"
+            form_script.write_text(FORM_SAVE)
+            if args.workers > 1:
+                wlabel, wkind = f"optimist-w{args.workers}", f"norules-w{args.workers}"
+                workloads = [
+                    replace(w, optimists=w.optimists + ((wlabel, wkind),))
+                    if w.name in WORKERS_WORKLOADS
+                    else w
+                    for w in workloads
+                ]
 
             bouncer = services.pgbouncer()
             needed = {kind for w in workloads for _, kind in w.optimists}
             proxies = {}
-            for kind in ("norules", "version", "columns"):
+            for kind in ("norules", "version", "columns", "form"):
                 if kind in needed:
                     rules = None if kind == "norules" else rules_dir / f"{kind}.yaml"
                     proxies[kind] = services.optimist(kind, rules)
@@ -371,12 +455,20 @@ def main(argv: list[str] | None = None) -> int:
                         proxies[kind + "@base"] = services.optimist(
                             kind + "-base", rules, checkout=args.baseline
                         )
+            if args.workers > 1 and f"norules-w{args.workers}" in needed:
+                proxies[f"norules-w{args.workers}"] = services.optimist(
+                    f"norules-w{args.workers}", None, extra=["--workers", str(args.workers)]
+                )
             if args.baseline is not None:
                 workloads = [
                     replace(
                         w,
                         optimists=w.optimists
-                        + tuple((label + "@base", kind + "@base") for label, kind in w.optimists),
+                        + tuple(
+                            (label + "@base", kind + "@base")
+                            for label, kind in w.optimists
+                            if kind + "@base" in proxies
+                        ),
                     )
                     for w in workloads
                 ]
@@ -391,7 +483,10 @@ def main(argv: list[str] | None = None) -> int:
                 for label, kind in w.optimists:
                     p = proxies[kind]
                     targets.append((label, dsn(p.host, p.port, DB), p.pid))
-                wargs = [a.replace("{script}", str(script)) for a in w.args]
+                wargs = [
+                    a.replace("{script}", str(script)).replace("{form}", str(form_script))
+                    for a in w.args
+                ]
                 _log(f"== {w.name}: {w.description}")
                 schedule = []
                 if args.warmup > 0:
@@ -480,6 +575,13 @@ def main(argv: list[str] | None = None) -> int:
         print("\noptimist log output (warnings and up):")
         for k, v in noisy.items():
             print(f"  {k}:\n    " + v.replace("\n", "\n    "))
+    micro = None
+    if not args.no_micro:
+        _log("hot-path targets (micro benchmark, in-process)")
+        micro = micro_targets(0.1 if args.quick else 0.3, 200 if args.quick else 1000)
+    targets = evaluate(rows, micro, clients=args.clients)
+    print("\ntargets of the performance issue (ratios within this run):")
+    print(format_targets(targets))
     if args.json:
         data = {
             "settings": {
@@ -493,12 +595,15 @@ def main(argv: list[str] | None = None) -> int:
                     "scale",
                     "workloads",
                     "quick",
+                    "workers",
                 )
             },
             "environment": env,
             "elapsed_s": elapsed,
             "workloads": {w.name: w.description for w in workloads},
             "summary": rows,
+            "micro": micro,
+            "targets": [t.to_json() for t in targets],
             "runs": [r.to_json() for r in runs],
         }
         Path(args.json).write_text(json.dumps(data, indent=2) + "\n")

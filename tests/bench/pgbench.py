@@ -67,10 +67,32 @@ class RunResult:
         return d
 
 
-def process_counters(pid: int | None) -> tuple[float, float, int | None, int | None] | None:
-    """(user CPU s, system CPU s, read syscalls, write syscalls) of a process, from /proc."""
+def _descendants(pid: int) -> list[int]:
+    """pid and its children's, recursively (a `--workers N` proxy forks its workers)."""
+    out = [pid]
+    for n in out:
+        try:
+            for task in Path(f"/proc/{n}/task").iterdir():
+                out.extend(int(c) for c in (task / "children").read_text().split())
+        except OSError:
+            continue
+    return out
+
+
+def process_counters(pid: int | None):
+    """(user CPU s, system CPU s, read syscalls, write syscalls, involuntary context switches)
+    of a process and its descendants (the counters of workers alive now), from /proc."""
     if pid is None:
         return None
+    parts = [c for c in (_one_process(p) for p in _descendants(pid)) if c is not None]
+    if not parts:
+        return None
+    return tuple(
+        None if any(c[i] is None for c in parts) else sum(c[i] for c in parts) for i in range(5)
+    )
+
+
+def _one_process(pid: int):
     try:
         fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     except OSError:

@@ -153,6 +153,7 @@ class Optimist(Managed):
         python: str = sys.executable,
         prefix: list[str] | None = None,
         checkout: Path | None = None,
+        extra: list[str] | None = None,
     ) -> None:
         self.name = f"optimist-{label}"
         self.label = label
@@ -175,6 +176,7 @@ class Optimist(Managed):
         ]
         if rules is not None:
             cmd += ["--rules", str(rules)]
+        cmd += extra or []
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         for k in list(env):
             if k.startswith("OPTIMIST_"):
