@@ -72,7 +72,10 @@ def simple_views(
 ) -> dict[int, SimpleView]:
     """Rows of views_query() in text format; attnames: base table oid -> attnum -> name."""
     out: dict[int, SimpleView] = {}
-    for oid, schema, name, names_json, action in rows:
+    for row in rows:
+        if len(row) != 5:  # not this query's answer: never guess, map nothing
+            continue
+        oid, schema, name, names_json, action = row
         try:
             view = _simple_view(
                 int(oid or 0), schema or "", name or "", names_json, action, attnames

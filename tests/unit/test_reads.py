@@ -114,3 +114,10 @@ def test_view_columns_map_to_base_columns_by_origin():
 )
 def test_views_read_conservatively(action):
     assert simple_views([("200", "public", "v", '["id", "x"]', action)], ATTNAMES) == {}
+
+
+def test_rows_of_another_shape_map_no_view():
+    """An answer that is not the views query's (a row of another width) maps nothing and
+    raises nothing: the bootstrap must never crash a session on an unexpected reply."""
+    good = ("200", "public", "v", '["id", "x"]', _action(_target_entry(1, "id", 100, 1)))
+    assert simple_views([("1", "sue", "1.00", "7"), good[:4], (*good, "extra")], ATTNAMES) == {}
