@@ -325,7 +325,8 @@ _REFUSED_BECAUSE = {
     "key_array": "the key is pinned by = ANY(array), which is not checked",
     "upsert": "INSERT ... ON CONFLICT DO UPDATE is not checked",
     "merge": "MERGE ... WHEN MATCHED is not checked",
-    "with_clause": "the write is inside a WITH clause, where no check can go",
+    "with_clause": "a write inside a WITH statement is checked only when it pins the key and "
+    "is the statement's one write of a protected table",
     "sql_prepare": "an SQL EXECUTE of a prepared write is checked only when its key "
     "argument is a literal, in a simple query",
     "server_code": "DO, CALL and non-builtin functions run server-side code optimist cannot see into",

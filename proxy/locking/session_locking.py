@@ -294,6 +294,8 @@ class SessionLocking:
             entry.strip = work.strip  # type: ignore[misc]  # a QueryEntry: only it has work here
             if work.strip == -1:
                 return b""
+            if not work.strip:  # nothing added: the rows are the client's (a write: no read)
+                return None
             fields = m.decode_row_description(body)
             return m.encode_row_description(fields[: -work.strip])
         if type(entry) is not QueryEntry:
@@ -322,6 +324,8 @@ class SessionLocking:
         if portal.work is not None:
             if portal.work.strip == -1:
                 return m.NO_DATA
+            if not portal.work.strip:  # nothing added: the columns are the client's
+                return None
             return m.encode_row_description(fields[: -portal.work.strip])
         if portal.statement is not None and portal.statement.fields is None:
             # later Binds of the statement without a Describe (pgjdbc's S_1, named

@@ -17,6 +17,7 @@ from proxy.locking.counting import Unverified, WriteCounts
 from proxy.locking.knowledge import Knowledge, RowKey
 from proxy.locking.prepared import PreparedRegistry, PreparedStatement, SqlPrepared, WriteTarget
 from proxy.rewrite import lexer
+from proxy.rewrite.cte import plan_with
 from proxy.rewrite.lexer import _skip_noise
 from proxy.rewrite.merge import plan_merge
 from proxy.rewrite.planner import (
@@ -158,7 +159,7 @@ class WriteChecker:
         table = None
         hits: tuple[Unverified, ...] = ()
         if target == lexer.MUST_PARSE:
-            hits = self._hidden_writes(generation, tables, text)
+            table, hits, _ = self._hidden_writes(generation, tables, text)
         elif target is not None:
             table = generation.table_for(tables, target[0], target[1])
         else:
@@ -415,22 +416,27 @@ class WriteChecker:
 
     def _hidden_writes(
         self, generation: Generation, tables: DatabaseTables, text: str
-    ) -> tuple[Unverified, ...]:
+    ) -> tuple[ProtectedTable | None, tuple[Unverified, ...], WritePlan | None]:
         """A WITH statement (or one whose head the lexer cannot read) may write protected
-        tables where no guard can go: let it through, but never silently."""
+        tables: one write checked where it can be (proxy.rewrite.cte: the table and the plan),
+        every other write of a protected table let through, but never silently."""
         template = scan(text, self.info.standard_conforming_strings).template
 
-        def protected_written() -> tuple[Unverified, ...]:
+        def protected_written() -> tuple[Any, tuple[Unverified, ...], WritePlan | None]:
+            planned = plan_with(template, lambda s, n: generation.table_for(tables, s, n))
+            if planned is not None:  # each write counted once: the plan's, or with_clause
+                hits = tuple((t, "with_clause") for t in planned.unverified)
+                return planned.table, hits, planned.plan
             written = written_tables(template)
             if written is None:
                 log.debug("statement not parsed, relayed as is: %.80s", text)
-                return ((None, "parse_error"),)
+                return None, ((None, "parse_error"),), None
             found: dict[int, Unverified] = {}
             for schema, name in written:
                 table = generation.table_for(tables, schema, name)
                 if table is not None:
                     found[table.oid] = (table, "with_clause")
-            return tuple(found.values())
+            return None, tuple(found.values()), None
 
         return self.service.cache.get(
             ("written", generation.version, tables.cache_key, template), protected_written
@@ -441,6 +447,9 @@ class WriteChecker:
     ) -> tuple[Any, tuple[str, ...]]:
         found = scan(text, self.info.standard_conforming_strings)
         template = found.template
+        if found.target == lexer.MUST_PARSE:  # a WITH statement: planned with its writes
+            with_plan = self._hidden_writes(generation, tables, text)[2]
+            return (with_plan or Unplanned("with_clause")), found.literals
         if found.keyword == "MERGE" and _MERGE_OVERWRITES.search(template) is None:
             return NOTHING_TO_CHECK, found.literals  # a MERGE that only inserts overwrites nothing
         planner = {"INSERT": plan_insert, "MERGE": plan_merge}.get(found.keyword, plan_write)
@@ -711,7 +720,9 @@ class WriteChecker:
         )
         result_formats = list(bind.result_formats)
         if len(result_formats) > 1:
-            result_formats += [0] * (len(extras) + (1 if table.notify else 0))
+            # nothing added to a write that forgets (a MERGE, a WITH): no notification either
+            notifies = table.notify and not (isinstance(plan, WritePlan) and plan.forget_pinned)
+            result_formats += [0] * (len(extras) + (1 if notifies else 0))
             extra_formats = (0,) * len(extras)
         else:
             extra_formats = ((result_formats[0] if result_formats else 0),) * len(extras)
@@ -858,6 +869,9 @@ def _forgetting(work: StatementWork, plan: WritePlan, keys: Sequence[RowKey]) ->
     if plan.forget_pinned:
         work.forget_keys = keys
         work.expected = 0
+        # nothing was added to its result (no RETURNING, so no notification either): its
+        # rows, if any, are the client's as they come (a WITH statement's SELECT)
+        work.added = work.strip = 0
     if plan.unpinned is not None:
         work.forget_table = True
     return work

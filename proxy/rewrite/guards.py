@@ -160,6 +160,8 @@ class GuardBuilder:
         # version it read): its value becomes GREATEST(client's, bump)
         self.version_bump = version_bump
         self.wrap_where = wrap_where
+        # False inside a WITH (proxy.rewrite.cte): a column added there changes the CTE's
+        self.adds_returning = True
         guarded = table.mode in ("enforce", "audit")
         self.guarded = guarded
         suffix = "_audit" if table.mode == "audit" else ""
@@ -378,6 +380,8 @@ class GuardBuilder:
     def returns(self, checked: bool) -> bool:
         """Whether the checked form adds RETURNING items: not to an UPDATE that checks no row
         (a write is not a read: nothing for the session to learn, decode or strip)."""
+        if not self.adds_returning:
+            return False
         return checked or self.kind != "update" or self.upsert or bool(self.table.notify)
 
     def sparse_known(self, column: str, rows: list[int]) -> list[object]:

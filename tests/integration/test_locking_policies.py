@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 
 import asyncpg
@@ -320,6 +321,39 @@ def test_notify_after_commit(locking):
     payload = json.loads(notes[0].payload)
     assert payload["table"] == "public.accounts" and payload["key"] == {"id": 2}
     assert payload["version"] == 2
+
+
+def test_notify_table_written_in_a_with_statement(locking):
+    """A CTE write of a notify table is checked but sends nothing (its notification would be a
+    RETURNING item, which cannot go into a CTE): the client's rows come back untouched, in
+    both protocols and with binary results (one result format per column)."""
+    locking.start("""
+    version: 1
+    tables:
+      - table: accounts
+        strategy: version
+        version_column: version
+        notify: account_changes
+    """)
+    sql = "WITH u AS (UPDATE accounts SET balance = 5 WHERE id = 2 RETURNING id, owner) SELECT * FROM u"
+    with psycopg.connect(locking.dsn, autocommit=True) as a:
+        for prepare, binary in ((None, False), (True, False), (True, True)):
+            a.execute("SELECT * FROM accounts WHERE id = 2").fetchall()
+            cur = a.cursor(binary=binary)
+            assert cur.execute(sql, prepare=prepare).fetchall() == [(2, "Lou")]
+            assert [c.name for c in cur.description] == ["id", "owner"]
+
+    async def through_asyncpg() -> list:
+        # asyncpg binds one result format per column
+        conn = await asyncpg.connect(locking.dsn)
+        try:
+            await conn.fetch("SELECT * FROM accounts WHERE id = 2")
+            return [tuple(r) for r in await conn.fetch(sql)]
+        finally:
+            await conn.close()
+
+    assert asyncio.run(through_asyncpg()) == [(2, "Lou")]
+    assert locking.direct_rows("SELECT version FROM accounts WHERE id = 2") == [(5,)]
 
 
 def test_version_bumps(locking):

@@ -62,6 +62,30 @@ UNCHECKED = {
         True,
         "merge",
     ),
+    # writes inside a WITH that cannot be checked (no key pin, an upsert, the second write of
+    # one statement): with_clause, and still bumped
+    "with-bulk-simple": (
+        "WITH u AS (UPDATE counters SET n = n + 10 WHERE n >= 0 RETURNING id) "
+        "SELECT count(*) FROM u",
+        None,
+        None,
+        "with_clause",
+    ),
+    "with-upsert-extended": (
+        "WITH i AS (INSERT INTO counters VALUES (1, 0) ON CONFLICT (id) "
+        "DO UPDATE SET n = counters.n + 10 RETURNING n) SELECT * FROM i",
+        None,
+        True,
+        "with_clause",
+    ),
+    "with-second-table-bound": (
+        "WITH p AS (UPDATE pairs SET payload = 'p' WHERE a = %s AND b = 'x' RETURNING a), "
+        "u AS (UPDATE counters SET n = n + 10 WHERE id = %s RETURNING id) "
+        "SELECT * FROM u, p",
+        (1, 1),
+        True,
+        "with_clause",
+    ),
 }
 
 
