@@ -395,8 +395,8 @@ class SessionLocking:
         if work is not None:
             if work.forget_keys:
                 self.knowledge.forget_rows(work.table, work.forget_keys)
-            if work.forget_table:
-                self.knowledge.forget_table(work.table)
+            for forgotten in work.forget_tables:
+                self.knowledge.forget_table(forgotten)
             rows = m.command_rows(tag)
             if work.expected and rows is not None and rows < work.expected:
                 # nothing was raised, so every pinned row existed and matched: a trigger or a

@@ -74,7 +74,7 @@ class StatementWork:
         "learned",
         "forgets",
         "forget_keys",
-        "forget_table",
+        "forget_tables",
         "setup",
     )
 
@@ -112,7 +112,7 @@ class StatementWork:
         self.forget_keys: Sequence[RowKey] = ()
         # rows it changed are unknown (a bulk write): all the session read of the table is
         # forgotten once it completes, never left at a version the proxy's bump moved on
-        self.forget_table = False
+        self.forget_tables: tuple[ProtectedTable, ...] = ()
         # SQL to run first, in a query of its own (the PREPARE of a hidden SQL statement)
         self.setup: str | None = None
 
@@ -357,7 +357,7 @@ class WriteChecker:
             )
             _forgetting(work, plan, keys)
             if key_unknown:  # it bumps a row it cannot name: what was read of it may be stale
-                work.forget_table = True
+                work.forget_tables = (table,)
         work.setup = setup
         return work
 
@@ -872,8 +872,10 @@ def _forgetting(work: StatementWork, plan: WritePlan, keys: Sequence[RowKey]) ->
         # nothing was added to its result (no RETURNING, so no notification either): its
         # rows, if any, are the client's as they come (a WITH statement's SELECT)
         work.added = work.strip = 0
-    if plan.unpinned is not None:
-        work.forget_table = True
+    if plan.forgets_tables:
+        work.forget_tables = plan.forgets_tables
+    elif plan.unpinned is not None:
+        work.forget_tables = (work.table,)
     return work
 
 

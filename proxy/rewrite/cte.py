@@ -174,6 +174,8 @@ def _plan_with(template_sql: str, table_for: TableFor) -> WithPlan | None:
         parts.append(_Part(w, start, end, inner, checked))
     if not parts:
         return WithPlan(None, None, tuple(x.table for x in writes))
+    # the rows the unchecked parts change (and bump) are unknown: their tables are forgotten
+    unnamed = tuple({p.write.table.oid: p.write.table for p in parts if not p.checked}.values())
     functions = guard_schema_sql(parts[0].write.table.guard_schema)
     builder = CteGuardBuilder(text, parts, functions)
     if chosen is not None:
@@ -184,6 +186,7 @@ def _plan_with(template_sql: str, table_for: TableFor) -> WithPlan | None:
             client_returning=True,  # the statement's result is the client's, as it wrote it
             learned_columns=frozenset(),
             forget_pinned=True,
+            forgets_tables=unnamed,
             _compiled={},
         )
     else:
@@ -200,6 +203,7 @@ def _plan_with(template_sql: str, table_for: TableFor) -> WithPlan | None:
             learns=False,
             unpinned="with_clause",
             forget_pinned=True,
+            forgets_tables=unnamed,
         )
     return WithPlan(owner.table, plan, tuple(x.table for x in writes if x is not owner))
 

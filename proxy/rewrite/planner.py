@@ -180,6 +180,9 @@ class WritePlan:
     # no RETURNING can say what the write did (MERGE before PostgreSQL 17): the pinned rows
     # are forgotten once it completes, never left at a version the proxy's bump moved on
     forget_pinned: bool = False
+    # tables whose rows it changes without saying which (a bulk write, an unpinned part of a
+    # WITH statement), their version bumped: what the session read of them is forgotten
+    forgets_tables: tuple[ProtectedTable, ...] = ()
     _compiled: dict[tuple[bool, ...], tuple[object, ...]] = field(
         default_factory=dict, repr=False, compare=False
     )

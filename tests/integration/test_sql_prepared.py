@@ -139,6 +139,13 @@ def test_execute_whose_key_is_an_expression_runs_unchecked_counted_sql_prepare(d
         before = write_counts(proxy.metrics_url)
         a.execute("EXECUTE p(0 + 1)")  # the server's to evaluate: not checked, but counted
         assert _moved(before, write_counts(proxy.metrics_url)) == {(C, "sql_prepare"): 1}
+        # it bumped a row it cannot name: a forgot every counters row it had read
+        a.execute("EXECUTE p(3)")
+        assert _moved(before, write_counts(proxy.metrics_url)) == {
+            (C, "sql_prepare"): 1,
+            (C, "not_read"): 1,
+        }
+        a.execute("SELECT * FROM counters").fetchall()
         before = write_counts(proxy.metrics_url)
         a.execute("EXECUTE p(3)")  # a row a read: checked
         a.execute("SELECT * FROM counters WHERE id = 1").fetchall()  # a sees 17 now
