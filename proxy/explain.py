@@ -18,7 +18,17 @@ from proxy.offline_catalog import (
     table_from_rule,
 )
 from proxy.rewrite import lexer
-from proxy.rewrite.planner import InsertPlan, Unverified, plan_insert, plan_write
+from proxy.rewrite.cte import plan_with
+from proxy.rewrite.merge import plan_merge
+from proxy.rewrite.planner import (
+    InsertPlan,
+    Unverified,
+    WritePlan,
+    plan_insert,
+    plan_write,
+    written_tables,
+)
+from proxy.rules.protected import ProtectedTable
 from proxy.rules.loader import load_rules
 from proxy.rules.model import RuleError
 from proxy.rules.resolve import find_table, resolve
@@ -31,6 +41,11 @@ REASONS = {
     "parse_error": "it could not be parsed; it is passed through untouched and counted",
     "not_target_table": "the protected table is not the statement's target",
     "unsupported": "this form of statement cannot be checked",
+    "merge": "its ON does not pin the target's key to a value (ON t.id = s.id, IN, WHEN NOT "
+    "MATCHED BY SOURCE), so the rows it touches cannot be known before it runs",
+    "with_clause": "no write in the WITH statement pins a protected table's key, or it writes "
+    "the table more than once",
+    "upsert": "only a one-row VALUES upsert on the key of a row the session read is checked",
 }
 
 
@@ -88,6 +103,8 @@ def explain(paths: Sequence[str], dsn: str | None, sql: str) -> tuple[int, list[
             "captured from their results when they include a protected table's key)"
         )
         return 0, out
+    if target == lexer.MUST_PARSE:  # a WITH statement: the first protected table it writes
+        target = _first_protected_written(ruleset, sql) or target
     schema, name = target
     rule = ruleset.lookup(schema, name) if schema != "*" else None
     if rule is None:
@@ -128,7 +145,7 @@ def explain(paths: Sequence[str], dsn: str | None, sql: str) -> tuple[int, list[
             return 1, out
     template, literals = lexer.normalize(sql)
     kind = lexer.classify(sql).keyword
-    plan = (plan_insert if kind == "INSERT" else plan_write)(template, table, 0)
+    plan = _plan(kind, template, table)
     if isinstance(plan, Unverified):
         out.append(
             f"action: passes unverified, reason {plan.reason}: "
@@ -145,6 +162,15 @@ def explain(paths: Sequence[str], dsn: str | None, sql: str) -> tuple[int, list[
         out.append("rewritten:")
         out.extend("  " + line for line in format_sql(plan.render_simple(literals)))
         return 0, out
+    if plan.unpinned is not None:
+        out.append(
+            f"action: passes unverified, reason {plan.unpinned}: "
+            f"{REASONS.get(plan.unpinned, plan.unpinned)}; the version is still bumped, so "
+            "other sessions' checked writes of these rows see the change"
+        )
+        out.append("rewritten:")
+        out.extend("  " + line for line in format_sql(plan.render_simple(literals, [])))
+        return 0, out
     keys = plan.key_texts(literals)
     shown = [
         ", ".join(
@@ -154,8 +180,10 @@ def explain(paths: Sequence[str], dsn: str | None, sql: str) -> tuple[int, list[
         for row, texts in zip(plan.pinned_rows, keys)
     ]
     out.append(f"action: checked {plan.kind} of {len(keys)} pinned row(s): " + "; ".join(shown))
-    checks = list(plan._builder.checks)  # the conflict checks (never columns are not among them)
-    sparse = [c for c in plan._builder.sparse if c not in checks]
+    # the conflict checks (never columns are not among them); a WITH statement's builder
+    # assembles its parts' own, whose columns the plan lists
+    checks = list(getattr(plan._builder, "checks", plan.checked_columns))
+    sparse = [c for c in getattr(plan._builder, "sparse", ()) if c not in checks]
     out.append(f"checked columns: {', '.join(checks) or '(none)'}")
     if sparse:
         out.append(f"written only where unchanged since read (sparse_update): {', '.join(sparse)}")
@@ -173,5 +201,30 @@ def explain(paths: Sequence[str], dsn: str | None, sql: str) -> tuple[int, list[
     out.extend("  " + line for line in format_sql(rendered.sql))
     for i, (row, column, _) in enumerate(rendered.extra_params):
         out.append(f"  extra parameter {i + 1}: the {column} read for pinned row {row + 1}")
-    out.append(f"learned afterwards through RETURNING: {', '.join(plan.extra_returning)}")
+    if plan.forget_pinned:
+        out.append(
+            "learned afterwards: nothing (no RETURNING can be added here): the row is "
+            "forgotten, the session's next write of it counts not_read until it reads it again"
+        )
+    else:
+        out.append(f"learned afterwards through RETURNING: {', '.join(plan.extra_returning)}")
     return 0, out
+
+
+def _plan(kind: str, template: str, table: ProtectedTable) -> WritePlan | InsertPlan | Unverified:
+    """The plan the proxy makes (proxy.locking.writes.WriteChecker.plan, for one table)."""
+    if kind == "WITH" or lexer.write_target(template) == lexer.MUST_PARSE:
+        planned = plan_with(template, lambda s, n: table if n == table.name else None)
+        if planned is None or planned.plan is None:
+            return Unverified("with_clause")
+        return planned.plan
+    if kind == "MERGE":
+        return plan_merge(template, table)
+    return (plan_insert if kind == "INSERT" else plan_write)(template, table, 0)
+
+
+def _first_protected_written(ruleset, sql: str) -> tuple[str | None, str] | None:
+    for schema, name in written_tables(lexer.normalize(sql)[0]) or ():
+        if ruleset.lookup(schema, name) is not None:
+            return schema, name
+    return None

@@ -268,6 +268,44 @@ def test_explain_from_the_rule_alone_says_what_it_assumes(tmp_path):
     assert "checked columns: version" in result.stdout
 
 
+@pytest.mark.parametrize(
+    "sql, action, rewritten",
+    [
+        (
+            "MERGE INTO accounts a USING (SELECT 1) s ON a.id = 1 "
+            "WHEN MATCHED THEN UPDATE SET balance = 5",
+            "action: checked merge of 1 pinned row(s): id=1",
+            "THEN DO NOTHING WHEN MATCHED THEN UPDATE",
+        ),
+        (
+            "MERGE INTO accounts a USING src s ON a.id = s.id "
+            "WHEN MATCHED THEN UPDATE SET balance = 5",
+            "action: passes unverified, reason merge",
+            "version = a.version + 1",
+        ),
+        (
+            "WITH w AS (UPDATE accounts SET balance = 5 WHERE id = 1 RETURNING id) SELECT * FROM w",
+            "action: checked update of 1 pinned row(s): id=1",
+            "optimist_modified",
+        ),
+        (
+            "UPDATE accounts SET balance = 0 WHERE balance < 0",
+            "action: passes unverified, reason no_key_pin",
+            "version = accounts.version + 1",
+        ),
+    ],
+)
+def test_explain_shows_merges_with_statements_and_bulk_bumps_as_the_proxy_plans_them(
+    sql, action, rewritten
+):
+    """explain plans each shape with the proxy's own planner: a checked MERGE, a WITH
+    statement's checked write, and the version bump of writes that stay unverified."""
+    result = optimist("explain", "--rules", "rules/example.yaml", sql)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert action in result.stdout, result.stdout
+    assert rewritten in result.stdout, result.stdout
+
+
 @pytest.fixture(scope="module")
 def example_db(upstream_dsn):
     name = f"optimist_cli_{uuid.uuid4().hex[:8]}"
