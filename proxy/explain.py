@@ -28,9 +28,9 @@ from proxy.rewrite.planner import (
     plan_write,
     written_tables,
 )
-from proxy.rules.protected import ProtectedTable
 from proxy.rules.loader import load_rules
 from proxy.rules.model import RuleError
+from proxy.rules.protected import ProtectedTable
 from proxy.rules.resolve import find_table, resolve
 from proxy.sql_display import format_sql
 
