@@ -210,9 +210,9 @@ def test_read_committed_other_change_after_own_insert_waits(
 
 
 def test_read_committed_lock_skips_a_row_changed_since_it_was_read(pg, proxy_factory, tmp_path):
-    """Two orders read; S2 changes order 2 before S1's insert: the lock takes order 1 only,
-    so S1's later save of order 1 (changed by its own trigger) passes and its save of order 2
-    (changed by S2 only) conflicts."""
+    """Two orders read; S2 changes order 2 before S1's inserts: the lock takes order 1 only,
+    so S1's save of order 1 (changed by its own trigger) passes, and its save of order 2
+    (changed by S2, then by S1's own trigger: its row version is S1's) conflicts."""
     race = SideRace(pg, proxy_factory, tmp_path, COLUMNS, True)
 
     async def scenario():
@@ -224,8 +224,9 @@ def test_read_committed_lock_skips_a_row_changed_since_it_was_read(pg, proxy_fac
             await b.execute("UPDATE orders SET total = total + 100 WHERE id = 2")
             await a.execute(LINE, 1, 5)
             await a.execute(SAVE, "placed", 15, 1)
+            await a.execute(LINE, 2, 5)
             with pytest.raises(asyncpg.SerializationError):
-                await a.execute(SAVE, "placed", 20, 2)
+                await a.execute(SAVE, "placed", 25, 2)
             await a.execute("ROLLBACK")
         finally:
             await a.close()
