@@ -137,6 +137,11 @@ WITH wanted(schema_name, table_name) AS (
    AND d.classid = 'pg_catalog.pg_rewrite'::pg_catalog.regclass
   JOIN pg_catalog.pg_rewrite r ON r.oid = d.objid
   JOIN pg_catalog.pg_class v ON v.oid = r.ev_class
+  UNION
+  -- which relations have user triggers (triggers_query): created or dropped
+  SELECT 'triggers ' || COALESCE(pg_catalog.string_agg(t.tgrelid::text, ' '
+                                                       ORDER BY t.tgrelid), '')
+  FROM (SELECT DISTINCT tgrelid FROM pg_catalog.pg_trigger WHERE NOT tgisinternal) t
 )
 SELECT pg_catalog.md5(COALESCE(pg_catalog.string_agg(part, E'\\n' ORDER BY part), ''))
 FROM parts"""
@@ -154,6 +159,32 @@ def catalog_fingerprint_query(tables: Iterable[tuple[str, str]]) -> str:
     the tables) would say changes: which of the named tables exist under which oid, their
     columns and types, their primary key. Cheap enough to run every few seconds."""
     return _FINGERPRINT.format(wanted=_wanted(tables))
+
+
+# the rows of triggers_query() carry this tag first (three columns: the bootstrap reads them
+# out of one multi-statement result beside the catalog's and the installed functions')
+TRIGGER_TAG = "optimist trigger"
+
+_TRIGGERS = f"""\
+SELECT DISTINCT {sql_literal(TRIGGER_TAG)} AS tag, n.nspname::text, c.relname::text
+FROM pg_catalog.pg_trigger t
+JOIN pg_catalog.pg_class c ON c.oid = t.tgrelid
+JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+WHERE NOT t.tgisinternal"""
+
+
+def triggers_query() -> str:
+    """Rows (tag, schema, name) of every relation with a user trigger (foreign-key checks are
+    internal triggers: not those). A write of one may change other rows behind the
+    statement's back (proxy.locking.side_effects)."""
+    return _TRIGGERS
+
+
+def trigger_tables(rows: Iterable[Sequence[str | None]]) -> frozenset[tuple[str, str]]:
+    """(schema, name) of the relations triggers_query() found, among the rows of one result."""
+    return frozenset(
+        (row[1] or "", row[2] or "") for row in rows if len(row) == 3 and row[0] == TRIGGER_TAG
+    )
 
 
 @dataclass(frozen=True)

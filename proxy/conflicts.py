@@ -16,6 +16,9 @@ connection in pg_temp, or installed once in a schema of their own by `optimist i
   "xmin": ..}``. Raises ``modified`` listing the columns whose check failed (so, whose current
   value differs from the read one), unless the row version is the session's own transaction's
   and ``own`` says the proxy vouches for what was read (proxy.locking.side_effects).
+* ``pg_temp.optimist_lock_verified(q text) -> int[]``: runs the proxy's SELECT ... FOR NO KEY
+  UPDATE of rows read in this READ COMMITTED transaction that still hold what was read, before
+  a write that fires user triggers; returns which (NULL on any error: never the client's).
 
 ``info`` is a JSON text literal
 ``{"table": "schema.name", "schema": .., "name": .., "key": [key columns], "op": ..}``.
@@ -50,7 +53,13 @@ CONFLICT_MESSAGE_PREFIX = "optimistic lock conflict: "
 AUDIT_MARKER = "optimist audit: "
 HINT = "Re-read the row and retry the transaction."
 
-_FUNCTION_NAMES = ("optimist_modified", "optimist_present", "optimist_text", "optimist_value")
+_FUNCTION_NAMES = (
+    "optimist_modified",
+    "optimist_present",
+    "optimist_text",
+    "optimist_value",
+    "optimist_lock_verified",
+)
 
 _SQLSTATE = re.compile(r"[0-9A-Z]{5}\Z")
 
@@ -204,6 +213,29 @@ $optimist$;
 """
 )
 
+# Lock the rows the session read in this READ COMMITTED transaction that still hold what it
+# read (proxy.locking.side_effects): `q` is one SELECT of an int[] (which of them), built by
+# the proxy. Never an error for the client's statement that follows: whatever fails (a lock
+# timeout, a deadlock, a cast) rolls back this block's subtransaction, locks and all, and
+# nothing is vouched for. Under REPEATABLE READ / SERIALIZABLE a read of the transaction is
+# vouched for already: nothing to lock.
+_LOCK_VERIFIED = """
+CREATE OR REPLACE FUNCTION %(schema)s.optimist_lock_verified(q text) RETURNS int[]
+LANGUAGE plpgsql VOLATILE AS $optimist$
+DECLARE
+  found int[];
+BEGIN
+  IF current_setting('transaction_isolation') <> 'read committed' THEN
+    RETURN NULL;
+  END IF;
+  EXECUTE q INTO found;
+  RETURN found;
+EXCEPTION WHEN OTHERS THEN
+  RETURN NULL;
+END
+$optimist$;
+"""
+
 _RAISE_ENFORCE = (
     "RAISE EXCEPTION USING ERRCODE = '%(sqlstate)s', MESSAGE = msg, DETAIL = detail, "
     "HINT = '" + HINT + "', SCHEMA = coalesce(i ->> 'schema', ''), "
@@ -253,6 +285,7 @@ def guard_functions_sql(sqlstate: str = "40001", schema: str = "pg_temp") -> str
         )
     parts.append(_TEXT % where)
     parts.append(_VALUE % where)
+    parts.append(_LOCK_VERIFIED % where)
     return "".join(parts).strip()
 
 

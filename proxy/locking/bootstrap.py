@@ -16,7 +16,7 @@ import logging
 from typing import Any
 
 from proxy import conflicts
-from proxy.catalog import CATALOG_COLUMNS
+from proxy.catalog import CATALOG_COLUMNS, trigger_tables, triggers_query
 from proxy.locking import installed as installed_guards
 from proxy.locking.settings import INITIAL_SQL, SessionSettings
 from proxy.locking.snapshots import TransactionLog
@@ -192,6 +192,8 @@ class Bootstrap:
                 parts.append(self.fingerprint_sql(generation))
             # which guard functions are installed decides where the plans call them
             parts.append(installed_guards.installed_query(self.service.settings.guard_schema))
+            # which relations have user triggers (proxy.locking.side_effects)
+            parts.append(triggers_query())
             parts.append(generation.setup_sql())
         if want_guards:
             parts.append(conflicts.guard_functions_sql(self.service.settings.conflict_sqlstate))
@@ -205,7 +207,9 @@ class Bootstrap:
             # not the fingerprint nor the installed functions
             rows = [row for row in every if len(row) == len(CATALOG_COLUMNS)]
             if rows or not result.failed:
-                learned = generation.read_catalog(database, rows, self._guard_schema(every))
+                learned = generation.read_catalog(
+                    database, rows, self._guard_schema(every), trigger_tables(every)
+                )
                 self._adopt(generation, learned, private=not share)
                 self.own_ddl = False
                 if share:

@@ -39,6 +39,7 @@ FUNCTIONS = {
     "optimist_present_audit": "jsonb[], jsonb[], text",
     "optimist_text": "anyelement, text[]",
     "optimist_value": "text, text[], anyelement",
+    "optimist_lock_verified": "text",
 }
 COMMENT_PREFIX = "optimist guard function "
 # the installed query's rows have this many columns (the catalog's have more, the

@@ -10,7 +10,7 @@
 | its own MERGE, unverified upsert, or bulk write (which rows: unknown) | forgotten (the pinned or returned rows; every row of the table for a bulk write), undone by ROLLBACK |
 | ROLLBACK (or ROLLBACK TO SAVEPOINT) | what its own writes taught is undone (back to what it knew before); what it read stays seen, unless read after its own writes (or server-side code: a function may write) in that transaction (it may have seen its own uncommitted changes) |
 | PREPARE TRANSACTION | kept pending until COMMIT PREPARED (kept) or ROLLBACK PREPARED (undone), from any session |
-| its own transaction changed the row (a trigger) | kept; a change under an own row version is excused when the values were read in this REPEATABLE READ / SERIALIZABLE transaction or learned from its own checked write in it (proxy.locking.side_effects); under READ COMMITTED a read alone proves nothing: still a conflict |
+| its own transaction changed the row (a trigger) | kept; a change under an own row version is excused when the values were read in this REPEATABLE READ / SERIALIZABLE transaction, learned from its own checked write in it, or (READ COMMITTED) found unchanged and locked by the proxy's hidden lock before a write of a table with user triggers (proxy.locking.side_effects); a READ COMMITTED read not locked so proves nothing: still a conflict |
 """
 
 from __future__ import annotations

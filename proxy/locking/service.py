@@ -56,6 +56,18 @@ class DatabaseTables:
     # where their writes' guard functions are: pg_temp (each session creates its own) or the
     # schema `optimist install` put them in (the plans name it: a change means new tables)
     guard_schema: str = "pg_temp"
+    # relations with user triggers, protected or not ((schema, name), proxy.catalog
+    # .triggers_query): a write of one may change protected rows (proxy.locking.side_effects)
+    triggered: frozenset[tuple[str, str]] = frozenset()
+    triggered_names: frozenset[str] = frozenset()
+
+    def fires_triggers(self, target: tuple[str | None, str]) -> bool:
+        """Whether a write of `target` (lexer.write_target: unqualified, any schema) may fire a
+        user trigger."""
+        schema, name = target
+        if schema is None:
+            return name in self.triggered_names
+        return (schema, name) in self.triggered
 
     def views_sql(self) -> str | None:
         return views_query(self.by_oid) if self.by_oid else None
@@ -113,7 +125,11 @@ class Generation:
         return True
 
     def read_catalog(
-        self, database: str, rows: Iterable[Sequence[str | None]], guard_schema: str = "pg_temp"
+        self,
+        database: str,
+        rows: Iterable[Sequence[str | None]],
+        guard_schema: str = "pg_temp",
+        triggered: frozenset[tuple[str, str]] = frozenset(),
     ) -> DatabaseTables:
         """The tables as the catalog rows describe them; their writes call the guard functions
         of `guard_schema` (pg_temp, or the schema `optimist install` put them in)."""
@@ -131,6 +147,8 @@ class Generation:
             problems=problems,
             cache_key=(database, next(_STAMPS)),
             guard_schema=guard_schema,
+            triggered=triggered,
+            triggered_names=frozenset(name for _, name in triggered),
         )
 
     def publish(

@@ -9,8 +9,10 @@ with rollbacks), `reporting` (conflicts and refusals), `prepared` (statements an
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from typing import Any
 
+from proxy import conflicts
 from proxy.locking.bootstrap import Bootstrap
 from proxy.locking.capture import CapturePlan, KeylessCapture, plan_capture
 from proxy.locking.counting import WriteCounts
@@ -19,6 +21,7 @@ from proxy.locking.pinned import PinnedRead, pinned_read
 from proxy.locking.prepared import Portal, PreparedRegistry, PreparedStatement
 from proxy.locking.reporting import ConflictReporter
 from proxy.locking.settings import SessionSettings
+from proxy.locking.side_effects import LockRequest, lock_query
 from proxy.locking.snapshots import SnapshotStore
 from proxy.locking.transactions import TRANSACTION_TAGS, SessionReset, Transactions
 from proxy.locking.writes import Unchecked, WriteChecker
@@ -33,14 +36,18 @@ from proxy.session.inflight import (
     Entry,
     ExecuteEntry,
     InternalEntry,
+    InternalResult,
     Job,
     Kind,
     QueryEntry,
 )
 from proxy.session.info import SessionInfo
+from proxy.sqlnames import quote_literal
 from proxy.wire import messages as m
 
 _BIND_ENTRY = RELAYED[Kind.BIND]
+# the portal the hidden lock statement runs in (closed right after)
+_LOCK_PORTAL = b"optimist_lock"
 # statements that may change a printing setting (proxy.locking.settings)
 _SETTING_TAGS = frozenset({b"SET", b"RESET", b"DISCARD"})
 _SET_CONFIG, _SET_CONFIG_UPPER = "set_config", "SET_CONFIG"
@@ -51,7 +58,7 @@ _CAPTURE_PLANS_MAX = 10000
 _CATALOG_DDL_TAGS = frozenset(
     f"{verb} {thing}".encode()
     for verb in ("CREATE", "ALTER", "DROP")
-    for thing in ("TABLE", "VIEW", "SCHEMA", "EXTENSION", "TYPE", "DOMAIN", "RULE")
+    for thing in ("TABLE", "VIEW", "SCHEMA", "EXTENSION", "TYPE", "DOMAIN", "RULE", "TRIGGER")
 ) | {b"DROP OWNED", b"IMPORT FOREIGN SCHEMA"}
 _DDL_WORDS = frozenset(tag.split(b" ", 1)[0] for tag in _CATALOG_DDL_TAGS) | {b"SELECT"}
 # CREATE TABLE ... AS completes with a SELECT tag: anchored, a plain SELECT fails at its first
@@ -61,6 +68,21 @@ _CREATES_TABLE = re.compile(r"\s*create\b", re.IGNORECASE)
 
 def _creates_table(word: bytes, text: str) -> bool:
     return word == b"SELECT" and _CREATES_TABLE.match(text) is not None
+
+
+def _answer(request: LockRequest) -> Callable[[InternalResult], None]:
+    def done(result: InternalResult) -> None:
+        if not result.failed and result.rows and result.rows[0]:
+            request.answered(result.rows[0][0])
+
+    return done
+
+
+def _locked_first(lock: tuple[tuple[bytes, ...], tuple[Entry, ...]] | None, send: Send) -> Send:
+    """The hidden lock (if any) ahead of what the client's message is sent as."""
+    if lock is None:
+        return send
+    return Send(lock[0] + tuple(send.messages), lock[1] + tuple(send.entries))
 
 
 class SessionLocking:
@@ -125,16 +147,86 @@ class SessionLocking:
         stmts = lexer.split_statements(sql, scs) if ";" in stripped else [sql]
         works = [self.writes.simple(generation, tables, guards, stmt) for stmt in stmts]
         entry = QueryEntry(stmts, works)
+        lock = self._simple_lock(stmts) if self.info.status == b"T" else None
         if not any(w is not None for w in works):
-            return Send((raw,), (entry,))
+            return _locked_first(lock, Send((raw,), (entry,)))
         encoding = self.info.encoding
         text = ";\n".join(w.sql if w is not None else s for s, w in zip(stmts, works))
         query = m.encode_query(text.encode(encoding, "surrogateescape"))
         setups = [w.setup for w in works if w is not None and w.setup is not None]
         if setups:  # hidden SQL statements the checked forms execute: prepared first, unseen
             setup = m.encode_query(";\n".join(setups).encode(encoding, "surrogateescape"))
-            return Send((setup, query), (InternalEntry(Kind.QUERY, surface=True), entry))
-        return Send((query,), (entry,))
+            send = Send((setup, query), (InternalEntry(Kind.QUERY, surface=True), entry))
+            return _locked_first(lock, send)
+        return _locked_first(lock, Send((query,), (entry,)))
+
+    def _lock_request(self, texts: list[str]) -> LockRequest | None:
+        """Inside a transaction block, before a write of a table with user triggers: the hidden
+        lock of the rows read in this transaction that still hold what was read (their marks
+        become LOCKED: proxy.locking.side_effects), sent ahead of the client's statement."""
+        knowledge = self.knowledge
+        tables = self.tables
+        if not knowledge.own.marks or not tables.triggered or not self.bootstrap.guards:
+            return None
+        for text in texts:
+            target = lexer.write_target(text)
+            if target is not None and target != lexer.MUST_PARSE and tables.fires_triggers(target):
+                break
+        else:
+            return None
+        return lock_query(
+            knowledge.own,
+            tables.by_oid.get,
+            lambda table, key: knowledge.store_for(table).get(key),
+            self.info.encoding,
+            self.info.standard_conforming_strings,
+            conflicts.guard_schema_sql(tables.guard_schema),
+        )
+
+    def _lock_function(self) -> str:
+        return conflicts.guard_schema_sql(self.tables.guard_schema) + ".optimist_lock_verified"
+
+    def _simple_lock(self, texts: list[str]) -> tuple[tuple[bytes, ...], tuple[Entry, ...]] | None:
+        """The hidden lock as a Query of its own, ahead of the client's."""
+        request = self._lock_request(texts)
+        if request is None:
+            return None
+        scs = self.info.standard_conforming_strings
+        sql = f"SELECT {self._lock_function()}({quote_literal(request.sql, scs)})"
+        entry = InternalEntry(Kind.QUERY, surface=True, done=_answer(request))
+        return (m.encode_query(sql.encode(self.info.encoding, "surrogateescape")),), (entry,)
+
+    def _extended_lock(self, bind: m.Bind) -> tuple[tuple[bytes, ...], tuple[Entry, ...]] | None:
+        """The hidden lock ahead of the client's Bind: a hidden statement (prepared once) bound
+        to a portal of its own, executed and closed, in the client's batch (an error before
+        it skips it with the client's messages)."""
+        info = self.registry.statements.get(bind.statement)
+        request = self._lock_request([info.text]) if info is not None else None
+        if request is None:
+            return None
+        name, parse, close = self.writes._hidden_statement(
+            f"SELECT {self._lock_function()}($1)", (25,)
+        )
+        messages: list[bytes] = []
+        entries: list[Entry] = []
+        if close is not None:
+            messages.append(close)
+            entries.append(InternalEntry(Kind.CLOSE, surface=True))
+        if parse is not None:
+            messages.append(parse)
+            entries.append(InternalEntry(Kind.PARSE, surface=True))
+        q = request.sql.encode(self.info.encoding, "surrogateescape")
+        messages += [
+            m.Bind(_LOCK_PORTAL, name, [0], [q], []).encode(),
+            m.encode_execute(_LOCK_PORTAL, 0),
+            m.encode_close(b"P", _LOCK_PORTAL),
+        ]
+        entries += [
+            InternalEntry(Kind.BIND, surface=True),
+            InternalEntry(Kind.EXECUTE, surface=True, done=_answer(request)),
+            InternalEntry(Kind.CLOSE, surface=True),
+        ]
+        return tuple(messages), tuple(entries)
 
     def parse(self, parse: m.Parse) -> Hold | None:
         if not self._in_batch:
@@ -148,6 +240,13 @@ class SessionLocking:
         return None
 
     def bind(self, bind: m.Bind, raw: bytes) -> Send | None:
+        lock = self._extended_lock(bind) if self.info.status == b"T" else None
+        send = self._bind(bind, raw)
+        if lock is None:
+            return send
+        return _locked_first(lock, send if send is not None else Send((raw,), (_BIND_ENTRY,)))
+
+    def _bind(self, bind: m.Bind, raw: bytes) -> Send | None:
         self._in_batch = True
         registry = self.registry
         info = registry.statements.get(bind.statement)

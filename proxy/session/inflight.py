@@ -7,7 +7,7 @@ it wants queued (see proxy.locking.actions) and reads them back when their respo
 
 from __future__ import annotations
 
-from collections.abc import Generator
+from collections.abc import Callable, Generator
 from dataclasses import dataclass, field
 from enum import IntEnum
 from typing import TYPE_CHECKING, Any
@@ -143,13 +143,22 @@ Job = Generator[InternalQuery, InternalResult, None]
 class InternalEntry(Entry):
     """A request the proxy sent for itself: its responses are consumed, never relayed.
     `surface`: made on the client's behalf (the checked form of its statement), so an error
-    is the client's to see."""
+    is the client's to see. `done`: handed the result once the request completed (a hidden
+    statement ahead of the client's whose answer the locking logic reads)."""
 
-    __slots__ = ("job", "result", "surface")
+    __slots__ = ("job", "result", "surface", "done")
     hidden = True
 
-    def __init__(self, kind: Kind, job: Job | None = None, *, surface: bool = False) -> None:
+    def __init__(
+        self,
+        kind: Kind,
+        job: Job | None = None,
+        *,
+        surface: bool = False,
+        done: Callable[[InternalResult], None] | None = None,
+    ) -> None:
         super().__init__(kind)
         self.job = job
         self.result = InternalResult()
         self.surface = surface
+        self.done = done

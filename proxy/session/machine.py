@@ -426,6 +426,8 @@ class Session:
     def _finish_internal(self, entry: InternalEntry) -> None:
         if entry.job is not None:
             self._advance_job(entry.job, entry.result)
+        elif entry.done is not None:
+            entry.done(entry.result)
 
     def _internal_response(
         self, head: InternalEntry, mtype: bytes, buf: bytearray, start: int, end: int

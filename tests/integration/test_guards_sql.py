@@ -204,6 +204,7 @@ def test_presence_check_is_a_one_time_filter(upstream_dsn):
         assert "LockRows" in plan  # the InitPlan locks the pinned rows
         assert "Filter: ((NOT" in plan or "optimist_modified" in plan
     assert functions == [
+        ("optimist_lock_verified", "v", 100.0),
         ("optimist_modified", "v", 100.0),
         ("optimist_modified_audit", "v", 100.0),
         ("optimist_present", "s", 100.0),

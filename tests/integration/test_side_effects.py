@@ -11,6 +11,8 @@ PostgreSQL (the direct run shows which twin would really lose an update).
 
 from __future__ import annotations
 
+import asyncio
+
 import asyncpg
 import pytest
 
@@ -87,13 +89,15 @@ def order(race: Race) -> tuple:
 
 
 @pytest.mark.parametrize("savepoint", [False, True], ids=["top", "savepoint"])
-@pytest.mark.parametrize("isolation", ["rr", "ser"])
+@pytest.mark.parametrize("isolation", ["rc", "rr", "ser"])
 def test_own_trigger_change_is_no_conflict(
     pg, proxy_factory, tmp_path, protocol, strategy, isolation, savepoint
 ):
-    """REPEATABLE READ / SERIALIZABLE: S1 reads the order, inserts a line (its trigger adds to
-    the total and bumps the version), then saves the order: no conflict (in a savepoint too,
-    where the trigger's row version carries a subtransaction's xid)."""
+    """S1 reads the order, inserts a line (its trigger adds to the total and bumps the
+    version), then saves the order: no conflict (in a savepoint too, where the trigger's row
+    version carries a subtransaction's xid). REPEATABLE READ / SERIALIZABLE: the read of the
+    transaction vouches for the row; READ COMMITTED: the proxy locked the order, still as
+    read, right before the insert (proxy.locking.side_effects)."""
     race = SideRace(pg, proxy_factory, tmp_path, RULES[strategy], True)
 
     async def scenario():
@@ -141,25 +145,95 @@ def test_own_trigger_change_after_own_checked_write_read_committed(
 
 
 def test_read_committed_keeps_the_conservative_conflict(pg, proxy_factory, tmp_path, protocol):
-    """READ COMMITTED, the row read and changed only by the session's own trigger: the proxy
-    cannot tell this from the twin below (another session's change under the trigger's, as
-    EvalPlanQual applies it), so the save still conflicts. Documented in rules/README.md."""
+    """READ COMMITTED, what stays conservative (documented in rules/README.md): with more
+    rows read in the transaction than one lock statement takes (side_effects.MAX_LOCKED),
+    nothing is locked, and the save after the trigger conflicts although only the session's
+    own trigger changed the order; so does a save sent in the same request as the insert
+    (its checked form was made before the lock's answer came back)."""
     race = SideRace(pg, proxy_factory, tmp_path, COLUMNS, True)
 
     async def scenario():
         a = await race.connect()
         try:
+            await a.execute("INSERT INTO orders SELECT g FROM generate_series(2, 101) g")
             await a.execute("BEGIN ISOLATION LEVEL READ COMMITTED")
-            await a.fetch("SELECT * FROM orders WHERE id = 1")
+            assert len(await a.fetch("SELECT * FROM orders")) == 101  # one past the bound
             await write(a, protocol, LINE, 1, 5)
             with pytest.raises(asyncpg.SerializationError):
                 await write(a, protocol, SAVE, "placed", 15, 1)
+            await a.execute("ROLLBACK")
+            await a.execute("BEGIN ISOLATION LEVEL READ COMMITTED")
+            await a.fetch("SELECT * FROM orders WHERE id = 1")
+            with pytest.raises(asyncpg.SerializationError):
+                await a.execute(
+                    "INSERT INTO order_lines (order_id, amount) VALUES (1, 5);"
+                    " UPDATE orders SET status = 'placed', total = 15 WHERE id = 1"
+                )
             await a.execute("ROLLBACK")
         finally:
             await a.close()
 
     run(scenario())
     assert order(race) == ("open", 10, 1)
+
+
+@pytest.mark.parametrize("via_proxy", [True, False], ids=["proxy", "direct"])
+def test_read_committed_other_change_after_own_insert_waits(
+    pg, proxy_factory, tmp_path, protocol, strategy, via_proxy
+):
+    """S1 reads the order and inserts a line (the order is locked now: by the proxy's lock,
+    then by the trigger's UPDATE); S2's change of the order waits for S1's transaction; S1
+    saves (no conflict: nobody else could change the order) and commits; S2's +100 then
+    applies on top of S1's total: nothing lost, through the proxy as directly."""
+    race = SideRace(pg, proxy_factory, tmp_path, RULES[strategy], via_proxy)
+
+    async def scenario():
+        a, b = await race.connect(), await race.connect()
+        try:
+            await a.execute("BEGIN ISOLATION LEVEL READ COMMITTED")
+            await a.fetch("SELECT * FROM orders WHERE id = 1")
+            await write(a, protocol, LINE, 1, 5)
+            other = asyncio.ensure_future(
+                b.execute("UPDATE orders SET total = total + 100 WHERE id = 1")
+            )
+            await asyncio.sleep(0.5)
+            assert not other.done()  # blocked on S1's row lock
+            await write(a, protocol, SAVE, "placed", 15, 1)
+            await a.execute("COMMIT")
+            await asyncio.wait_for(other, 10)
+        finally:
+            await a.close()
+            await b.close()
+
+    run(scenario())
+    assert order(race)[:2] == ("placed", 115)
+
+
+def test_read_committed_lock_skips_a_row_changed_since_it_was_read(pg, proxy_factory, tmp_path):
+    """Two orders read; S2 changes order 2 before S1's inserts: the lock takes order 1 only,
+    so S1's save of order 1 (changed by its own trigger) passes, and its save of order 2
+    (changed by S2, then by S1's own trigger: its row version is S1's) conflicts."""
+    race = SideRace(pg, proxy_factory, tmp_path, COLUMNS, True)
+
+    async def scenario():
+        a, b = await race.connect(), await race.connect()
+        try:
+            await a.execute("INSERT INTO orders VALUES (2, 'open', 20, 1)")
+            await a.execute("BEGIN")
+            assert len(await a.fetch("SELECT * FROM orders ORDER BY id")) == 2
+            await b.execute("UPDATE orders SET total = total + 100 WHERE id = 2")
+            await a.execute(LINE, 1, 5)
+            await a.execute(SAVE, "placed", 15, 1)
+            await a.execute(LINE, 2, 5)
+            with pytest.raises(asyncpg.SerializationError):
+                await a.execute(SAVE, "placed", 25, 2)
+            await a.execute("ROLLBACK")
+        finally:
+            await a.close()
+            await b.close()
+
+    run(scenario())
+    assert run(race.row("SELECT total FROM orders WHERE id = 2")) == (120,)
 
 
 @pytest.mark.parametrize("via_proxy", [True, False], ids=["proxy", "direct"])

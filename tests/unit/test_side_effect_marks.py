@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import pytest
 
-from proxy.locking.side_effects import LOCKED, READ, OwnChanges
+from proxy.locking.side_effects import LOCKED, MAX_LOCKED, READ, OwnChanges, lock_query
+from proxy.values import ReadValue
 from proxy.wire import messages as m
 from tests.support.sansio import (
     BIND_COMPLETE,
@@ -115,3 +116,39 @@ def test_marks_need_every_compared_column_and_a_re_read_keeps_locked():
     assert own_changes.flag(key, ["version", "balance"]) is None
     own_changes.transaction_ended()
     assert own_changes.flag(key, ["version"]) is None
+
+
+class _Table:
+    oid, schema, name, key, mode, scope = 7, "public", "orders", ("id",), "enforce", "session"
+    column_types = {"id": "integer", "total": "numeric(12,2)"}
+    column_type_oids = {"id": 23, "total": 1700}
+
+
+def test_the_lock_statement_compares_read_values_and_its_answer_marks_locked():
+    own = OwnChanges()
+    table = _Table()
+    values = {(7, (1,)): {"total": ReadValue(0, 1700, b"10.00")}, (7, (2,)): None}
+    own.mark((7, (1,)), ["total"], READ)
+    own.mark((7, (2,)), ["total"], READ)  # evicted from the store since: not a candidate
+    request = lock_query(own, {7: table}.get, lambda t, k: values[k], "utf-8", True, "pg_temp")
+    assert request is not None and len(request.rows) == 1
+    assert "id = CAST('1' AS integer)" in request.sql
+    assert "total IS NOT DISTINCT FROM CAST('10.00' AS numeric(12,2))" in request.sql
+    assert "FOR NO KEY UPDATE" in request.sql
+    request.answered(None)  # nothing locked (or the function caught an error)
+    assert own.flag((7, (1,)), ["total"]) == READ
+    request.answered(b"{0}")
+    assert own.flag((7, (1,)), ["total"]) == LOCKED
+    # an answer that arrives after its transaction ended marks nothing
+    own.transaction_ended()
+    own.mark((7, (1,)), ["total"], READ)
+    request.answered(b"{0}")
+    assert own.flag((7, (1,)), ["total"]) == READ
+
+
+def test_past_the_bound_nothing_is_locked():
+    own = OwnChanges()
+    for i in range(MAX_LOCKED + 1):
+        own.mark((7, (i,)), ["total"], READ)
+    row = {"total": ReadValue(0, 1700, b"1")}
+    assert lock_query(own, {7: _Table()}.get, lambda t, k: row, "utf-8", True, "pg_temp") is None
