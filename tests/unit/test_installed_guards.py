@@ -269,3 +269,17 @@ def test_behind_a_transaction_pooler_a_session_set_makes_the_setting_unknown():
         assert ("extra_float_digits" in settings.current().unknown) is (after_set is None)
         settings.statement("RESET extra_float_digits", in_transaction=False)
         assert settings.tracked["extra_float_digits"] == "1"
+
+
+def test_behind_a_transaction_pooler_an_sql_execute_runs_as_written_counted(tmp_path):
+    """The hidden statement a checked SQL EXECUTE needs would be prepared on one pooled
+    server connection and run on another: behind a pooler it runs as written, counted."""
+    metrics = RecordingMetrics()
+    wire = PooledWire(pooled_service(tmp_path, metrics), with_install=True)
+    wire.read("accounts", 1, 3)
+    prepare = "PREPARE p AS UPDATE accounts SET balance = $1 WHERE id = $2"
+    assert wire.query(prepare) == prepare
+    wire.server(complete(b"PREPARE"), ready())
+    assert wire.query("EXECUTE p(5, 1)") == "EXECUTE p(5, 1)"
+    assert metrics.of("unverified", "public.accounts", "sql_prepare") == 1
+    assert metrics.of("checked", "public.accounts") == 0
