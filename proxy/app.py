@@ -6,6 +6,7 @@ import asyncio
 import logging
 import signal
 
+from proxy import build
 from proxy.config import Settings, cannot_listen, parse_hostport
 from proxy.http_endpoint import MetricsServer
 from proxy.metrics import Metrics
@@ -104,7 +105,9 @@ class ProxyApp:
         except (NotImplementedError, RuntimeError):
             pass
         sampler = asyncio.get_running_loop().create_task(self._sample())
-        log.info("optimist listening on %s, forwarding to %s", self.listen, self.upstream)
+        log.info(
+            "optimist listening on %s, forwarding to %s (%s)", self.listen, self.upstream, build()
+        )
         log.info(
             "connect with: psql \"postgresql://postgres@%s:%d/postgres\"",
             self.listen.host,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from proxy import __version__
+from proxy import __version__, build
 from proxy.config import ConfigError, load_settings
 
 SERVE_HELP = """\
@@ -49,7 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="optimist",
         description="A PostgreSQL proxy that turns lost updates into conflict errors.",
     )
-    parser.add_argument("--version", action="version", version=f"optimist {__version__}")
+    parser.add_argument("--version", action="version", version=f"optimist {__version__}, {build()}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     serve = sub.add_parser(

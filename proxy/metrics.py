@@ -10,6 +10,8 @@ import time
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from proxy import __version__, build
+
 
 class Metrics:
     """Every metric of one proxy process.
@@ -107,6 +109,15 @@ class Metrics:
             registry=r,
             multiprocess_mode="livemax",
         )
+        # 1 for this process's version and build ("compiled (mypyc)" or "pure Python")
+        self.build_info = Gauge(
+            "optimist_build_info",
+            "The optimist version and how its hot path was installed",
+            ["version", "build"],
+            registry=r,
+            multiprocess_mode="livemax",
+        )
+        self.build_info.labels(__version__, build()).set(1)
         self.rules_count = Gauge(
             "optimist_rule_tables",
             "Number of table rules in force",

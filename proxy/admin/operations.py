@@ -8,6 +8,7 @@ from dataclasses import fields
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Protocol
 
+from proxy import build
 from proxy.admin.commands import CommandError
 
 if TYPE_CHECKING:
@@ -160,6 +161,7 @@ class ProxyOperations:
             if isinstance(value, list):
                 value = ",".join(map(str, value))
             rows.append((f.name, None if value is None else str(value)))
+        rows.append(("build", build()))  # not a setting: how the hot path was installed
         return rows
 
     # ---------------------------------------------------------------- actions

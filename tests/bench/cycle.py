@@ -11,6 +11,10 @@ other tables (the RowDescription names a table without a rule); `own`: the row's
 version rule (no version column selected, so nothing is captured). The measured loop runs inside
 `sorted(..., key=step)` so callgrind can count exactly it (--toggle-collect=builtin_sorted),
 deterministic on a loaded machine; divide the Ir of builtin_sorted's inclusive cost by N.
+
+The compiled build: run it with the Python of a venv holding the wheel, PYTHONSAFEPATH=1 and the
+repo root after site-packages (e.g. a .pth file naming it), so that `tests` comes from here and
+`proxy` from the install; the line printed names the build measured.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from proxy import build
 from proxy.wire import messages as m
 from proxy.wire.framing import frame
 from tests.bench.micro import (
@@ -137,7 +142,9 @@ def callgrind(mode: str, rules: str, n: int) -> int:
     if res.returncode != 0 or found is None:
         print(res.stdout + res.stderr[-2000:], file=sys.stderr)
         return 1
-    print(f"{mode} cycle, rules {rules}: {int(found.group(1)) / n:,.0f} instructions per cycle")
+    print(
+        f"{mode} cycle, rules {rules}, {build()}: {int(found.group(1)) / n:,.0f} instructions per cycle"
+    )
     return 0
 
 
@@ -164,7 +171,9 @@ def main(argv: list[str] | None = None) -> int:
             t0 = time.perf_counter_ns()
             sorted(range(args.n), key=step)
             best = min(best, (time.perf_counter_ns() - t0) / args.n)
-    print(f"{args.mode} cycle, rules {args.rules}: {best:.0f} ns per cycle (best of runs)")
+    print(
+        f"{args.mode} cycle, rules {args.rules}, {build()}: {best:.0f} ns per cycle (best of runs)"
+    )
     return 0
 
 

@@ -28,7 +28,14 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from tests.bench.pgbench import RunResult, background_busy, run_pgbench
-from tests.bench.services import Services, dsn, environment, install_signal_handlers, psql
+from tests.bench.services import (
+    REPO,
+    Services,
+    dsn,
+    environment,
+    install_signal_handlers,
+    psql,
+)
 from tests.bench.targets import evaluate, format_targets, micro_targets
 
 DB = "bench"
@@ -386,6 +393,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "one more target per optimist, same rules, in the same alternation (label '@base')",
     )
     p.add_argument(
+        "--optimist-python",
+        metavar="PATH",
+        help="the Python of another venv whose installed optimist the optimist targets run "
+        "(e.g. a non-editable, mypyc-compiled install; PYTHONSAFEPATH=1 so that the installed "
+        "package, not this source tree, is imported); default: this interpreter",
+    )
+    p.add_argument(
         "--keep", action="store_true", help="keep the work directory (logs, data) for inspection"
     )
     args = p.parse_args(argv)
@@ -403,6 +417,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
+def optimist_build(python: str | None) -> str:
+    """What the optimist targets import: 'compiled (mypyc)' or 'pure Python' (proxy.build)."""
+    import subprocess
+
+    cmd = [python or sys.executable, "-c", "import proxy; print(proxy.build(), proxy.__file__)"]
+    env = {**os.environ, "PYTHONSAFEPATH": "1"} if python else None
+    res = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=REPO)
+    return res.stdout.strip() or f"unknown ({res.stderr.strip()[-200:]})"
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     install_signal_handlers()
@@ -410,10 +434,11 @@ def main(argv: list[str] | None = None) -> int:
     started = time.monotonic()
     runs: list[RunResult] = []
     try:
-        with Services(keep=args.keep) as services:
+        with Services(keep=args.keep, optimist_python=args.optimist_python) as services:
             _log(f"work directory {services.workdir}")
             pg = services.postgres()
             env = environment(pg)
+            env["optimist build"] = optimist_build(args.optimist_python)
             idle_busy = background_busy()
             env["background CPU load before the run"] = (
                 "unknown"

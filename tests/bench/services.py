@@ -181,6 +181,10 @@ class Optimist(Managed):
         for k in list(env):
             if k.startswith("OPTIMIST_"):
                 del env[k]
+        if python != sys.executable and checkout is None:
+            # another interpreter's installed optimist (e.g. the compiled wheel in another
+            # venv): the repo root, the cwd, must not come first on its sys.path
+            env["PYTHONSAFEPATH"] = "1"
         # `checkout`: another commit's tree (python -m proxy imports the proxy of its cwd)
         super().__init__((prefix or []) + cmd, logdir, env=env, cwd=str(checkout or REPO))
 
@@ -292,7 +296,9 @@ def install_signal_handlers() -> None:
 class Services:
     """Starts what is asked, stops all of it on exit (reverse order), removes its files."""
 
-    def __init__(self, keep: bool = False) -> None:
+    def __init__(self, keep: bool = False, optimist_python: str | None = None) -> None:
+        # the interpreter every optimist target runs with (--optimist-python); None: this one
+        self.optimist_python = optimist_python
         # directly under /tmp: the embedded server's user must be able to traverse it
         self.workdir = Path(tempfile.mkdtemp(prefix="optimist-bench-"))
         self.workdir.chmod(0o755)
@@ -318,6 +324,8 @@ class Services:
         return bouncer.start()
 
     def optimist(self, label: str, rules: Path | None = None, **kwargs) -> Optimist:
+        if self.optimist_python is not None and "checkout" not in kwargs:
+            kwargs.setdefault("python", self.optimist_python)
         proxy = Optimist(label, self.pg.port, self.logdir, rules, **kwargs)
         self.started.append(proxy)
         return proxy.start()

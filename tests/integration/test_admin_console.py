@@ -15,6 +15,7 @@ import time
 import psycopg
 import pytest
 
+from proxy import build
 from tests.support.locking import VERSION_RULES, make_database, write_rules
 from tests.support.pgtools import run_psql
 from tests.support.pgutil import connect, wait_until
@@ -118,6 +119,7 @@ def test_psql_reads_every_show_command(console, db):
     ), out
     assert "|postgres|optimist|psql|console|" in out
     assert "setting|value" in out and "admin_users|postgres,ops" in out
+    assert f"build|{build()}" in out  # which hot path this proxy runs (issue 12)
     assert "SHUTDOWN|drain and stop, as SIGTERM" in out
 
 
