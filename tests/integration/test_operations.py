@@ -53,8 +53,9 @@ def test_metrics_count_conflicts_checked_and_unverified_writes(locking):
         a.execute("UPDATE accounts SET balance = balance + 1 WHERE balance > 0")  # no key pin
         a.execute("UPDATE counters SET n = 1 WHERE id = 1")  # never read
         a.execute(
-            "WITH w AS (UPDATE accounts SET owner = 'w' WHERE id = 3 RETURNING id) SELECT * FROM w"
-        )  # no place for a guard: relayed, counted
+            "WITH w AS (UPDATE accounts SET owner = 'w' WHERE owner = 'x' RETURNING id) "
+            "SELECT * FROM w"
+        )  # a bulk write inside a WITH: relayed (its version bumped), counted
         # what open sessions read is held (and released when they close); sampled each second
         wait_until(
             lambda: sample(scrape(url), "optimist_snapshot_entries") >= 1,
