@@ -316,11 +316,14 @@ class SessionLocking:
             return m.encode_row_description(fields[: -work.strip])
         if type(entry) is not QueryEntry:
             return None
-        plan = self._cached_plan(bytes(body), None)
+        key = bytes(body)
+        plan = tables.capture_plans.get(key, False)  # the hit inline: every simple SELECT
+        if plan is False:
+            plan = self._cached_plan(key, None)
         if plan is not None and type(plan) is KeylessCapture:
             entry.capture = self._pinned(plan, entry.current_text())
         else:
-            entry.capture = plan  # type: ignore[assignment]  # a CapturePlan or None here
+            entry.capture = plan  # a CapturePlan or None here
         return None
 
     def _described(self, entry: DescribeEntry, body: Any) -> bytes | None:
