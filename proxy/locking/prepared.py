@@ -8,6 +8,7 @@ from typing import Any
 
 from proxy.locking.capture import CapturePlan, KeylessCapture
 from proxy.rules.protected import ProtectedTable
+from proxy.session.inflight import UNRESOLVED
 from proxy.wire.messages import Field
 
 
@@ -47,6 +48,9 @@ class PreparedStatement:
     unverified: tuple[tuple[ProtectedTable | None, str], ...] = ()
     # RowDescription fields from a Describe of the statement
     fields: tuple[Field, ...] | None = None
+    # those fields as the RowDescription's bytes: the key of their capture plan
+    # (DatabaseTables.capture_plans), looked up at each Bind instead of planned again
+    fields_key: bytes | None = None
     # (n_params, mask) -> RenderedSql of the checked form
     rendered: dict[tuple[Any, ...], Any] = field(default_factory=dict)
     # a protected table the statement only adds rows to (INSERT-only MERGE): counted checked
@@ -59,7 +63,9 @@ class PreparedStatement:
 class Portal:
     statement: PreparedStatement | None
     work: Any = None  # StatementWork of a checked write
-    capture: CapturePlan | KeylessCapture | None = None
+    # UNRESOLVED until the statement's fields are known (a Describe answered); None: nothing
+    # to capture
+    capture: CapturePlan | KeylessCapture | None = UNRESOLVED
     result_formats: tuple[int, ...] | list[int] = ()
     # the client's Bind, kept when it has parameters: a read may be pinned by one
     bind: Any = None
@@ -100,7 +106,7 @@ class PreparedRegistry:
         ):
             # the same statement parsed again (asyncpg without a statement cache: Parse,
             # Describe, then Parse again with Bind): what its Describe taught still holds
-            statement.fields = previous.fields
+            statement.fields, statement.fields_key = previous.fields, previous.fields_key
         self.statements[name] = statement
 
     def closed(self, kind: bytes, name: bytes) -> None:

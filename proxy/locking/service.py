@@ -48,6 +48,10 @@ class DatabaseTables:
     views: dict[int, SimpleView] = field(default_factory=dict)
     # (statement template, relation oid) -> the key pin of a read without its key, or None
     read_pins: dict[tuple[str, int], object] = field(default_factory=dict)
+    # (statement text, standard_conforming_strings) of Parses that write nothing protected and
+    # run no server code (WriteChecker.prepared): one lookup for the next Parse of the text.
+    # Per tables object, so a rules reload or a DDL refresh (new tables) starts it afresh.
+    plain_statements: set[tuple[str, bool]] = field(default_factory=set)
 
     # what resolving the rules against this database found (SHOW RULES says why)
     problems: list[Any] = field(default_factory=list)
@@ -75,6 +79,7 @@ class DatabaseTables:
     def learn_views(self, rows: Iterable[Sequence[str | None]]) -> None:
         self.views = simple_views(rows, self.attnames)
         self.capture_plans.clear()  # planned without the views
+        self.plain_statements.clear()
 
 
 @dataclass

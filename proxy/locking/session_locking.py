@@ -331,6 +331,18 @@ class SessionLocking:
         tables = self.tables
         return plan_capture(fields, tables.by_oid, tables.attnames, tables.views)
 
+    def _cached_plan(self, key: bytes, fields: Any) -> CapturePlan | KeylessCapture | None:
+        """The capture plan of a RowDescription (its bytes `key`), planned once per shape
+        under these tables (a reload or DDL refresh brings new tables, an empty cache);
+        fields: the decoded RowDescription, or None to decode it on a miss."""
+        cache = self.tables.capture_plans
+        plan = cache.get(key, False)
+        if plan is False:
+            plan = self._capture_plan(m.decode_row_description(key) if fields is None else fields)
+            if len(cache) < _CAPTURE_PLANS_MAX:
+                cache[key] = plan
+        return plan  # type: ignore[no-any-return]  # only plans are stored
+
     def _pinned(
         self, capture: KeylessCapture, text: str, bind: Any = None, param_types: Any = ()
     ) -> PinnedRead | None:
@@ -348,9 +360,16 @@ class SessionLocking:
     def _statement_capture(
         self, info: PreparedStatement | None, result_formats: Any
     ) -> CapturePlan | KeylessCapture | None:
-        if info is None or info.fields is None or self.tables is None:
+        """A portal's capture plan from its statement's fields; UNRESOLVED while they are
+        not known (resolved again at the Execute's first row, after a pipelined Describe)."""
+        if info is None or self.tables is None:
             return None
-        plan = self._capture_plan(info.fields)
+        if info.fields is None:
+            return UNRESOLVED  # type: ignore[no-any-return]
+        key = info.fields_key
+        plan = (
+            self._capture_plan(info.fields) if key is None else self._cached_plan(key, info.fields)
+        )
         if plan is None:
             return None
         return plan.with_formats(result_formats, len(info.fields))
@@ -359,13 +378,12 @@ class SessionLocking:
         """What an Execute's rows carry, known once any Describe pipelined before it was
         answered: resolved at its first row."""
         portal = entry.portal
-        if (
-            portal.capture is None
-            and portal.statement is not None
-            and portal.statement.fields is not None
-        ):
-            portal.capture = self._statement_capture(portal.statement, portal.result_formats)
         found = portal.capture
+        if found is UNRESOLVED:
+            found = self._statement_capture(portal.statement, portal.result_formats)
+            if found is UNRESOLVED:  # still no fields: nothing known to capture
+                found = None
+            portal.capture = found
         capture: CapturePlan | PinnedRead | None
         if isinstance(found, KeylessCapture):
             statement = portal.statement
@@ -400,24 +418,23 @@ class SessionLocking:
         if type(entry) is not QueryEntry:
             return None
         key = bytes(body)
-        cache = tables.capture_plans
-        plan = cache.get(key, False)
+        plan = tables.capture_plans.get(key, False)  # the hit inline: every simple SELECT
         if plan is False:
-            plan = self._capture_plan(m.decode_row_description(body))
-            if len(cache) < _CAPTURE_PLANS_MAX:
-                cache[key] = plan
+            plan = self._cached_plan(key, None)
         if plan is not None and type(plan) is KeylessCapture:
-            plan = self._pinned(plan, entry.current_text())
-        entry.capture = plan
+            entry.capture = self._pinned(plan, entry.current_text())
+        else:
+            entry.capture = plan  # a CapturePlan or None here
         return None
 
     def _described(self, entry: DescribeEntry, body: Any) -> bytes | None:
         target = entry.target
         if target is None:
             return None
-        fields = m.decode_row_description(body)
+        key = bytes(body)
         if entry.target_kind == b"S":
-            target.fields = fields  # Executes of its portals capture with these
+            target.fields = m.decode_row_description(body)  # Executes of its portals capture
+            target.fields_key = key
             return None
         portal: Portal = target
         if portal.work is not None:
@@ -425,12 +442,15 @@ class SessionLocking:
                 return m.NO_DATA
             if not portal.work.strip:  # nothing added: the columns are the client's
                 return None
+            fields = m.decode_row_description(body)
             return m.encode_row_description(fields[: -portal.work.strip])
-        if portal.statement is not None and portal.statement.fields is None:
+        statement = portal.statement
+        if statement is not None and statement.fields is None:
             # later Binds of the statement without a Describe (pgjdbc's S_1, named
             # statements) capture with these fields and their own result formats
-            portal.statement.fields = fields
-        portal.capture = self._capture_plan(fields)
+            statement.fields = m.decode_row_description(body)
+            statement.fields_key = key
+        portal.capture = self._cached_plan(key, None)  # the portal's own formats are in it
         return None
 
     def data_row(self, entry: Entry, body: Any) -> bytes | None:

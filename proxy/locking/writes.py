@@ -574,6 +574,10 @@ class WriteChecker:
         text = parse.query.decode(self.info.encoding, "surrogateescape")
         target = creates = None
         unverified: list[Unverified] = []
+        plain_key = (text, self.info.standard_conforming_strings)
+        if tables is not None and plain_key in tables.plain_statements:
+            # classified before under these tables (a SELECT parsed again): nothing to check
+            return PreparedStatement(text, tuple(parse.param_types), None)
         if tables is not None and tables.by_oid:
             table = self.target(generation, tables, text, unverified)
             if table is not None:
@@ -590,6 +594,17 @@ class WriteChecker:
             # what it runs is known at each Bind (a DEALLOCATE / PREPARE may come between)
             executes = sql_prepared_name(text, self.info.standard_conforming_strings)
             unverified = [hit for hit in unverified if hit[1] == "server_code"]
+        elif (
+            target is None
+            and creates is None
+            and not unverified
+            and tables is not None
+            # an SQL PREPARE / DEALLOCATE changes the registry at each Parse: never cached
+            and head is None
+            and _SQL_PREPARED.match(_skip_noise(text)) is None
+            and len(tables.plain_statements) < _PLAIN_STATEMENTS_MAX
+        ):
+            tables.plain_statements.add(plain_key)
         # writes are counted at each execution: checked or unverified{reason}
         return PreparedStatement(
             text,
@@ -859,6 +874,8 @@ _NOT_READ = frozenset({"not_read", "column_not_read", "binary_read", "settings_u
 _MERGE_OVERWRITES = re.compile(r"\bthen\s+(?:update|delete)\b", re.I)
 _KEY_ARRAY = re.compile(r"=\s*(?:any|some)\s*\(", re.I)
 # SQL-level prepared statements (the head of PREPARE / EXECUTE / DEALLOCATE)
+# bounds DatabaseTables.plain_statements (texts with literals inlined are all different)
+_PLAIN_STATEMENTS_MAX = 10000
 _SQL_PREPARED = re.compile(r"\s*(prepare|execute|deallocate)(?![\w$])", re.I)
 
 

@@ -98,16 +98,23 @@ class Parse:
         )
 
 
-@_strict
 def decode_parse(body: Body) -> Parse:
-    name, pos = _cstring(body, 0)
-    query, pos = _cstring(body, pos)
-    (count,) = _I16.unpack_from(body, pos)
-    pos += 2
-    if count < 0 or len(body) < pos + 4 * count:
-        raise ProtocolViolation("Parse message parameter types truncated")
-    types = tuple(_U32.unpack_from(body, pos + 4 * i)[0] for i in range(count))
-    return Parse(name, query, types)
+    # hot (every Parse with rules loaded): no wrapper frame, no per-string helper calls
+    try:
+        name_end = body.index(0)
+        query_end = body.index(0, name_end + 1)
+        (count,) = _I16.unpack_from(body, query_end + 1)
+        if count == 0:
+            types: tuple[int, ...] = ()
+        elif count < 0 or len(body) < query_end + 3 + 4 * count:
+            raise ProtocolViolation("Parse message parameter types truncated")
+        else:
+            types = Struct(f"!{count}I").unpack_from(body, query_end + 3)
+    except ValueError:
+        raise ProtocolViolation("unterminated string in message") from None
+    except struct.error as exc:
+        raise ProtocolViolation(f"malformed message: {exc}") from None
+    return Parse(bytes(body[:name_end]), bytes(body[name_end + 1 : query_end]), types)
 
 
 @dataclass(slots=True)
@@ -142,59 +149,68 @@ class Bind:
         return frame(b"B", bytes(out))
 
 
-@_strict
 def decode_bind(body: Body) -> Bind:
+    # hot (every Bind with rules loaded): no wrapper frame, no per-string helper calls
     try:
-        portal, pos = _cstring(body, 0)
-        statement, pos = _cstring(body, pos)
+        portal_end = body.index(0)
+        stmt_end = body.index(0, portal_end + 1)
+        pos = stmt_end + 1
         (nf,) = _I16.unpack_from(body, pos)
         pos += 2
-        formats = [_I16.unpack_from(body, pos + 2 * i)[0] for i in range(nf)]
+        formats = list(Struct(f"!{nf}h").unpack_from(body, pos)) if nf > 0 else []
         pos += 2 * nf
         (np_,) = _I16.unpack_from(body, pos)
         pos += 2
         params: list[bytes | None] = []
+        size = len(body)
         for _ in range(np_):
             (length,) = _I32.unpack_from(body, pos)
             pos += 4
             if length < 0:
                 params.append(None)
             else:
-                if pos + length > len(body):
+                if pos + length > size:
                     raise ProtocolViolation("Bind parameter value truncated")
                 params.append(bytes(body[pos : pos + length]))
                 pos += length
         (nr,) = _I16.unpack_from(body, pos)
         pos += 2
-        results = [_I16.unpack_from(body, pos + 2 * i)[0] for i in range(nr)]
-    except Exception as exc:  # struct.error and friends: the message lies about its shape
-        if isinstance(exc, ProtocolViolation):
-            raise
+        results = list(Struct(f"!{nr}h").unpack_from(body, pos)) if nr > 0 else []
+    except ValueError:
+        raise ProtocolViolation("unterminated string in message") from None
+    except struct.error as exc:  # the message lies about its shape
         raise ProtocolViolation(f"malformed Bind message: {exc}") from None
     if nf < 0 or np_ < 0 or nr < 0 or (nf not in (0, 1) and nf != np_):
         raise ProtocolViolation("Bind message has inconsistent format counts")
-    return Bind(portal, statement, formats, params, results)
+    return Bind(
+        bytes(body[:portal_end]), bytes(body[portal_end + 1 : stmt_end]), formats, params, results
+    )
 
 
-@_strict
 def decode_describe_or_close(body: Body) -> tuple[bytes, bytes]:
     """(kind b'S' or b'P', name)."""
     if len(body) < 2:
         raise ProtocolViolation("Describe/Close message too short")
-    kind = bytes(body[0:1])
-    if kind not in (b"S", b"P"):
-        raise ProtocolViolation(f"Describe/Close kind must be S or P, not {kind!r}")
-    name, _ = _cstring(body, 1)
-    return kind, name
+    kind = _KINDS.get(body[0])
+    if kind is None:
+        raise ProtocolViolation(f"Describe/Close kind must be S or P, not {bytes(body[0:1])!r}")
+    end = body.find(0, 1)
+    if end < 0:
+        raise ProtocolViolation("unterminated string in message")
+    return kind, bytes(body[1:end])
 
 
-@_strict
+_KINDS = {ord("S"): b"S", ord("P"): b"P"}
+
+
 def decode_execute(body: Body) -> tuple[bytes, int]:
-    portal, pos = _cstring(body, 0)
-    if len(body) < pos + 4:
+    end = body.find(0)
+    if end < 0:
+        raise ProtocolViolation("unterminated string in message")
+    if len(body) < end + 5:
         raise ProtocolViolation("Execute message truncated")
-    (max_rows,) = _I32.unpack_from(body, pos)
-    return portal, max_rows
+    (max_rows,) = _I32.unpack_from(body, end + 1)
+    return bytes(body[:end]), max_rows
 
 
 def encode_describe(kind: bytes, name: bytes) -> bytes:
