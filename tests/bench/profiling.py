@@ -8,9 +8,10 @@ collapsed-stack file (native frames of uvloop, libuv and libc included, idle sam
 and recognised by their epoll frame), summarised as top functions by self and total samples,
 and once into an SVG flame graph. `--pin` gives the proxy a CPU of its own so that the samples
 show where it spends CPU, not where it waits for one (on a 2-core machine shared with
-PostgreSQL and pgbench, the proxy is often preempted right after a write() that woke its peer). Workloads: `select-extended` (pgbench -S -M extended, no rules) and `read-write-back`
+PostgreSQL and pgbench, the proxy is often preempted right after a write() that woke its peer). Workloads: `select-extended` (pgbench -S -M extended, no rules), `read-write-back`
 (the benchmark's read-then-write script through optimist with the version rule: every write is
-checked).
+checked), `tpcb-version` (TPC-B under version rules) and `form-save` (a 20-column row read and
+written back whole through a columns rule with sparse update).
 
 Outputs, under --out: <workload>.svg, <workload>.collapsed.txt, <workload>.top.txt.
 Needs py-spy (`pip install py-spy`) and the right to ptrace the proxy (root, or
@@ -30,7 +31,14 @@ import time
 from pathlib import Path
 
 from proxy.embedded import pg_tool
-from tests.bench.macro import DB, READ_WRITE_BACK, VERSION_RULES, prepare_database
+from tests.bench.macro import (
+    DB,
+    FORM_RULES,
+    FORM_SAVE,
+    READ_WRITE_BACK,
+    VERSION_RULES,
+    prepare_database,
+)
 from tests.bench.pgbench import RunResult, parse_output
 from tests.bench.services import REPO, Services, client_env, dsn, install_signal_handlers
 
@@ -38,7 +46,16 @@ WORKLOADS = {
     "select-extended": (["-S", "-M", "extended"], False),
     "read-write-back": (["-f", "{script}", "-M", "simple", "--max-tries=10"], True),
     "tpcb-version": (["-b", "tpcb-like", "-M", "simple", "--max-tries=10"], True),
+    # a 20-column row read and written back whole through a columns rule (sparse update)
+    "form-save": (["-f", "{form}", "-M", "simple", "--max-tries=10"], True),
 }
+
+
+def _rules_label(workload: str, rules: bool) -> str:
+    if not rules:
+        return ", no rules"
+    return ", a columns rule (sparse update)" if workload == "form-save" else ", version rules"
+
 
 _LINE = re.compile(r"^(.*) (\d+)$")
 
@@ -275,10 +292,13 @@ def main(argv: list[str] | None = None) -> int:
             prepare_database(pg, args.scale)
             rules_path = None
             if rules:
-                rules_path = services.workdir / "version.yaml"
-                rules_path.write_text(VERSION_RULES)
+                rules_path = services.workdir / "rules.yaml"
+                form = args.workload == "form-save"
+                rules_path.write_text(FORM_RULES if form else VERSION_RULES)
             script = services.workdir / "read-write-back.sql"
             script.write_text(READ_WRITE_BACK)
+            form_script = services.workdir / "form-save.sql"
+            form_script.write_text(FORM_SAVE)
             proxy = services.optimist("profiled", rules_path)
             others = None
             if args.pin:
@@ -297,7 +317,10 @@ def main(argv: list[str] | None = None) -> int:
                 str(args.jobs),
                 "-T",
                 str(pgbench_time),
-            ] + [a.replace("{script}", str(script)) for a in pgargs]
+            ] + [
+                a.replace("{script}", str(script)).replace("{form}", str(form_script))
+                for a in pgargs
+            ]
             cmd.append(dsn(proxy.host, proxy.port, DB))
             print(" ".join(cmd), file=sys.stderr)
             bench = subprocess.Popen(
@@ -338,7 +361,7 @@ def main(argv: list[str] | None = None) -> int:
     header = (
         f"py-spy profile of `optimist serve` (uvloop) under pgbench {' '.join(pgargs)} "
         f"-c {args.clients} -j {args.jobs}, scale {args.scale}"
-        f"{', version rules' if rules else ', no rules'}; {args.duration}s at {args.rate} Hz"
+        f"{_rules_label(args.workload, rules)}; {args.duration}s at {args.rate} Hz"
         f"{', native frames' if native else ''}"
         f"{', proxy pinned to a CPU of its own' if args.pin else ', no CPU pinning'}"
         f"{', non-blocking sampling' if nonblocking else ', blocking sampling'}.\n"
