@@ -345,17 +345,7 @@ class WriteChecker:
         if isinstance(plan, InsertPlan):
             work = insert_work(table, sql, plan)
         else:
-            checked_keys = [k for k, ok in zip(keys, mask) if ok]
-            work = StatementWork(
-                table,
-                plan.kind,
-                sql,
-                plan.returned_columns(bool(checked_keys)),
-                plan.client_returning,
-                checked_keys,
-                learned=plan.learned_columns,
-            )
-            _forgetting(work, plan, keys)
+            work = simple_work(table, plan, sql, keys, [k for k, ok in zip(keys, mask) if ok])
             if key_unknown:  # it bumps a row it cannot name: what was read of it may be stale
                 work.forget_tables = (table,)
         work.setup = setup
@@ -538,16 +528,7 @@ class WriteChecker:
         # rows not read pass unchecked (counted), and stay unknown: a write is not a read
         sql = plan.render_simple(literals, texts, scs)
         checked_keys = [k for k, t in zip(keys, texts) if t is not None]
-        work = StatementWork(
-            table,
-            plan.kind,
-            sql,
-            plan.returned_columns(bool(checked_keys)),
-            plan.client_returning,
-            checked_keys,
-            learned=plan.learned_columns,
-        )
-        return _forgetting(work, plan, keys)
+        return simple_work(table, plan, sql, keys, checked_keys)
 
     def _unchecked(
         self, table: ProtectedTable, reason: str, kind: str = "update"
@@ -877,6 +858,27 @@ _KEY_ARRAY = re.compile(r"=\s*(?:any|some)\s*\(", re.I)
 # bounds DatabaseTables.plain_statements (texts with literals inlined are all different)
 _PLAIN_STATEMENTS_MAX = 10000
 _SQL_PREPARED = re.compile(r"\s*(prepare|execute|deallocate)(?![\w$])", re.I)
+
+
+def simple_work(
+    table: ProtectedTable,
+    plan: WritePlan,
+    sql: str,
+    keys: Sequence[RowKey],
+    checked_keys: Sequence[RowKey],
+) -> StatementWork:
+    """The work of a checked form sent as SQL text (a simple query, an SQL EXECUTE): what its
+    RETURNING refreshes (only the rows whose check ran) and what it forgets."""
+    work = StatementWork(
+        table,
+        plan.kind,
+        sql,
+        plan.returned_columns(bool(checked_keys)),
+        plan.client_returning,
+        list(checked_keys),
+        learned=plan.learned_columns,
+    )
+    return _forgetting(work, plan, keys)
 
 
 def _forgetting(work: StatementWork, plan: WritePlan, keys: Sequence[RowKey]) -> StatementWork:
