@@ -8,7 +8,7 @@ import logging
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from proxy import conflicts
 from proxy.arrays import binary_array_elements, text_array_elements
@@ -46,7 +46,18 @@ from proxy.values import CANONICAL_SETTINGS, ReadValue, normalize_key, normalize
 from proxy.wire import messages as m
 
 if TYPE_CHECKING:
-    from proxy.locking.service import DatabaseTables, Generation, LockingService
+    from proxy.config import Settings
+    from proxy.locking.generation import DatabaseTables, Generation
+    from proxy.rewrite.cache import RewriteCache
+
+
+class WriteServices(Protocol):
+    """What the write checker uses of the process-wide locking state (LockingService has it):
+    declared here so that it needs no import of the service that creates it."""
+
+    settings: Settings
+    cache: RewriteCache
+
 
 log = logging.getLogger("optimist.locking")
 
@@ -136,7 +147,7 @@ TRANSACTION_STATEMENT = b"optimist_tx"
 class WriteChecker:
     def __init__(
         self,
-        service: LockingService,
+        service: WriteServices,
         info: SessionInfo,
         knowledge: Knowledge,
         registry: PreparedRegistry,

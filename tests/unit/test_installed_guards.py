@@ -12,7 +12,8 @@ import pytest
 from proxy import conflicts
 from proxy.config import Settings
 from proxy.locking import installed
-from proxy.locking.service import Generation, LockingService
+from proxy.locking.generation import Generation
+from proxy.locking.service import LockingService
 from proxy.rewrite.merge import plan_merge
 from proxy.rewrite.planner import WritePlan, plan_insert, plan_write
 from proxy.rewrite.render import AS_PRINTED, BINARY_PRINTED, Printed
