@@ -125,6 +125,8 @@ class Knowledge:
         types = table.column_type_oids
         formats = work.formats or (0,) * len(extras)
         nkey = len(table.key)
+        if len(extras) < len(work.extras) or len(formats) < len(work.extras):
+            return  # not the row the checked form returns: nothing to learn, never a crash
         key = tuple(
             normalize_key(types[c], formats[i], extras[i], encoding)
             for i, c in enumerate(work.extras[:nkey])

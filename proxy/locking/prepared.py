@@ -120,10 +120,19 @@ class PreparedRegistry:
         name = self._hidden.get(key)
         if name is not None:
             return name, False
-        self._counter += 1
-        name = b"optimist_%d" % self._counter
+        while True:  # never a name the client prepared itself (SQL PREPARE or Parse)
+            self._counter += 1
+            name = b"optimist_%d" % self._counter
+            if name not in self.statements and name.decode() not in self.sql_prepared:
+                break
         self._hidden[key] = name
         return name, True
+
+    def forget_hidden(self, names: set[bytes]) -> None:
+        """Their PREPARE failed: the server has no such statements, so the next execution of
+        their forms prepares them again (under new names: a name is never reused)."""
+        for key in [k for k, v in self._hidden.items() if v in names]:
+            del self._hidden[key]
 
     def forget_statements(self) -> None:
         """DISCARD ALL / DEALLOCATE ALL: every prepared statement is gone server-side."""

@@ -156,9 +156,18 @@ class SessionLocking:
         setups = [w.setup for w in works if w is not None and w.setup is not None]
         if setups:  # hidden SQL statements the checked forms execute: prepared first, unseen
             setup = m.encode_query(";\n".join(setups).encode(encoding, "surrogateescape"))
-            send = Send((setup, query), (InternalEntry(Kind.QUERY, surface=True), entry))
+            names = {w.setup_name for w in works if w is not None and w.setup_name is not None}
+            prepared = InternalEntry(Kind.QUERY, surface=True, done=self._setup_done(names))
+            send = Send((setup, query), (prepared, entry))
             return _locked_first(lock, send)
         return _locked_first(lock, Send((query,), (entry,)))
+
+    def _setup_done(self, names: set[bytes]) -> Callable[[InternalResult], None]:
+        def done(result: InternalResult) -> None:
+            if result.failed:  # not prepared (the client saw why): prepared again next time
+                self.registry.forget_hidden(names)
+
+        return done
 
     def _lock_request(self, texts: list[str]) -> LockRequest | None:
         """Inside a transaction block, before a write of a table with user triggers: the hidden

@@ -87,6 +87,7 @@ class StatementWork:
         "forget_keys",
         "forget_tables",
         "setup",
+        "setup_name",
     )
 
     def __init__(
@@ -126,6 +127,7 @@ class StatementWork:
         self.forget_tables: tuple[ProtectedTable, ...] = ()
         # SQL to run first, in a query of its own (the PREPARE of a hidden SQL statement)
         self.setup: str | None = None
+        self.setup_name: bytes | None = None  # the hidden statement `setup` prepares
 
 
 @dataclass(frozen=True, slots=True)
@@ -360,6 +362,7 @@ class WriteChecker:
             if key_unknown:  # it bumps a row it cannot name: what was read of it may be stale
                 work.forget_tables = (table,)
         work.setup = setup
+        work.setup_name = name if new else None
         return work
 
     def _execute_keys(

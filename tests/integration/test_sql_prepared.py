@@ -279,3 +279,20 @@ def test_execute_checks_values_compared_as_printed(dbs, read):
         assert _moved(before, write_counts(proxy.metrics_url)) == {("public.items", "checked"): 3}
     with psycopg.connect(direct) as c:
         assert c.execute("SELECT qty FROM items ORDER BY id").fetchall() == [(11,), (5,)]
+
+
+def test_a_hidden_statement_that_could_not_be_prepared_is_prepared_again(dbs):
+    """The proxy's hidden PREPARE can fail (here the client itself took the name the proxy
+    would use): the client sees why, and the next EXECUTE prepares the checked form under a
+    new name instead of running whatever holds the old one."""
+    proxy, dsn, direct = dbs
+    with psycopg.connect(dsn, autocommit=True) as a:
+        a.execute("PREPARE optimist_1 AS SELECT 1")  # the name of the proxy's first hidden one
+        a.execute("PREPARE p AS UPDATE counters SET n = $1 WHERE id = $2")
+        a.execute("SELECT * FROM counters WHERE id = 1").fetchall()
+        with pytest.raises(psycopg.Error, match="could not prepare the checked form"):
+            a.execute("EXECUTE p(5, 1)")
+        before = write_counts(proxy.metrics_url)
+        assert a.execute("EXECUTE p(6, 1)").rowcount == 1
+        assert _moved(before, write_counts(proxy.metrics_url)) == {(C, "checked"): 1}
+    assert _n(direct) == 6
