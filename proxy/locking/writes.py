@@ -29,7 +29,7 @@ from proxy.rewrite.planner import (
     written_tables,
 )
 from proxy.rewrite.planner import Unverified as Unplanned
-from proxy.rewrite.render import AS_PRINTED, BINARY_PRINTED, BY_VALUE, OWN_CHANGES, Printed
+from proxy.rewrite.render import OWN_CHANGES, Printed, fill_arguments, literal_kind
 from proxy.rewrite.scan import scan
 from proxy.rewrite.server_code import may_run_server_code, runs_server_code
 from proxy.rewrite.sql_prepared import (
@@ -41,8 +41,7 @@ from proxy.rewrite.sql_prepared import (
 )
 from proxy.rules.protected import ProtectedTable
 from proxy.session.info import SessionInfo
-from proxy.sqlnames import quote_literal
-from proxy.values import CANONICAL_SETTINGS, ReadValue, normalize_key, normalize_text_key
+from proxy.values import ReadValue, normalize_key, normalize_text_key
 from proxy.wire import messages as m
 
 if TYPE_CHECKING:
@@ -327,7 +326,7 @@ class WriteChecker:
             if not keys and plan.array_key is None:
                 mask = (False,) * len(plan.pinned_rows)
             kinds = {
-                (i, c): _execute_kind(v)
+                (i, c): literal_kind(v)
                 for i, form in enumerate(forms)
                 for c, v in (form or {}).items()
             }
@@ -338,16 +337,13 @@ class WriteChecker:
             else:
                 self.counts.checked(table)
             rendered = plan.render_extended(literals, len(args), scs, mask, kinds)
-        extra = [
-            _execute_value(
-                forms[row][column],  # type: ignore[index]  # a checked row has its reads
-                role,
-                table.column_types[column],
-                scs,
-                table.guard_schema,
-            )
-            for row, column, role in rendered.extra_params
-        ]
+        extra = fill_arguments(
+            rendered.extra_params,
+            forms,
+            table.column_types,
+            scs,
+            conflicts.guard_schema_sql(table.guard_schema),
+        )
         declared = "(" + ", ".join(statement.types) + ")" if statement.types else ""
         prepare = f" AS {rendered.sql}"
         name, new = self.registry.hidden_name((f"PREPARE{declared}{prepare}", ()))
@@ -905,38 +901,8 @@ def _forgetting(work: StatementWork, plan: WritePlan, keys: Sequence[RowKey]) ->
         # nothing was added to its result (no RETURNING, so no notification either): its
         # rows, if any, are the client's as they come (a WITH statement's SELECT)
         work.added = work.strip = 0
-    if plan.forgets_tables:
-        work.forget_tables = plan.forgets_tables
-    elif plan.unpinned is not None:
-        work.forget_tables = (work.table,)
+    work.forget_tables = plan.forgets_tables
     return work
-
-
-def _execute_kind(value: str | Printed | None) -> str:
-    """How an EXECUTE argument carries a read (render.fill_extended's kinds)."""
-    if type(value) is not Printed:
-        return BY_VALUE
-    return BINARY_PRINTED if value.canonical else AS_PRINTED
-
-
-def _execute_value(
-    value: str | Printed | None, role: str, sql_type: str, scs: bool, schema: str
-) -> str:
-    """A read value as an EXECUTE argument for the extra parameter of `role` (see
-    render.RenderedSql): the simple protocol's literal forms (render.fill_simple)."""
-    if type(value) is not Printed:
-        return "NULL" if value is None else quote_literal(value, scs)  # type: ignore[arg-type]  # a str
-    if role == "settings":
-        return quote_literal(value.settings, scs)
-    text = "NULL" if value.text is None else quote_literal(value.text, scs)
-    if role == "text":
-        return text
-    # a binary read's exact text, parsed under the canonical settings it was printed in
-    function = conflicts.guard_schema_sql(schema) + ".optimist_value"
-    return f"{function}({text}, {_CANONICAL_ARRAY}, NULL::{sql_type})"
-
-
-_CANONICAL_ARRAY = "'" + CANONICAL_SETTINGS + "'::text[]"
 
 
 def insert_work(table: ProtectedTable, sql: str, plan: InsertPlan) -> StatementWork:

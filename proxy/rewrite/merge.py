@@ -201,7 +201,16 @@ def _unpinned(
         return Unverified("merge", detail)
     builder = _builder(text, table, target, actions, pins=[], rows=[], checks={})
     return _write_plan(
-        "merge", table, (), [], (), Clauses(main=0), builder, learns=False, unpinned="merge"
+        "merge",
+        table,
+        (),
+        [],
+        (),
+        Clauses(main=0),
+        builder,
+        learns=False,
+        unpinned="merge",
+        forgets_tables=(table,),
     )
 
 

@@ -180,8 +180,9 @@ class WritePlan:
     # no RETURNING can say what the write did (MERGE before PostgreSQL 17): the pinned rows
     # are forgotten once it completes, never left at a version the proxy's bump moved on
     forget_pinned: bool = False
-    # tables whose rows it changes without saying which (a bulk write, an unpinned part of a
-    # WITH statement), their version bumped: what the session read of them is forgotten
+    # tables whose rows it changes without saying which (every unpinned plan: a bulk write, an
+    # unpinned MERGE, the unchecked parts of a WITH statement), their version bumped: what the
+    # session read of them is forgotten
     forgets_tables: tuple[ProtectedTable, ...] = ()
     _compiled: dict[tuple[bool, ...], tuple[object, ...]] = field(
         default_factory=dict, repr=False, compare=False
@@ -366,7 +367,18 @@ def _plan_write(template_sql: str, table: ProtectedTable, n_params: int) -> Writ
             key_array=False,
         )
         # no row's check runs, so its RETURNING (if any) teaches nothing
-        return _write_plan(kind, table, (), items, (), c, builder, learns=False, unpinned=reason)
+        return _write_plan(
+            kind,
+            table,
+            (),
+            items,
+            (),
+            c,
+            builder,
+            learns=False,
+            unpinned=reason,
+            forgets_tables=(table,),
+        )
 
     where = tree.args.get("where")
     if where is None or c.where < 0 or c.where + 1 >= c.where_hi:

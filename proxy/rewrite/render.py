@@ -186,6 +186,39 @@ def _fill_printed(p: Any, t: type, value: Printed, scs: bool, functions: str) ->
     return parsed
 
 
+def literal_kind(value: str | Printed | None) -> str:
+    """How fill_extended binds a read given in fill_simple's form (a str: BY_VALUE)."""
+    if type(value) is not Printed:
+        return BY_VALUE
+    return BINARY_PRINTED if value.canonical else AS_PRINTED
+
+
+def fill_arguments(
+    params: Sequence[tuple[int, str, str]],
+    reads: Sequence[Mapping[str, str | Printed | None] | None],
+    types: Mapping[str, str],
+    scs: bool,
+    functions: str = "pg_temp",
+) -> list[str]:
+    """fill_extended's extra parameters (RenderedSql.extra_params) as SQL literals, bound as
+    literal_kind says: the arguments of an SQL EXECUTE of that form. Every row named in
+    `params` has its reads."""
+    out = []
+    for row, column, role in params:
+        value = reads[row][column]  # type: ignore[index]  # a row with params was read
+        if type(value) is not Printed:
+            out.append("NULL" if value is None else quote_literal(value, scs))  # type: ignore[arg-type]  # a str
+            continue
+        text = "NULL" if value.text is None else quote_literal(value.text, scs)
+        if role == "settings":
+            out.append(quote_literal(value.settings, scs))
+        elif role == "text":
+            out.append(text)
+        else:  # a binary read's exact text, parsed under the canonical settings it was printed in
+            out.append(f"{functions}.optimist_value({text}, {_CANONICAL}, NULL::{types[column]})")
+    return out
+
+
 def fill_extended(
     pieces: Sequence[object],
     literals: Sequence[str],
